@@ -1,0 +1,190 @@
+//! Content encrypted once by its sender, relayed unchanged to every recipient.
+//!
+//! A message text or file chunk is encrypted under a fresh random
+//! [`ContentKey`] into a [`Body`]: `base64(IV || 3DES-CBC(key, IV, PKCS7(data)))`.
+//! The key travels inside the (per-hop, session-encrypted) frame head; the
+//! body travels as the frame's middle segment. The server never decrypts or
+//! re-encrypts a body: it keeps the base64 text behind an `Arc` and hands the
+//! same bytes to every recipient's outbox, so a group message costs the
+//! server one encryption of a small head per recipient, whatever its size.
+
+use std::fmt;
+use std::sync::Arc;
+
+use base64::Engine as _;
+use rand::Rng as _;
+
+use crate::tdes::{self, TdesKey};
+
+pub(crate) const B64: base64::engine::GeneralPurpose = base64::engine::general_purpose::STANDARD;
+
+/// Length of a content key written on the wire (base64 of 24 bytes, no padding needed).
+pub const CONTENT_KEY_B64_LEN: usize = 32;
+
+/// Why a content key or body was refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ContentError {
+    /// The key is not 32 base64 characters encoding 24 bytes.
+    BadKey,
+    /// The body is not valid base64.
+    BadBase64,
+    /// The body is too short, not whole blocks, or badly padded.
+    BadCiphertext,
+}
+
+impl fmt::Display for ContentError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            ContentError::BadKey => "content key must be 32 base64 characters",
+            ContentError::BadBase64 => "content is not valid base64",
+            ContentError::BadCiphertext => "content does not decrypt (bad length or padding)",
+        })
+    }
+}
+
+impl std::error::Error for ContentError {}
+
+/// A single-message 3DES key chosen by the sender.
+#[derive(Clone, PartialEq, Eq)]
+pub struct ContentKey([u8; tdes::KEY_LEN]);
+
+impl ContentKey {
+    /// A fresh key from the thread-local CSPRNG (ChaCha, seeded from the OS).
+    pub fn random() -> Self {
+        let mut k = [0u8; tdes::KEY_LEN];
+        rand::rng().fill_bytes(&mut k);
+        ContentKey(k)
+    }
+
+    /// A chosen key: for test vectors.
+    pub fn from_bytes(k: [u8; tdes::KEY_LEN]) -> Self {
+        ContentKey(k)
+    }
+
+    /// Parses the wire form: exactly 32 base64 characters.
+    pub fn from_b64(s: &str) -> Result<Self, ContentError> {
+        let mut k = [0u8; tdes::KEY_LEN];
+        if s.len() != CONTENT_KEY_B64_LEN {
+            return Err(ContentError::BadKey);
+        }
+        match B64.decode_slice(s, &mut k) {
+            Ok(tdes::KEY_LEN) => Ok(ContentKey(k)),
+            _ => Err(ContentError::BadKey),
+        }
+    }
+
+    /// The wire form.
+    pub fn to_b64(&self) -> String {
+        B64.encode(self.0)
+    }
+
+    /// Encrypts `data` under this key with a fresh random IV.
+    pub fn seal(&self, data: &[u8]) -> Body {
+        let mut iv = [0u8; tdes::BLOCK_LEN];
+        rand::rng().fill_bytes(&mut iv);
+        self.seal_with_iv(&iv, data)
+    }
+
+    /// Encrypts with a chosen IV: for test vectors.
+    pub fn seal_with_iv(&self, iv: &[u8; tdes::BLOCK_LEN], data: &[u8]) -> Body {
+        let mut raw = Vec::with_capacity(tdes::BLOCK_LEN + tdes::padded_len(data.len()));
+        raw.extend_from_slice(iv);
+        TdesKey::new(&self.0).encrypt_into(iv, data, &mut raw);
+        Body(B64.encode(raw).into())
+    }
+
+    /// Decrypts a body sealed under this key.
+    pub fn open(&self, body: &Body) -> Result<Vec<u8>, ContentError> {
+        let raw = B64.decode(body.as_str()).map_err(|_| ContentError::BadBase64)?;
+        if raw.len() < 2 * tdes::BLOCK_LEN {
+            return Err(ContentError::BadCiphertext);
+        }
+        let (iv, ct) = raw.split_at(tdes::BLOCK_LEN);
+        // split_at gave exactly BLOCK_LEN bytes.
+        let iv: &[u8; tdes::BLOCK_LEN] = iv.try_into().expect("8-byte IV");
+        TdesKey::new(&self.0)
+            .decrypt(iv, ct)
+            .map_err(|_| ContentError::BadCiphertext)
+    }
+}
+
+impl fmt::Debug for ContentKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("ContentKey(<redacted>)")
+    }
+}
+
+/// Encrypted content as base64 text, shared (not copied) between recipients.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Body(Arc<str>);
+
+impl Body {
+    /// Wraps base64 text received on the wire, checking that it decodes to
+    /// at least two whole blocks (an IV and one block of ciphertext).
+    pub fn from_wire(text: &str) -> Result<Self, ContentError> {
+        let len = base64::decoded_len_estimate(text.len());
+        let mut scratch = vec![0u8; len];
+        let n = B64
+            .decode_slice(text, &mut scratch)
+            .map_err(|_| ContentError::BadBase64)?;
+        if n < 2 * tdes::BLOCK_LEN || n % tdes::BLOCK_LEN != 0 {
+            return Err(ContentError::BadCiphertext);
+        }
+        Ok(Body(text.into()))
+    }
+
+    /// The base64 text as it appears on the wire.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    /// Length of the encrypted content in bytes (IV included).
+    pub fn ciphertext_len(&self) -> usize {
+        let s = self.as_str();
+        let pad = s.bytes().rev().take_while(|&b| b == b'=').count();
+        s.len() / 4 * 3 - pad
+    }
+}
+
+impl fmt::Debug for Body {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Body({} base64 chars)", self.0.len())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn seal_open_round_trip() {
+        let k = ContentKey::random();
+        for data in [&b""[..], b"hi", b"exactly8", &[0xAB; 5000]] {
+            let body = k.seal(data);
+            assert_eq!(body.ciphertext_len(), 8 + tdes::padded_len(data.len()));
+            let again = Body::from_wire(body.as_str()).unwrap();
+            assert_eq!(k.open(&again).unwrap(), data);
+        }
+    }
+
+    #[test]
+    fn key_wire_form_round_trips_and_rejects_junk() {
+        let k = ContentKey::random();
+        let s = k.to_b64();
+        assert_eq!(s.len(), CONTENT_KEY_B64_LEN);
+        assert_eq!(ContentKey::from_b64(&s).unwrap(), k);
+        assert_eq!(ContentKey::from_b64("short"), Err(ContentError::BadKey));
+        assert_eq!(ContentKey::from_b64(&"!".repeat(32)), Err(ContentError::BadKey));
+    }
+
+    #[test]
+    fn bad_bodies_are_refused() {
+        assert_eq!(Body::from_wire("not base64!").unwrap_err(), ContentError::BadBase64);
+        assert_eq!(Body::from_wire("AAAA").unwrap_err(), ContentError::BadCiphertext);
+        let k = ContentKey::random();
+        let other = ContentKey::random();
+        let body = k.seal(b"secret text here");
+        // A wrong key almost always leaves bad padding; never the plaintext.
+        assert_ne!(other.open(&body).ok(), Some(b"secret text here".to_vec()));
+    }
+}

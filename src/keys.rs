@@ -1,0 +1,120 @@
+//! Key derivation: from the Diffie-Hellman secret to four session keys, and
+//! the one-way step that rotates a 3DES key before it wears out.
+//!
+//! Every key is `SHA-256(label || 0x00 || Z || A || B)` with a distinct
+//! ASCII label, where `Z` is the shared secret and `A`, `B` the client's and
+//! the server's public values (256 bytes each, big-endian), so the keys are
+//! bound to this handshake's transcript. 3DES keys take the first 24 bytes of
+//! the hash; HMAC keys all 32. See docs/PROTOCOL.md, "Key derivation".
+
+use std::fmt;
+
+use sha2::{Digest, Sha256};
+
+use crate::dh::{PublicValue, SharedSecret};
+use crate::tdes;
+
+/// Length of an HMAC-SHA256 key.
+pub const MAC_KEY_LEN: usize = 32;
+
+/// Labels for the four session keys, and the rotation step.
+pub const LABEL_C2S_ENC: &str = "muchat/1 c2s enc";
+/// HMAC key, client to server.
+pub const LABEL_C2S_MAC: &str = "muchat/1 c2s mac";
+/// 3DES key, server to client.
+pub const LABEL_S2C_ENC: &str = "muchat/1 s2c enc";
+/// HMAC key, server to client.
+pub const LABEL_S2C_MAC: &str = "muchat/1 s2c mac";
+/// The rotation step's label.
+pub const LABEL_REKEY: &str = "muchat/1 rekey";
+
+/// The keys protecting one direction of a connection.
+#[derive(Clone, PartialEq, Eq)]
+pub struct DirectionKeys {
+    /// Three-key 3DES key for the frame heads.
+    pub enc: [u8; tdes::KEY_LEN],
+    /// HMAC-SHA256 key for every frame.
+    pub mac: [u8; MAC_KEY_LEN],
+}
+
+impl fmt::Debug for DirectionKeys {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("DirectionKeys(<redacted>)")
+    }
+}
+
+/// Both directions' keys, as derived by either side of a handshake.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SessionKeys {
+    /// Protects what the client sends.
+    pub client_to_server: DirectionKeys,
+    /// Protects what the server sends.
+    pub server_to_client: DirectionKeys,
+}
+
+impl SessionKeys {
+    /// Derives the four keys from the shared secret and both public values.
+    pub fn derive(z: &SharedSecret, client: &PublicValue, server: &PublicValue) -> Self {
+        let (a, b) = (client.to_bytes(), server.to_bytes());
+        let kdf = |label: &str| -> [u8; 32] {
+            let mut h = Sha256::new();
+            h.update(label.as_bytes());
+            h.update([0u8]);
+            h.update(z.0);
+            h.update(a);
+            h.update(b);
+            h.finalize().into()
+        };
+        SessionKeys {
+            client_to_server: DirectionKeys {
+                enc: first_24(&kdf(LABEL_C2S_ENC)),
+                mac: kdf(LABEL_C2S_MAC),
+            },
+            server_to_client: DirectionKeys {
+                enc: first_24(&kdf(LABEL_S2C_ENC)),
+                mac: kdf(LABEL_S2C_MAC),
+            },
+        }
+    }
+}
+
+/// The one-way rotation step: `SHA-256("muchat/1 rekey" || 0x00 || old)[..24]`.
+pub fn rotate_enc_key(old: &[u8; tdes::KEY_LEN]) -> [u8; tdes::KEY_LEN] {
+    let mut h = Sha256::new();
+    h.update(LABEL_REKEY.as_bytes());
+    h.update([0u8]);
+    h.update(old);
+    first_24(&h.finalize().into())
+}
+
+fn first_24(hash: &[u8; 32]) -> [u8; tdes::KEY_LEN] {
+    let mut k = [0u8; tdes::KEY_LEN];
+    k.copy_from_slice(&hash[..tdes::KEY_LEN]);
+    k
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::dh::EphemeralSecret;
+
+    #[test]
+    fn both_sides_derive_the_same_distinct_keys() {
+        let c = EphemeralSecret::random().unwrap();
+        let s = EphemeralSecret::random().unwrap();
+        let (cp, sp) = (c.public_value().clone(), s.public_value().clone());
+        let kc = SessionKeys::derive(&c.diffie_hellman(&sp), &cp, &sp);
+        let ks = SessionKeys::derive(&s.diffie_hellman(&cp), &cp, &sp);
+        assert_eq!(kc, ks);
+        assert_ne!(kc.client_to_server.enc, kc.server_to_client.enc);
+        assert_ne!(kc.client_to_server.mac, kc.server_to_client.mac);
+    }
+
+    #[test]
+    fn rotation_is_deterministic_and_changes_the_key() {
+        let k = [5u8; 24];
+        assert_eq!(rotate_enc_key(&k), rotate_enc_key(&k));
+        assert_ne!(rotate_enc_key(&k), k);
+        assert_ne!(rotate_enc_key(&rotate_enc_key(&k)), rotate_enc_key(&k));
+    }
+}
