@@ -1,1 +1,61 @@
-fn main(){}
+//! `server [ADDR] [--max-file-size BYTES]`: runs the muchat server.
+
+use std::net::TcpListener;
+use std::process::ExitCode;
+
+use muchat::log;
+use muchat::server::{Config, Server};
+
+const USAGE: &str = "\
+usage: server [ADDR] [--max-file-size BYTES]
+
+Runs the muchat chat server.
+
+  ADDR                    address to listen on (default 127.0.0.1:9000;
+                          0.0.0.0:9000 for every interface, port 0 for any free port)
+  --max-file-size BYTES   largest file accepted (default 104857600 = 100 MiB)
+  -h, --help              show this help
+
+Logs connections, logins and closes (with reasons) to standard error.";
+
+fn main() -> ExitCode {
+    let mut addr = "127.0.0.1:9000".to_string();
+    let mut config = Config::default();
+    let mut args = std::env::args().skip(1);
+    while let Some(arg) = args.next() {
+        match arg.as_str() {
+            "-h" | "--help" => {
+                println!("{USAGE}");
+                return ExitCode::SUCCESS;
+            }
+            "--max-file-size" => match args.next().and_then(|v| v.parse().ok()) {
+                Some(n) => config.max_file_size = n,
+                None => return usage_error("--max-file-size needs a number of bytes"),
+            },
+            a if a.starts_with('-') => return usage_error(&format!("unknown option {a}")),
+            a => addr = a.to_string(),
+        }
+    }
+    let listener = match TcpListener::bind(&addr) {
+        Ok(l) => l,
+        Err(e) => {
+            eprintln!("server: cannot listen on {addr}: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let server = match Server::start(listener, config) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("server: cannot start: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    log!("listening on {}", server.local_addr());
+    server.wait();
+    ExitCode::SUCCESS
+}
+
+fn usage_error(msg: &str) -> ExitCode {
+    eprintln!("server: {msg}\n\n{USAGE}");
+    ExitCode::from(2)
+}

@@ -1,0 +1,552 @@
+//! The client side of a connection, as a library: used by the `client`
+//! binary (REPL and scripts), by the tests, and by load generators.
+//!
+//! [`Client::connect`] runs the handshake and starts two threads:
+//!
+//! * a **writer** that seals frames from two queues, commands first and file
+//!   chunks second, so chat is never stuck behind a transfer. Before writing
+//!   a request it records where the reply should go, so replies (which the
+//!   server sends in request order) find their caller;
+//! * a **reader** that opens frames, hands replies to waiting callers, and
+//!   turns events into [`ClientEvent`]s: message texts decrypted, files
+//!   written into the downloads directory by [`downloads::Downloads`].
+//!
+//! [`Client::execute`] runs one typed [`Command`]; the methods below it are
+//! the same steps for programs.
+
+pub mod display;
+pub mod downloads;
+pub mod repl;
+pub mod script;
+
+use std::collections::VecDeque;
+use std::fmt;
+use std::fs::File;
+use std::io::{self, BufReader, Read};
+use std::net::{Shutdown, TcpStream, ToSocketAddrs};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use crossbeam_channel::{bounded, select_biased, unbounded, Receiver, Sender};
+use sha2::{Digest, Sha256};
+
+use crate::command::Command;
+use crate::connection::{FrameReader, FrameWriter, ReadError};
+use crate::content::ContentKey;
+use crate::event::{Reply, ServerMessage};
+use crate::frame::Frame;
+use crate::handshake::{self, HandshakeError};
+use crate::names::{Conversation, GroupName, Username};
+use crate::request::{FileOffer, FileTarget, Request, FILE_CHUNK_SIZE};
+
+use downloads::Downloads;
+
+/// Why a client operation failed.
+#[derive(Debug)]
+pub enum ClientError {
+    /// Connecting or a local file operation failed.
+    Io(io::Error),
+    /// The handshake failed.
+    Handshake(HandshakeError),
+    /// The connection is gone; carries the reason.
+    Disconnected(String),
+}
+
+impl fmt::Display for ClientError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ClientError::Io(e) => write!(f, "{e}"),
+            ClientError::Handshake(e) => write!(f, "{e}"),
+            ClientError::Disconnected(why) => write!(f, "disconnected: {why}"),
+        }
+    }
+}
+
+impl std::error::Error for ClientError {}
+
+impl From<io::Error> for ClientError {
+    fn from(e: io::Error) -> Self {
+        ClientError::Io(e)
+    }
+}
+
+/// Something that happened on the connection, other than a reply.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ClientEvent {
+    /// A message, decrypted.
+    Message {
+        /// Server-assigned id.
+        id: u64,
+        /// Server time, Unix milliseconds.
+        at_ms: u64,
+        /// Sender.
+        from: Username,
+        /// You (`@you`) or the group.
+        to: Conversation,
+        /// The text (untrusted: sanitise before printing).
+        text: String,
+    },
+    /// A message whose content could not be decrypted.
+    BadMessage {
+        /// Server-assigned id.
+        id: u64,
+        /// Sender.
+        from: Username,
+        /// What was wrong.
+        reason: String,
+    },
+    /// Progress of an incoming file over 1 MiB.
+    FileProgress {
+        /// Transfer id.
+        id: u64,
+        /// Safe file name.
+        name: String,
+        /// Bytes so far.
+        received: u64,
+        /// Announced size.
+        size: u64,
+    },
+    /// A file arrived complete and verified.
+    FileReceived {
+        /// Transfer id.
+        id: u64,
+        /// Server time the transfer started.
+        at_ms: u64,
+        /// Sender.
+        from: Username,
+        /// You or the group.
+        to: Conversation,
+        /// Where it was saved (inside the downloads directory).
+        path: PathBuf,
+        /// Size in bytes.
+        size: u64,
+    },
+    /// An incoming file failed or was aborted; nothing was kept.
+    FileFailed {
+        /// Transfer id.
+        id: u64,
+        /// Why.
+        reason: String,
+    },
+    /// One of our outgoing transfers finished.
+    FileSent {
+        /// Transfer id.
+        id: u64,
+        /// Local path sent.
+        path: PathBuf,
+        /// The server's final reply.
+        reply: Reply,
+    },
+    /// One of our outgoing transfers failed.
+    FileSendFailed {
+        /// Transfer id.
+        id: u64,
+        /// Local path.
+        path: PathBuf,
+        /// Why.
+        reason: String,
+    },
+    /// The connection ended.
+    Disconnected(String),
+}
+
+/// Client settings.
+#[derive(Debug, Clone)]
+pub struct ClientConfig {
+    /// Where received files are saved.
+    pub downloads: PathBuf,
+}
+
+impl Default for ClientConfig {
+    fn default() -> Self {
+        ClientConfig {
+            downloads: PathBuf::from("downloads"),
+        }
+    }
+}
+
+/// A frame to send, and where its reply should go (none for chunks).
+struct Outbound {
+    frame: Frame,
+    reply: Option<Sender<Reply>>,
+}
+
+/// Callers waiting for replies, oldest first; `closed` once the reader has
+/// stopped, so no caller is queued to wait for a reply that cannot come.
+#[derive(Default)]
+struct Waiters {
+    queue: VecDeque<Sender<Reply>>,
+    closed: bool,
+}
+
+type Pending = Arc<Mutex<Waiters>>;
+
+fn lock(p: &Pending) -> std::sync::MutexGuard<'_, Waiters> {
+    p.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// A connected, keyed client session.
+pub struct Client {
+    commands: Sender<Outbound>,
+    bulk: Sender<Outbound>,
+    events: Receiver<ClientEvent>,
+    events_tx: Sender<ClientEvent>,
+    stream: TcpStream,
+    /// Outgoing transfers still running.
+    sending: Arc<AtomicUsize>,
+}
+
+impl Client {
+    /// Connects to `addr` and runs the handshake.
+    pub fn connect(addr: impl ToSocketAddrs, config: ClientConfig) -> Result<Client, ClientError> {
+        let stream = TcpStream::connect(addr)?;
+        stream.set_nodelay(true)?;
+        stream.set_read_timeout(Some(Duration::from_secs(30)))?;
+        let mut reader = BufReader::new(stream.try_clone()?);
+        let mut writer = stream.try_clone()?;
+        let keyed = handshake::client(&mut reader, &mut writer).map_err(ClientError::Handshake)?;
+        stream.set_read_timeout(None)?;
+
+        let pending: Pending = Arc::default();
+        let (commands, commands_rx) = unbounded();
+        let (bulk, bulk_rx) = bounded(4);
+        let (events_tx, events) = unbounded();
+
+        let w = FrameWriter::new(writer, keyed.sealer);
+        let (p, s) = (Arc::clone(&pending), stream.try_clone()?);
+        std::thread::Builder::new()
+            .name("client-writer".into())
+            .spawn(move || write_loop(w, &commands_rx, &bulk_rx, &p, &s))?;
+
+        let r = FrameReader::new(reader, keyed.opener);
+        let (p, tx) = (Arc::clone(&pending), events_tx.clone());
+        let downloads = Downloads::new(config.downloads);
+        std::thread::Builder::new()
+            .name("client-reader".into())
+            .spawn(move || read_loop(r, &p, &tx, downloads))?;
+
+        Ok(Client {
+            commands,
+            bulk,
+            events,
+            events_tx,
+            stream,
+            sending: Arc::default(),
+        })
+    }
+
+    /// Events in arrival order. Ends with [`ClientEvent::Disconnected`].
+    pub fn events(&self) -> &Receiver<ClientEvent> {
+        &self.events
+    }
+
+    /// Sends one request and waits for its reply.
+    pub fn request(&self, request: &Request) -> Result<Reply, ClientError> {
+        let rx = submit(&self.commands, request.to_frame())?;
+        rx.recv()
+            .map_err(|_| ClientError::Disconnected("connection closed before the reply".into()))
+    }
+
+    /// Encrypts `text` under a fresh content key and sends it to a user.
+    pub fn send_text(&self, to: &Username, text: &str) -> Result<Reply, ClientError> {
+        let key = ContentKey::random();
+        let body = key.seal(text.as_bytes());
+        self.request(&Request::Send {
+            to: to.clone(),
+            key,
+            body,
+        })
+    }
+
+    /// Encrypts `text` once and sends it to one or more groups.
+    pub fn send_group_text(&self, groups: &[GroupName], text: &str) -> Result<Reply, ClientError> {
+        let key = ContentKey::random();
+        let body = key.seal(text.as_bytes());
+        self.request(&Request::SendToGroup {
+            groups: groups.to_vec(),
+            key,
+            body,
+        })
+    }
+
+    /// Announces a local file and, once the server accepts it, streams it in
+    /// the background. Returns the server's reply to the announcement; the
+    /// transfer's end arrives as [`ClientEvent::FileSent`] or
+    /// [`ClientEvent::FileSendFailed`].
+    pub fn send_file(&self, target: FileTarget, path: &Path) -> Result<Reply, ClientError> {
+        let (size, sha256) = hash_file(path)?;
+        let name = path
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .filter(|n| !n.is_empty())
+            .unwrap_or_else(|| "file".into());
+        // Names with control characters are refused by the server; send a clean one.
+        let name: String = name.chars().map(|c| if c.is_control() { '_' } else { c }).collect();
+        let reply = self.request(&Request::SendFile(FileOffer {
+            target,
+            size,
+            sha256,
+            name,
+        }))?;
+        let Reply::Ok(text) = &reply else {
+            return Ok(reply);
+        };
+        let Some(id) = text.split(' ').next().and_then(|t| t.parse::<u64>().ok()) else {
+            return Err(ClientError::Disconnected(format!("unexpected reply to a file offer: {text}")));
+        };
+        self.sending.fetch_add(1, Ordering::SeqCst);
+        let job = Upload {
+            id,
+            path: path.to_path_buf(),
+            size,
+            bulk: self.bulk.clone(),
+            events: self.events_tx.clone(),
+            sending: Arc::clone(&self.sending),
+        };
+        let spawned = std::thread::Builder::new()
+            .name(format!("upload-{id}"))
+            .spawn(move || job.run());
+        if let Err(e) = spawned {
+            self.sending.fetch_sub(1, Ordering::SeqCst);
+            return Err(ClientError::Io(e));
+        }
+        Ok(reply)
+    }
+
+    /// Runs one typed command. `HELP` is answered locally.
+    pub fn execute(&self, command: &Command) -> Result<Reply, ClientError> {
+        match command {
+            Command::Help => Ok(Reply::Ok(crate::command::HELP.to_string())),
+            Command::Plain(r) => self.request(r),
+            Command::Send { to, text } => self.send_text(to, text),
+            Command::SendToGroup { groups, text } => self.send_group_text(groups, text),
+            Command::SendFile { target, path } => self.send_file(target.clone(), path),
+        }
+    }
+
+    /// Outgoing transfers still running.
+    pub fn transfers_in_progress(&self) -> usize {
+        self.sending.load(Ordering::SeqCst)
+    }
+
+    /// Closes the connection.
+    pub fn close(&self) {
+        let _ = self.stream.shutdown(Shutdown::Both);
+    }
+}
+
+impl Drop for Client {
+    fn drop(&mut self) {
+        self.close();
+    }
+}
+
+/// Queues a frame that expects a reply and returns where the reply will land.
+fn submit(queue: &Sender<Outbound>, frame: Frame) -> Result<Receiver<Reply>, ClientError> {
+    let (tx, rx) = bounded(1);
+    queue
+        .send(Outbound {
+            frame,
+            reply: Some(tx),
+        })
+        .map_err(|_| ClientError::Disconnected("connection closed".into()))?;
+    Ok(rx)
+}
+
+/// Size and SHA-256 of a local file, read once before sending.
+fn hash_file(path: &Path) -> Result<(u64, [u8; 32]), ClientError> {
+    let mut f = File::open(path)?;
+    if !f.metadata()?.is_file() {
+        return Err(ClientError::Io(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!("{} is not a regular file", path.display()),
+        )));
+    }
+    let mut hasher = Sha256::new();
+    let mut buf = vec![0u8; 256 * 1024];
+    let mut size = 0u64;
+    loop {
+        let n = f.read(&mut buf)?;
+        if n == 0 {
+            break;
+        }
+        size += n as u64;
+        hasher.update(&buf[..n]);
+    }
+    Ok((size, hasher.finalize().into()))
+}
+
+/// One outgoing file being streamed.
+struct Upload {
+    id: u64,
+    path: PathBuf,
+    size: u64,
+    bulk: Sender<Outbound>,
+    events: Sender<ClientEvent>,
+    sending: Arc<AtomicUsize>,
+}
+
+impl Upload {
+    fn run(self) {
+        let event = match self.stream() {
+            Ok(reply) => ClientEvent::FileSent {
+                id: self.id,
+                path: self.path.clone(),
+                reply,
+            },
+            Err(reason) => ClientEvent::FileSendFailed {
+                id: self.id,
+                path: self.path.clone(),
+                reason,
+            },
+        };
+        let _ = self.events.send(event);
+        self.sending.fetch_sub(1, Ordering::SeqCst);
+    }
+
+    fn stream(&self) -> Result<Reply, String> {
+        let gone = || "connection closed".to_string();
+        let mut f = File::open(&self.path).map_err(|e| e.to_string())?;
+        let mut buf = vec![0u8; FILE_CHUNK_SIZE];
+        let mut offset = 0u64;
+        while offset < self.size {
+            let want = FILE_CHUNK_SIZE.min((self.size - offset) as usize);
+            if let Err(e) = f.read_exact(&mut buf[..want]) {
+                // The file shrank or failed since it was hashed: cancel.
+                let _ = submit(&self.bulk, Request::FileAbort(self.id).to_frame());
+                return Err(format!("reading {}: {e}", self.path.display()));
+            }
+            let key = ContentKey::random();
+            let body = key.seal(&buf[..want]);
+            let frame = Request::Chunk {
+                transfer: self.id,
+                offset,
+                key,
+                body,
+            }
+            .to_frame();
+            self.bulk
+                .send(Outbound { frame, reply: None })
+                .map_err(|_| gone())?;
+            offset += want as u64;
+        }
+        // The end goes through the same queue as the chunks, so it follows them.
+        let reply = submit(&self.bulk, Request::FileEnd(self.id).to_frame())
+            .map_err(|e| e.to_string())?
+            .recv()
+            .map_err(|_| gone())?;
+        Ok(reply)
+    }
+}
+
+fn write_loop(
+    mut w: FrameWriter<TcpStream>,
+    commands: &Receiver<Outbound>,
+    bulk: &Receiver<Outbound>,
+    pending: &Pending,
+    stream: &TcpStream,
+) {
+    loop {
+        let first = select_biased! {
+            recv(commands) -> m => m,
+            recv(bulk) -> m => m,
+        };
+        let Ok(mut item) = first else { break };
+        loop {
+            if let Some(tx) = item.reply.take() {
+                let mut waiters = lock(pending);
+                if waiters.closed {
+                    // Dropping tx tells the caller the connection is gone.
+                    break;
+                }
+                waiters.queue.push_back(tx);
+            }
+            w.queue(&item.frame.head, item.frame.body.as_ref());
+            if w.pending() >= 256 * 1024 {
+                break;
+            }
+            item = match commands.try_recv().or_else(|_| bulk.try_recv()) {
+                Ok(next) => next,
+                Err(_) => break,
+            };
+        }
+        if w.flush().is_err() {
+            break;
+        }
+    }
+    let _ = stream.shutdown(Shutdown::Both);
+}
+
+fn read_loop(
+    mut r: FrameReader<BufReader<TcpStream>>,
+    pending: &Pending,
+    events: &Sender<ClientEvent>,
+    mut downloads: Downloads,
+) {
+    let mut bye = None;
+    let reason = loop {
+        let frame = match r.read_frame() {
+            Ok(Some(f)) => f,
+            Ok(None) => break bye.unwrap_or_else(|| "server closed the connection".to_string()),
+            Err(ReadError::Io(e)) => break bye.unwrap_or_else(|| format!("connection lost: {e}")),
+            Err(e) => break format!("protocol error from server: {e}"),
+        };
+        let message = match ServerMessage::parse(frame) {
+            Ok(m) => m,
+            Err(e) => break e.to_string(),
+        };
+        let out = match message {
+            ServerMessage::Reply(reply) => {
+                let waiter = lock(pending).queue.pop_front();
+                match waiter {
+                    Some(tx) => {
+                        let _ = tx.send(reply);
+                        continue;
+                    }
+                    None => break "server sent a reply nobody asked for".to_string(),
+                }
+            }
+            ServerMessage::Msg(d) => vec![match d.key.open(&d.body) {
+                Ok(bytes) => ClientEvent::Message {
+                    id: d.id,
+                    at_ms: d.at_ms,
+                    from: d.from,
+                    to: d.to,
+                    text: String::from_utf8_lossy(&bytes).into_owned(),
+                },
+                Err(e) => ClientEvent::BadMessage {
+                    id: d.id,
+                    from: d.from,
+                    reason: e.to_string(),
+                },
+            }],
+            ServerMessage::File(start) => downloads.start(start),
+            ServerMessage::Chunk {
+                id,
+                offset,
+                key,
+                body,
+            } => downloads.chunk(id, offset, &key, &body),
+            ServerMessage::FileEnd(id) => downloads.end(id),
+            ServerMessage::FileAbort(id, why) => downloads.abort(id, &why),
+            ServerMessage::Bye(why) => {
+                bye = Some(format!("server said goodbye: {why}"));
+                continue;
+            }
+        };
+        for e in out {
+            let _ = events.send(e);
+        }
+    };
+    downloads.abandon_all();
+    // Dropping the waiters wakes every caller blocked on a reply.
+    {
+        let mut waiters = lock(pending);
+        waiters.closed = true;
+        waiters.queue.clear();
+    }
+    let _ = r.get_ref().get_ref().shutdown(Shutdown::Both);
+    let _ = events.send(ClientEvent::Disconnected(reason));
+}

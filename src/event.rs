@@ -1,0 +1,357 @@
+//! What the server sends a client: replies to requests, and events.
+//!
+//! Every request gets exactly one reply, `OK` or `ERR`, in request order
+//! (file chunks are not requests and get none). Events arrive at any time
+//! between replies: deliveries, file transfers, and a farewell before the
+//! server closes a connection.
+//!
+//! # Format
+//!
+//! ```text
+//! OK [<text>]
+//! ERR <CODE> <text>
+//! MSG <id> <unix-ms> <from> <@user|#group> <content-key>          + body
+//! FILE <id> <unix-ms> <from> <@user|#group> <size> <sha256-hex> <file name>
+//! CHUNK <id> <offset> <content-key>                                + body
+//! FILE_END <id>
+//! FILE_ABORT <id> <reason>
+//! BYE <reason>
+//! ```
+
+use std::fmt;
+
+use crate::content::{Body, ContentKey};
+use crate::frame::Frame;
+use crate::names::{Conversation, Username};
+use crate::request::{format_sha256, parse_sha256};
+
+/// Machine-readable error codes; the text after the code is for people.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ErrorCode {
+    /// The first word is not a command.
+    UnknownCommand,
+    /// Wrong number or form of arguments.
+    Usage,
+    /// A user or group name breaks the naming rules.
+    BadName,
+    /// The command needs `LOGIN` first.
+    NotLoggedIn,
+    /// `LOGIN` or `CREATE_USER` on a logged-in session.
+    AlreadyLoggedIn,
+    /// `CREATE_USER` with a taken username.
+    UserExists,
+    /// Wrong username or password (deliberately not saying which).
+    LoginFailed,
+    /// No such user.
+    UnknownUser,
+    /// The user has no live session.
+    UserOffline,
+    /// `CREATE_GROUP` with a taken name.
+    GroupExists,
+    /// No such group.
+    NoSuchGroup,
+    /// The caller is not in that group.
+    NotMember,
+    /// `JOIN` of a group the caller is already in.
+    AlreadyMember,
+    /// A file over the server's size limit, or a chunk past the announced size.
+    TooLarge,
+    /// A chunk, end or abort for a transfer that is not open.
+    NoSuchTransfer,
+}
+
+impl ErrorCode {
+    const ALL: [ErrorCode; 15] = [
+        ErrorCode::UnknownCommand,
+        ErrorCode::Usage,
+        ErrorCode::BadName,
+        ErrorCode::NotLoggedIn,
+        ErrorCode::AlreadyLoggedIn,
+        ErrorCode::UserExists,
+        ErrorCode::LoginFailed,
+        ErrorCode::UnknownUser,
+        ErrorCode::UserOffline,
+        ErrorCode::GroupExists,
+        ErrorCode::NoSuchGroup,
+        ErrorCode::NotMember,
+        ErrorCode::AlreadyMember,
+        ErrorCode::TooLarge,
+        ErrorCode::NoSuchTransfer,
+    ];
+
+    /// The code as written on the wire.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ErrorCode::UnknownCommand => "UNKNOWN_COMMAND",
+            ErrorCode::Usage => "USAGE",
+            ErrorCode::BadName => "BAD_NAME",
+            ErrorCode::NotLoggedIn => "NOT_LOGGED_IN",
+            ErrorCode::AlreadyLoggedIn => "ALREADY_LOGGED_IN",
+            ErrorCode::UserExists => "USER_EXISTS",
+            ErrorCode::LoginFailed => "LOGIN_FAILED",
+            ErrorCode::UnknownUser => "UNKNOWN_USER",
+            ErrorCode::UserOffline => "USER_OFFLINE",
+            ErrorCode::GroupExists => "GROUP_EXISTS",
+            ErrorCode::NoSuchGroup => "NO_SUCH_GROUP",
+            ErrorCode::NotMember => "NOT_MEMBER",
+            ErrorCode::AlreadyMember => "ALREADY_MEMBER",
+            ErrorCode::TooLarge => "TOO_LARGE",
+            ErrorCode::NoSuchTransfer => "NO_SUCH_TRANSFER",
+        }
+    }
+
+    /// Parses a wire code.
+    pub fn parse(s: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|c| c.as_str() == s)
+    }
+}
+
+impl fmt::Display for ErrorCode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// The answer to one request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Reply {
+    /// Success, with text for people (for sends, the new id comes first).
+    Ok(String),
+    /// Failure.
+    Err(ErrorCode, String),
+}
+
+/// A message delivered to a client.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Delivery {
+    /// Server-assigned id, unique on this server.
+    pub id: u64,
+    /// Server time of acceptance, milliseconds since the Unix epoch.
+    pub at_ms: u64,
+    /// The sender.
+    pub from: Username,
+    /// The recipient (for direct messages) or the group.
+    pub to: Conversation,
+    /// Key for the body.
+    pub key: ContentKey,
+    /// The text, encrypted by the sender.
+    pub body: Body,
+}
+
+/// The start of an incoming file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FileStart {
+    /// Server-assigned id; the transfer's chunks carry it.
+    pub id: u64,
+    /// Server time the transfer was accepted.
+    pub at_ms: u64,
+    /// The sender.
+    pub from: Username,
+    /// The recipient or group.
+    pub to: Conversation,
+    /// Plaintext size in bytes.
+    pub size: u64,
+    /// SHA-256 of the whole plaintext.
+    pub sha256: [u8; 32],
+    /// The sender's file name: untrusted, to be sanitised.
+    pub name: String,
+}
+
+/// Anything the server sends.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ServerMessage {
+    /// The reply to the oldest unanswered request.
+    Reply(Reply),
+    /// A message.
+    Msg(Delivery),
+    /// A file begins.
+    File(FileStart),
+    /// A piece of a file.
+    Chunk {
+        /// The file's id.
+        id: u64,
+        /// Plaintext offset.
+        offset: u64,
+        /// The chunk's key.
+        key: ContentKey,
+        /// The encrypted chunk.
+        body: Body,
+    },
+    /// All chunks of a file have been sent.
+    FileEnd(u64),
+    /// The transfer stopped early.
+    FileAbort(u64, String),
+    /// The server is closing this connection.
+    Bye(String),
+}
+
+/// A server message that does not follow the format.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BadServerMessage(pub String);
+
+impl fmt::Display for BadServerMessage {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "malformed server message: {}", self.0)
+    }
+}
+
+impl std::error::Error for BadServerMessage {}
+
+impl ServerMessage {
+    /// The frame carrying this message.
+    pub fn to_frame(&self) -> Frame {
+        let (head, body) = match self {
+            ServerMessage::Reply(Reply::Ok(t)) if t.is_empty() => ("OK".to_string(), None),
+            ServerMessage::Reply(Reply::Ok(t)) => (format!("OK {t}"), None),
+            ServerMessage::Reply(Reply::Err(c, t)) => (format!("ERR {c} {t}"), None),
+            ServerMessage::Msg(d) => (
+                format!(
+                    "MSG {} {} {} {} {}",
+                    d.id,
+                    d.at_ms,
+                    d.from,
+                    d.to,
+                    d.key.to_b64()
+                ),
+                Some(d.body.clone()),
+            ),
+            ServerMessage::File(f) => (
+                format!(
+                    "FILE {} {} {} {} {} {} {}",
+                    f.id,
+                    f.at_ms,
+                    f.from,
+                    f.to,
+                    f.size,
+                    format_sha256(&f.sha256),
+                    f.name
+                ),
+                None,
+            ),
+            ServerMessage::Chunk {
+                id,
+                offset,
+                key,
+                body,
+            } => (
+                format!("CHUNK {id} {offset} {}", key.to_b64()),
+                Some(body.clone()),
+            ),
+            ServerMessage::FileEnd(id) => (format!("FILE_END {id}"), None),
+            ServerMessage::FileAbort(id, why) => (format!("FILE_ABORT {id} {why}"), None),
+            ServerMessage::Bye(why) => (format!("BYE {why}"), None),
+        };
+        Frame { head, body }
+    }
+
+    /// Parses a frame from the server.
+    pub fn parse(frame: Frame) -> Result<Self, BadServerMessage> {
+        let bad = || BadServerMessage(crate::request::truncate(&frame.head, 80));
+        let head = frame.head.as_str();
+        let (verb, args) = head.split_once(' ').unwrap_or((head, ""));
+        let mut t = args.split(' ');
+        let mut next = || t.next().ok_or_else(bad);
+        let num = |s: &str| s.parse::<u64>().map_err(|_| bad());
+        let body = || frame.body.clone().ok_or_else(bad);
+        Ok(match verb {
+            "OK" => ServerMessage::Reply(Reply::Ok(args.to_string())),
+            "ERR" => {
+                let (code, text) = args.split_once(' ').unwrap_or((args, ""));
+                let code = ErrorCode::parse(code).ok_or_else(bad)?;
+                ServerMessage::Reply(Reply::Err(code, text.to_string()))
+            }
+            "MSG" => ServerMessage::Msg(Delivery {
+                id: num(next()?)?,
+                at_ms: num(next()?)?,
+                from: Username::parse(next()?).map_err(|_| bad())?,
+                to: Conversation::parse(next()?).map_err(|_| bad())?,
+                key: ContentKey::from_b64(next()?).map_err(|_| bad())?,
+                body: body()?,
+            }),
+            "FILE" => {
+                let (id, at_ms) = (num(next()?)?, num(next()?)?);
+                let from = Username::parse(next()?).map_err(|_| bad())?;
+                let to = Conversation::parse(next()?).map_err(|_| bad())?;
+                let size = num(next()?)?;
+                let sha256 = parse_sha256(next()?).ok_or_else(bad)?;
+                let name: Vec<&str> = t.collect();
+                ServerMessage::File(FileStart {
+                    id,
+                    at_ms,
+                    from,
+                    to,
+                    size,
+                    sha256,
+                    name: name.join(" "),
+                })
+            }
+            "CHUNK" => ServerMessage::Chunk {
+                id: num(next()?)?,
+                offset: num(next()?)?,
+                key: ContentKey::from_b64(next()?).map_err(|_| bad())?,
+                body: body()?,
+            },
+            "FILE_END" => ServerMessage::FileEnd(num(args)?),
+            "FILE_ABORT" => {
+                let (id, why) = args.split_once(' ').unwrap_or((args, ""));
+                ServerMessage::FileAbort(num(id)?, why.to_string())
+            }
+            "BYE" => ServerMessage::Bye(args.to_string()),
+            _ => return Err(bad()),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::names::GroupName;
+
+    #[test]
+    fn every_message_round_trips() {
+        let key = ContentKey::random();
+        let body = key.seal(b"payload");
+        let alice = Username::parse("alice").unwrap();
+        let all = vec![
+            ServerMessage::Reply(Reply::Ok(String::new())),
+            ServerMessage::Reply(Reply::Ok("17 sent to bob".into())),
+            ServerMessage::Reply(Reply::Err(ErrorCode::NotMember, "not in #x".into())),
+            ServerMessage::Msg(Delivery {
+                id: 17,
+                at_ms: 1_764_000_000_000,
+                from: alice.clone(),
+                to: Conversation::Group(GroupName::parse("devs").unwrap()),
+                key: key.clone(),
+                body: body.clone(),
+            }),
+            ServerMessage::File(FileStart {
+                id: 18,
+                at_ms: 5,
+                from: alice.clone(),
+                to: Conversation::User(Username::parse("bob").unwrap()),
+                size: 100,
+                sha256: [7; 32],
+                name: "two  spaces.txt".into(),
+            }),
+            ServerMessage::Chunk {
+                id: 18,
+                offset: 0,
+                key,
+                body,
+            },
+            ServerMessage::FileEnd(18),
+            ServerMessage::FileAbort(18, "sender left".into()),
+            ServerMessage::Bye("server shutting down".into()),
+        ];
+        for m in all {
+            assert_eq!(ServerMessage::parse(m.to_frame()), Ok(m.clone()));
+        }
+    }
+
+    #[test]
+    fn junk_is_an_error() {
+        for h in ["", "WHAT", "ERR NOPE x", "MSG 1 2", "FILE_END x", "MSG 1 2 a @b k"] {
+            assert!(ServerMessage::parse(Frame::head(h)).is_err(), "{h}");
+        }
+    }
+}

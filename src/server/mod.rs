@@ -1,0 +1,206 @@
+//! The chat server: accept loop, configuration and shared state.
+//!
+//! [`Server::start`] (used by the `server` binary and by every test) takes a
+//! bound listener and spawns the accept loop. Each accepted connection gets
+//! a reader thread ([`session::serve`]) and an outbox with its writer
+//! ([`outbox`]); the account, group and presence tables live in one
+//! [`state::State`] behind a mutex.
+//!
+//! ```text
+//! socket -> FrameReader -> Request::parse -> State (locked briefly)
+//!        -> Outgoing (shared head + body) -> each recipient's Outbox
+//!        -> writer: seal per recipient -> socket
+//! ```
+
+pub mod outbox;
+mod session;
+pub mod state;
+
+use std::collections::HashMap;
+use std::io;
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use crate::event::ServerMessage;
+use crate::log;
+
+use outbox::{Outbox, OutboxLimits, Outgoing};
+use state::{SessionId, State};
+
+/// Stack size for per-connection threads: they need little, and thousands
+/// of default 2 MiB (virtual) stacks would crowd the address-space maps.
+pub(crate) const THREAD_STACK: usize = 256 * 1024;
+
+/// Server settings; the binary's flags map onto these.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Largest file accepted, in bytes (`--max-file-size`).
+    pub max_file_size: u64,
+    /// How long a new connection may take to finish the handshake.
+    pub handshake_timeout: Duration,
+    /// Per-client queue sizes.
+    pub outbox: OutboxLimits,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            max_file_size: 100 * 1024 * 1024,
+            handshake_timeout: Duration::from_secs(10),
+            outbox: OutboxLimits::default(),
+        }
+    }
+}
+
+/// What every connection's thread shares.
+pub(crate) struct Shared {
+    config: Config,
+    state: Mutex<State>,
+    /// The next message or transfer id.
+    next_id: AtomicU64,
+    /// Every connection past its handshake, so shutdown can close them.
+    connections: Mutex<HashMap<SessionId, Outbox>>,
+}
+
+impl Shared {
+    /// Locks the state. A thread that panicked while holding the lock left
+    /// the maps consistent (no method panics between two writes), so a
+    /// poisoned lock is still usable.
+    pub(crate) fn state(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn next_id(&self) -> u64 {
+        self.next_id.fetch_add(1, Ordering::Relaxed)
+    }
+
+    fn register(&self, id: SessionId, outbox: Outbox) {
+        self.connections
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(id, outbox);
+    }
+
+    fn unregister(&self, id: SessionId) {
+        self.connections
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&id);
+    }
+}
+
+/// A running server.
+pub struct Server {
+    addr: SocketAddr,
+    shared: Arc<Shared>,
+    stopping: Arc<AtomicBool>,
+    accept: Option<JoinHandle<()>>,
+}
+
+impl Server {
+    /// Starts serving on `listener` in background threads.
+    pub fn start(listener: TcpListener, config: Config) -> io::Result<Server> {
+        let addr = listener.local_addr()?;
+        let shared = Arc::new(Shared {
+            config,
+            state: Mutex::new(State::default()),
+            next_id: AtomicU64::new(1),
+            connections: Mutex::new(HashMap::new()),
+        });
+        let stopping = Arc::new(AtomicBool::new(false));
+        let accept = {
+            let (shared, stopping) = (Arc::clone(&shared), Arc::clone(&stopping));
+            std::thread::Builder::new()
+                .name("accept".into())
+                .spawn(move || accept_loop(listener, shared, stopping))?
+        };
+        Ok(Server {
+            addr,
+            shared,
+            stopping,
+            accept: Some(accept),
+        })
+    }
+
+    /// The address the server listens on.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// Blocks until the accept loop ends (it ends only on shutdown).
+    pub fn wait(mut self) {
+        if let Some(h) = self.accept.take() {
+            let _ = h.join();
+        }
+    }
+
+    /// Stops accepting, says `BYE` to every connection and closes it.
+    pub fn shutdown(mut self) {
+        self.stop();
+    }
+
+    fn stop(&mut self) {
+        if self.stopping.swap(true, Ordering::SeqCst) {
+            return;
+        }
+        // Wake the blocked accept() with a throwaway connection.
+        let _ = TcpStream::connect_timeout(&self.addr, Duration::from_secs(1));
+        if let Some(h) = self.accept.take() {
+            let _ = h.join();
+        }
+        let conns: Vec<Outbox> = self
+            .shared
+            .connections
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .values()
+            .cloned()
+            .collect();
+        let bye = Outgoing::from(&ServerMessage::Bye("server shutting down".into()));
+        for o in conns {
+            let _ = o.send(bye.clone());
+            o.finish();
+        }
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+fn accept_loop(listener: TcpListener, shared: Arc<Shared>, stopping: Arc<AtomicBool>) {
+    let mut next_session: SessionId = 1;
+    for conn in listener.incoming() {
+        if stopping.load(Ordering::SeqCst) {
+            return;
+        }
+        let stream = match conn {
+            Ok(s) => s,
+            Err(e) => {
+                // Out of file descriptors and the like: back off, don't spin.
+                log!("accept failed: {e}");
+                std::thread::sleep(Duration::from_millis(50));
+                continue;
+            }
+        };
+        let peer = match stream.peer_addr() {
+            Ok(p) => p,
+            Err(_) => continue,
+        };
+        let id = next_session;
+        next_session += 1;
+        let shared = Arc::clone(&shared);
+        let spawned = std::thread::Builder::new()
+            .name(format!("conn-{id}"))
+            .stack_size(THREAD_STACK)
+            .spawn(move || session::serve(stream, peer, id, shared));
+        if let Err(e) = spawned {
+            log!("conn {id} from {peer}: refused: cannot start a thread: {e}");
+        }
+    }
+}

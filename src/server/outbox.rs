@@ -1,0 +1,219 @@
+//! Each client's outgoing queue and the writer that drains it.
+//!
+//! Everything the server sends a client goes through its [`Outbox`]: replies
+//! and messages through a bounded *urgent* queue, file traffic through a
+//! small bounded *bulk* queue. Pushing never blocks on the network:
+//!
+//! * [`Outbox::send`] never waits. If the urgent queue is full the client is
+//!   not keeping up, so it is disconnected (with the reason logged) rather
+//!   than allowed to stall the sender or other members.
+//! * [`Outbox::send_bulk`] waits up to a deadline for room, which paces a
+//!   file's sender to its recipients (the natural backpressure of a
+//!   transfer) without letting a stuck recipient hold it forever.
+//!
+//! The writer prefers urgent items, so chat keeps flowing while a file is
+//! being relayed, and seals everything already queued before one `write`
+//! call, so a backlog costs one syscall rather than one per line.
+//!
+//! This module is the only place that knows a writer is a thread: a
+//! different writer (an event loop over many sockets) can replace
+//! [`spawn`] without changing any caller.
+
+use std::net::{Shutdown, TcpStream};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use crossbeam_channel::{bounded, select_biased, Receiver, SendTimeoutError, Sender, TrySendError};
+
+use crate::connection::FrameWriter;
+use crate::content::Body;
+use crate::event::ServerMessage;
+use crate::frame::Sealer;
+
+/// A frame waiting to be sealed for one recipient. The head and body are
+/// reference-counted, so a group message shares one copy between recipients.
+#[derive(Debug, Clone)]
+pub struct Outgoing {
+    /// The head text, sealed per recipient.
+    pub head: Arc<str>,
+    /// Content encrypted by the sender, passed through unchanged.
+    pub body: Option<Body>,
+}
+
+impl From<&ServerMessage> for Outgoing {
+    fn from(m: &ServerMessage) -> Self {
+        let f = m.to_frame();
+        Outgoing {
+            head: f.head.into(),
+            body: f.body,
+        }
+    }
+}
+
+/// Why a push did not reach the queue.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OutboxError {
+    /// The recipient was too slow; it has been disconnected.
+    Overflow,
+    /// The recipient's connection is already closed.
+    Closed,
+}
+
+/// Queue sizes for one client.
+#[derive(Debug, Clone, Copy)]
+pub struct OutboxLimits {
+    /// Replies and messages that may wait before the client counts as stuck.
+    pub urgent: usize,
+    /// File frames that may wait.
+    pub bulk: usize,
+    /// How long a file frame may wait for room before the recipient counts as stuck.
+    pub bulk_timeout: Duration,
+}
+
+impl Default for OutboxLimits {
+    fn default() -> Self {
+        OutboxLimits {
+            urgent: 4096,
+            bulk: 16,
+            bulk_timeout: Duration::from_secs(30),
+        }
+    }
+}
+
+enum Item {
+    Frame(Outgoing),
+    /// Write what is queued, then close.
+    Close,
+}
+
+struct Shared {
+    stream: TcpStream,
+    /// The first reason this connection was closed by the server, for the log.
+    close_reason: Mutex<Option<String>>,
+}
+
+impl Shared {
+    fn close(&self, reason: &str) {
+        let mut r = self.close_reason.lock().unwrap_or_else(|e| e.into_inner());
+        if r.is_none() {
+            *r = Some(reason.to_string());
+        }
+        // Wakes the reader blocked in read() and fails any blocked write.
+        let _ = self.stream.shutdown(Shutdown::Both);
+    }
+}
+
+/// A handle for queueing frames to one client. Cheap to clone.
+#[derive(Clone)]
+pub struct Outbox {
+    urgent: Sender<Item>,
+    bulk: Sender<Item>,
+    bulk_timeout: Duration,
+    shared: Arc<Shared>,
+}
+
+impl Outbox {
+    /// Queues a reply or message without waiting; a full queue disconnects the client.
+    pub fn send(&self, item: Outgoing) -> Result<(), OutboxError> {
+        match self.urgent.try_send(Item::Frame(item)) {
+            Ok(()) => Ok(()),
+            Err(TrySendError::Full(_)) => {
+                self.shared.close("outbox full: client too slow to read");
+                Err(OutboxError::Overflow)
+            }
+            Err(TrySendError::Disconnected(_)) => Err(OutboxError::Closed),
+        }
+    }
+
+    /// Queues a file frame, waiting up to the bulk timeout for room.
+    pub fn send_bulk(&self, item: Outgoing) -> Result<(), OutboxError> {
+        match self.bulk.send_timeout(Item::Frame(item), self.bulk_timeout) {
+            Ok(()) => Ok(()),
+            Err(SendTimeoutError::Timeout(_)) => {
+                self.shared.close("file queue stuck: client too slow to read");
+                Err(OutboxError::Overflow)
+            }
+            Err(SendTimeoutError::Disconnected(_)) => Err(OutboxError::Closed),
+        }
+    }
+
+    /// Sends what is already queued, then closes the connection. Used by the
+    /// connection's own reader when it ends, so a final reply or `BYE` still
+    /// goes out.
+    pub fn finish(&self) {
+        if self.urgent.send_timeout(Item::Close, Duration::from_secs(1)).is_err() {
+            self.shared.close("closing");
+        }
+    }
+
+    /// Closes the connection now, recording `reason` for the log.
+    pub fn close(&self, reason: &str) {
+        self.shared.close(reason);
+    }
+
+    /// Why the server closed this connection, if it did.
+    pub fn close_reason(&self) -> Option<String> {
+        self.shared
+            .close_reason
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+}
+
+/// Starts the writer for a connection and returns its outbox.
+pub fn spawn(stream: TcpStream, sealer: Sealer, limits: OutboxLimits) -> std::io::Result<Outbox> {
+    let (urgent_tx, urgent_rx) = bounded(limits.urgent);
+    let (bulk_tx, bulk_rx) = bounded(limits.bulk);
+    let shared = Arc::new(Shared {
+        stream: stream.try_clone()?,
+        close_reason: Mutex::new(None),
+    });
+    let writer = FrameWriter::new(stream, sealer);
+    let thread_shared = Arc::clone(&shared);
+    std::thread::Builder::new()
+        .name("writer".into())
+        .stack_size(crate::server::THREAD_STACK)
+        .spawn(move || {
+            write_loop(writer, &urgent_rx, &bulk_rx);
+            thread_shared.close("closing");
+        })?;
+    Ok(Outbox {
+        urgent: urgent_tx,
+        bulk: bulk_tx,
+        bulk_timeout: limits.bulk_timeout,
+        shared,
+    })
+}
+
+/// Flush once this many bytes are sealed, even if more are queued.
+const FLUSH_AT: usize = 256 * 1024;
+
+fn write_loop(mut w: FrameWriter<TcpStream>, urgent: &Receiver<Item>, bulk: &Receiver<Item>) {
+    loop {
+        let first = select_biased! {
+            recv(urgent) -> m => m,
+            recv(bulk) -> m => m,
+        };
+        let Ok(mut item) = first else { return };
+        loop {
+            match item {
+                Item::Frame(o) => w.queue(&o.head, o.body.as_ref()),
+                Item::Close => {
+                    let _ = w.flush();
+                    return;
+                }
+            }
+            if w.pending() >= FLUSH_AT {
+                break;
+            }
+            item = match urgent.try_recv().or_else(|_| bulk.try_recv()) {
+                Ok(next) => next,
+                Err(_) => break,
+            };
+        }
+        if w.flush().is_err() {
+            return;
+        }
+    }
+}
