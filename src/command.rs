@@ -218,18 +218,32 @@ mod tests {
         assert_eq!(Command::parse("help"), Ok(Command::Help));
         assert_eq!(
             Command::parse("join devs"),
-            Ok(Command::Plain(Request::Join(GroupName::parse("devs").unwrap())))
+            Ok(Command::Plain(Request::Join(
+                GroupName::parse("devs").unwrap()
+            )))
         );
-        assert!(matches!(Command::parse("LOGIN bob"), Err(CommandError::Usage(_))));
+        assert!(matches!(
+            Command::parse("LOGIN bob"),
+            Err(CommandError::Usage(_))
+        ));
     }
 
     #[test]
     fn errors() {
-        assert!(matches!(Command::parse("DANCE"), Err(CommandError::Unknown(_))));
+        assert!(matches!(
+            Command::parse("DANCE"),
+            Err(CommandError::Unknown(_))
+        ));
         assert!(matches!(Command::parse(""), Err(CommandError::Unknown(_))));
-        assert!(matches!(Command::parse("CHUNK 1 2 3"), Err(CommandError::Unknown(_))));
+        assert!(matches!(
+            Command::parse("CHUNK 1 2 3"),
+            Err(CommandError::Unknown(_))
+        ));
         assert_eq!(Command::parse("SEND bob"), Err(CommandError::Usage(U_SEND)));
         assert_eq!(Command::parse("SEND"), Err(CommandError::Usage(U_SEND)));
-        assert!(matches!(Command::parse("SEND b@d hi"), Err(CommandError::BadName(_))));
+        assert!(matches!(
+            Command::parse("SEND b@d hi"),
+            Err(CommandError::BadName(_))
+        ));
     }
 }

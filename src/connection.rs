@@ -165,7 +165,10 @@ impl<W: Write> FrameWriter<W> {
 
     /// Writes everything queued.
     pub fn flush(&mut self) -> io::Result<()> {
-        let result = self.inner.write_all(&self.buf).and_then(|()| self.inner.flush());
+        let result = self
+            .inner
+            .write_all(&self.buf)
+            .and_then(|()| self.inner.flush());
         self.buf.clear();
         if self.buf.capacity() > 4 * MAX_LINE_LEN {
             self.buf = Vec::new();

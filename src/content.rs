@@ -95,7 +95,9 @@ impl ContentKey {
 
     /// Decrypts a body sealed under this key.
     pub fn open(&self, body: &Body) -> Result<Vec<u8>, ContentError> {
-        let raw = B64.decode(body.as_str()).map_err(|_| ContentError::BadBase64)?;
+        let raw = B64
+            .decode(body.as_str())
+            .map_err(|_| ContentError::BadBase64)?;
         if raw.len() < 2 * tdes::BLOCK_LEN {
             return Err(ContentError::BadCiphertext);
         }
@@ -127,7 +129,7 @@ impl Body {
         let n = B64
             .decode_slice(text, &mut scratch)
             .map_err(|_| ContentError::BadBase64)?;
-        if n < 2 * tdes::BLOCK_LEN || n % tdes::BLOCK_LEN != 0 {
+        if n < 2 * tdes::BLOCK_LEN || !n.is_multiple_of(tdes::BLOCK_LEN) {
             return Err(ContentError::BadCiphertext);
         }
         Ok(Body(text.into()))
@@ -174,13 +176,22 @@ mod tests {
         assert_eq!(s.len(), CONTENT_KEY_B64_LEN);
         assert_eq!(ContentKey::from_b64(&s).unwrap(), k);
         assert_eq!(ContentKey::from_b64("short"), Err(ContentError::BadKey));
-        assert_eq!(ContentKey::from_b64(&"!".repeat(32)), Err(ContentError::BadKey));
+        assert_eq!(
+            ContentKey::from_b64(&"!".repeat(32)),
+            Err(ContentError::BadKey)
+        );
     }
 
     #[test]
     fn bad_bodies_are_refused() {
-        assert_eq!(Body::from_wire("not base64!").unwrap_err(), ContentError::BadBase64);
-        assert_eq!(Body::from_wire("AAAA").unwrap_err(), ContentError::BadCiphertext);
+        assert_eq!(
+            Body::from_wire("not base64!").unwrap_err(),
+            ContentError::BadBase64
+        );
+        assert_eq!(
+            Body::from_wire("AAAA").unwrap_err(),
+            ContentError::BadCiphertext
+        );
         let k = ContentKey::random();
         let other = ContentKey::random();
         let body = k.seal(b"secret text here");

@@ -350,7 +350,14 @@ mod tests {
 
     #[test]
     fn junk_is_an_error() {
-        for h in ["", "WHAT", "ERR NOPE x", "MSG 1 2", "FILE_END x", "MSG 1 2 a @b k"] {
+        for h in [
+            "",
+            "WHAT",
+            "ERR NOPE x",
+            "MSG 1 2",
+            "FILE_END x",
+            "MSG 1 2 a @b k",
+        ] {
             assert!(ServerMessage::parse(Frame::head(h)).is_err(), "{h}");
         }
     }

@@ -192,7 +192,8 @@ impl Sealer {
         out.push(b'.');
         let mut tag_b64 = [0u8; TAG_B64_LEN];
         // 32 bytes always encode to exactly 44 characters.
-        B64.encode_slice(tag, &mut tag_b64).expect("44-byte tag buffer");
+        B64.encode_slice(tag, &mut tag_b64)
+            .expect("44-byte tag buffer");
         out.extend_from_slice(&tag_b64);
         out.push(b'\n');
         st.seq += 1;
@@ -244,14 +245,17 @@ impl Opener {
 
         // Authentic from here on: what follows can only fail for a buggy peer.
         let raw = B64.decode(head_b64).map_err(|_| FrameError::BadBase64)?;
-        if raw.len() < 2 * tdes::BLOCK_LEN || raw.len() % tdes::BLOCK_LEN != 0 {
+        if raw.len() < 2 * tdes::BLOCK_LEN || !raw.len().is_multiple_of(tdes::BLOCK_LEN) {
             return Err(FrameError::BadPadding);
         }
         let (iv, ct) = raw.split_at(tdes::BLOCK_LEN);
         st.use_blocks((ct.len() / tdes::BLOCK_LEN) as u64);
         // split_at gave exactly BLOCK_LEN bytes.
         let iv: &[u8; tdes::BLOCK_LEN] = iv.try_into().expect("8-byte IV");
-        let head = st.cipher.decrypt(iv, ct).map_err(|_| FrameError::BadPadding)?;
+        let head = st
+            .cipher
+            .decrypt(iv, ct)
+            .map_err(|_| FrameError::BadPadding)?;
         if head.len() > MAX_HEAD_LEN {
             return Err(FrameError::BadHead);
         }
@@ -333,10 +337,21 @@ mod tests {
     #[test]
     fn malformed_lines_are_errors_not_panics() {
         let mut o = Opener::new(&keys());
-        for bad in [&b""[..], b".", b"..", b"abc", b"a.b", b"a.b.c", &[0xff; 100]] {
+        for bad in [
+            &b""[..],
+            b".",
+            b"..",
+            b"abc",
+            b"a.b",
+            b"a.b.c",
+            &[0xff; 100],
+        ] {
             assert!(o.open(bad).is_err());
         }
-        assert_eq!(o.open(&vec![b'A'; MAX_LINE_LEN + 1]), Err(FrameError::TooLong));
+        assert_eq!(
+            o.open(&vec![b'A'; MAX_LINE_LEN + 1]),
+            Err(FrameError::TooLong)
+        );
     }
 
     #[test]

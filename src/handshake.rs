@@ -47,10 +47,15 @@ impl fmt::Display for HandshakeError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             HandshakeError::Io(e) => write!(f, "handshake I/O failed: {e}"),
-            HandshakeError::Closed => f.write_str("peer closed the connection during the handshake"),
+            HandshakeError::Closed => {
+                f.write_str("peer closed the connection during the handshake")
+            }
             HandshakeError::NotMuchat => f.write_str("peer does not speak the muchat protocol"),
             HandshakeError::Version(v) => {
-                write!(f, "unsupported protocol version {v:?}; this side speaks {PROTOCOL}")
+                write!(
+                    f,
+                    "unsupported protocol version {v:?}; this side speaks {PROTOCOL}"
+                )
             }
             HandshakeError::BadPublicValue(e) => write!(f, "invalid Diffie-Hellman value: {e}"),
             HandshakeError::Refused(why) => write!(f, "server refused the handshake: {why}"),

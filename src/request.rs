@@ -290,8 +290,12 @@ impl Request {
             "CREATE_GROUP" => Ok(Request::CreateGroup(GroupName::parse(
                 exactly(args, 1, U_CREATE_GROUP)?[0],
             )?)),
-            "JOIN" => Ok(Request::Join(GroupName::parse(exactly(args, 1, U_JOIN)?[0])?)),
-            "LEAVE" => Ok(Request::Leave(GroupName::parse(exactly(args, 1, U_LEAVE)?[0])?)),
+            "JOIN" => Ok(Request::Join(GroupName::parse(
+                exactly(args, 1, U_JOIN)?[0],
+            )?)),
+            "LEAVE" => Ok(Request::Leave(GroupName::parse(
+                exactly(args, 1, U_LEAVE)?[0],
+            )?)),
             "LIST" => no_args(Request::List),
             "HELP" => no_args(Request::Help),
             "LOGOUT" => no_args(Request::Logout),
@@ -372,7 +376,11 @@ impl Request {
                 (format!("SEND {to} {}", key.to_b64()), Some(body.clone()))
             }
             Request::SendToGroup { groups, key, body } => (
-                format!("SEND_TO_GROUP {} {}", format_group_list(groups), key.to_b64()),
+                format!(
+                    "SEND_TO_GROUP {} {}",
+                    format_group_list(groups),
+                    key.to_b64()
+                ),
                 Some(body.clone()),
             ),
             Request::SendFile(o) => {
@@ -465,12 +473,25 @@ mod tests {
     #[test]
     fn errors_name_the_problem() {
         assert_eq!(parse(""), Err(ParseError::Empty));
-        assert_eq!(parse("FLY away"), Err(ParseError::UnknownCommand("FLY".into())));
+        assert_eq!(
+            parse("FLY away"),
+            Err(ParseError::UnknownCommand("FLY".into()))
+        );
         assert_eq!(parse("LOGIN alice"), Err(ParseError::Usage(U_LOGIN)));
-        assert_eq!(parse("LOGIN alice pw extra"), Err(ParseError::Usage(U_LOGIN)));
+        assert_eq!(
+            parse("LOGIN alice pw extra"),
+            Err(ParseError::Usage(U_LOGIN))
+        );
         assert_eq!(parse("LIST now"), Err(ParseError::Usage("LIST")));
-        assert_eq!(parse("JOIN ../etc"), Err(ParseError::BadName(NameError::Characters)));
-        assert_eq!(parse("SEND bob key"), Err(ParseError::Usage(U_SEND)), "no body");
+        assert_eq!(
+            parse("JOIN ../etc"),
+            Err(ParseError::BadName(NameError::Characters))
+        );
+        assert_eq!(
+            parse("SEND bob key"),
+            Err(ParseError::Usage(U_SEND)),
+            "no body"
+        );
         assert_eq!(parse("LOGIN  alice pw"), Err(ParseError::Usage(U_LOGIN)));
     }
 

@@ -66,8 +66,12 @@ impl TdesKey {
     }
 
     /// Decrypts `ciphertext` under `iv` and strips the padding.
-    pub fn decrypt(&self, iv: &[u8; BLOCK_LEN], ciphertext: &[u8]) -> Result<Vec<u8>, BadCiphertext> {
-        if ciphertext.is_empty() || ciphertext.len() % BLOCK_LEN != 0 {
+    pub fn decrypt(
+        &self,
+        iv: &[u8; BLOCK_LEN],
+        ciphertext: &[u8],
+    ) -> Result<Vec<u8>, BadCiphertext> {
+        if ciphertext.is_empty() || !ciphertext.len().is_multiple_of(BLOCK_LEN) {
             return Err(BadCiphertext);
         }
         let mut buf = ciphertext.to_vec();

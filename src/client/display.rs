@@ -68,7 +68,11 @@ pub fn event_line(event: &ClientEvent) -> String {
             from,
             to,
             text,
-        } => format!("MSG {id} {} {from} -> {to}: {}", format_ms(*at_ms), sanitize(text)),
+        } => format!(
+            "MSG {id} {} {from} -> {to}: {}",
+            format_ms(*at_ms),
+            sanitize(text)
+        ),
         ClientEvent::BadMessage { id, from, reason } => {
             format!("MSG_FAILED {id} from {from}: {reason}")
         }

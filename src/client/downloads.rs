@@ -80,30 +80,41 @@ impl Downloads {
                 );
                 Vec::new()
             }
-            Err(e) => vec![failed(id, &format!("cannot write in {}: {e}", self.dir.display()))],
+            Err(e) => vec![failed(
+                id,
+                &format!("cannot write in {}: {e}", self.dir.display()),
+            )],
         }
     }
 
     /// A chunk arrives.
-    pub fn chunk(&mut self, id: u64, offset: u64, key: &ContentKey, body: &Body) -> Vec<ClientEvent> {
+    pub fn chunk(
+        &mut self,
+        id: u64,
+        offset: u64,
+        key: &ContentKey,
+        body: &Body,
+    ) -> Vec<ClientEvent> {
         let Some(inc) = self.active.get_mut(&id) else {
             return Vec::new(); // a transfer we already gave up on
         };
-        let result = key
-            .open(body)
-            .map_err(|e| e.to_string())
-            .and_then(|data| {
-                if offset != inc.received {
-                    return Err(format!("chunk at offset {offset}, expected {}", inc.received));
-                }
-                if inc.received + data.len() as u64 > inc.start.size {
-                    return Err("more data than the announced size".into());
-                }
-                inc.file.write_all(&data).map_err(|e| format!("write failed: {e}"))?;
-                inc.hasher.update(&data);
-                inc.received += data.len() as u64;
-                Ok(())
-            });
+        let result = key.open(body).map_err(|e| e.to_string()).and_then(|data| {
+            if offset != inc.received {
+                return Err(format!(
+                    "chunk at offset {offset}, expected {}",
+                    inc.received
+                ));
+            }
+            if inc.received + data.len() as u64 > inc.start.size {
+                return Err("more data than the announced size".into());
+            }
+            inc.file
+                .write_all(&data)
+                .map_err(|e| format!("write failed: {e}"))?;
+            inc.hasher.update(&data);
+            inc.received += data.len() as u64;
+            Ok(())
+        });
         if let Err(reason) = result {
             return self.fail(id, &reason);
         }
@@ -207,7 +218,11 @@ fn place(dir: &Path, temp: &Path, name: &str) -> io::Result<PathBuf> {
         } else {
             dir.join(format!("{stem} ({n}){ext}"))
         };
-        match OpenOptions::new().write(true).create_new(true).open(&candidate) {
+        match OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(&candidate)
+        {
             Ok(_) => {
                 fs::rename(temp, &candidate)?;
                 return Ok(candidate);
@@ -228,7 +243,10 @@ pub fn safe_file_name(name: &str, id: u64) -> String {
         .chars()
         .filter(|&c| !c.is_control() && !is_bidi_control(c) && c != ':')
         .collect();
-    let trimmed = cleaned.trim().trim_start_matches('.').trim_end_matches(['.', ' ']);
+    let trimmed = cleaned
+        .trim()
+        .trim_start_matches('.')
+        .trim_end_matches(['.', ' ']);
     let mut out = String::new();
     for c in trimmed.chars() {
         if out.len() + c.len_utf8() > MAX_NAME_BYTES {

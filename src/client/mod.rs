@@ -283,7 +283,10 @@ impl Client {
             .filter(|n| !n.is_empty())
             .unwrap_or_else(|| "file".into());
         // Names with control characters are refused by the server; send a clean one.
-        let name: String = name.chars().map(|c| if c.is_control() { '_' } else { c }).collect();
+        let name: String = name
+            .chars()
+            .map(|c| if c.is_control() { '_' } else { c })
+            .collect();
         let reply = self.request(&Request::SendFile(FileOffer {
             target,
             size,
@@ -294,7 +297,9 @@ impl Client {
             return Ok(reply);
         };
         let Some(id) = text.split(' ').next().and_then(|t| t.parse::<u64>().ok()) else {
-            return Err(ClientError::Disconnected(format!("unexpected reply to a file offer: {text}")));
+            return Err(ClientError::Disconnected(format!(
+                "unexpected reply to a file offer: {text}"
+            )));
         };
         self.sending.fetch_add(1, Ordering::SeqCst);
         let job = Upload {

@@ -26,14 +26,27 @@ struct Words;
 impl Completer for Words {
     type Candidate = String;
 
-    fn complete(&self, line: &str, pos: usize, _: &Context<'_>) -> rustyline::Result<(usize, Vec<String>)> {
+    fn complete(
+        &self,
+        line: &str,
+        pos: usize,
+        _: &Context<'_>,
+    ) -> rustyline::Result<(usize, Vec<String>)> {
         let before = &line[..pos];
         let start = before.rfind(' ').map_or(0, |i| i + 1);
         let word = &before[start..];
         let index = before[..start].split_whitespace().count();
-        let first = before.split_whitespace().next().unwrap_or("").to_ascii_uppercase();
+        let first = before
+            .split_whitespace()
+            .next()
+            .unwrap_or("")
+            .to_ascii_uppercase();
         let candidates: Vec<String> = match index {
-            0 => WORDS.iter().filter(|w| **w != "FILE").map(|w| w.to_string()).collect(),
+            0 => WORDS
+                .iter()
+                .filter(|w| **w != "FILE")
+                .map(|w| w.to_string())
+                .collect(),
             1 if first == "SEND" || first == "SEND_TO_GROUP" => vec!["FILE".to_string()],
             _ => Vec::new(),
         };
@@ -52,7 +65,11 @@ impl Hinter for Words {
 }
 
 impl Highlighter for Words {
-    fn highlight_prompt<'b, 's: 'b, 'p: 'b>(&'s self, prompt: &'p str, _default: bool) -> Cow<'b, str> {
+    fn highlight_prompt<'b, 's: 'b, 'p: 'b>(
+        &'s self,
+        prompt: &'p str,
+        _default: bool,
+    ) -> Cow<'b, str> {
         Cow::Borrowed(prompt)
     }
 }

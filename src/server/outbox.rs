@@ -20,10 +20,11 @@
 //! [`spawn`] without changing any caller.
 
 use std::net::{Shutdown, TcpStream};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use crossbeam_channel::{bounded, select_biased, Receiver, SendTimeoutError, Sender, TrySendError};
+use crossbeam_channel::{bounded, select_biased, unbounded, Receiver, SendTimeoutError, Sender};
 
 use crate::connection::FrameWriter;
 use crate::content::Body;
@@ -63,6 +64,7 @@ pub enum OutboxError {
 #[derive(Debug, Clone, Copy)]
 pub struct OutboxLimits {
     /// Replies and messages that may wait before the client counts as stuck.
+    /// (Counted, not preallocated: an idle client's queue costs nothing.)
     pub urgent: usize,
     /// File frames that may wait.
     pub bulk: usize,
@@ -73,7 +75,7 @@ pub struct OutboxLimits {
 impl Default for OutboxLimits {
     fn default() -> Self {
         OutboxLimits {
-            urgent: 4096,
+            urgent: 10_000,
             bulk: 16,
             bulk_timeout: Duration::from_secs(30),
         }
@@ -88,6 +90,9 @@ enum Item {
 
 struct Shared {
     stream: TcpStream,
+    /// Items in the urgent queue; the writer decrements as it takes them.
+    queued: AtomicUsize,
+    limit: usize,
     /// The first reason this connection was closed by the server, for the log.
     close_reason: Mutex<Option<String>>,
 }
@@ -115,14 +120,15 @@ pub struct Outbox {
 impl Outbox {
     /// Queues a reply or message without waiting; a full queue disconnects the client.
     pub fn send(&self, item: Outgoing) -> Result<(), OutboxError> {
-        match self.urgent.try_send(Item::Frame(item)) {
-            Ok(()) => Ok(()),
-            Err(TrySendError::Full(_)) => {
-                self.shared.close("outbox full: client too slow to read");
-                Err(OutboxError::Overflow)
-            }
-            Err(TrySendError::Disconnected(_)) => Err(OutboxError::Closed),
+        if self.shared.queued.fetch_add(1, Ordering::AcqRel) >= self.shared.limit {
+            self.shared.queued.fetch_sub(1, Ordering::AcqRel);
+            self.shared.close("outbox full: client too slow to read");
+            return Err(OutboxError::Overflow);
         }
+        self.urgent.send(Item::Frame(item)).map_err(|_| {
+            self.shared.queued.fetch_sub(1, Ordering::AcqRel);
+            OutboxError::Closed
+        })
     }
 
     /// Queues a file frame, waiting up to the bulk timeout for room.
@@ -130,7 +136,8 @@ impl Outbox {
         match self.bulk.send_timeout(Item::Frame(item), self.bulk_timeout) {
             Ok(()) => Ok(()),
             Err(SendTimeoutError::Timeout(_)) => {
-                self.shared.close("file queue stuck: client too slow to read");
+                self.shared
+                    .close("file queue stuck: client too slow to read");
                 Err(OutboxError::Overflow)
             }
             Err(SendTimeoutError::Disconnected(_)) => Err(OutboxError::Closed),
@@ -141,7 +148,9 @@ impl Outbox {
     /// connection's own reader when it ends, so a final reply or `BYE` still
     /// goes out.
     pub fn finish(&self) {
-        if self.urgent.send_timeout(Item::Close, Duration::from_secs(1)).is_err() {
+        // Counted like any item, since the writer uncounts whatever it takes.
+        self.shared.queued.fetch_add(1, Ordering::AcqRel);
+        if self.urgent.send(Item::Close).is_err() {
             self.shared.close("closing");
         }
     }
@@ -163,10 +172,12 @@ impl Outbox {
 
 /// Starts the writer for a connection and returns its outbox.
 pub fn spawn(stream: TcpStream, sealer: Sealer, limits: OutboxLimits) -> std::io::Result<Outbox> {
-    let (urgent_tx, urgent_rx) = bounded(limits.urgent);
+    let (urgent_tx, urgent_rx) = unbounded();
     let (bulk_tx, bulk_rx) = bounded(limits.bulk);
     let shared = Arc::new(Shared {
         stream: stream.try_clone()?,
+        queued: AtomicUsize::new(0),
+        limit: limits.urgent,
         close_reason: Mutex::new(None),
     });
     let writer = FrameWriter::new(stream, sealer);
@@ -175,7 +186,7 @@ pub fn spawn(stream: TcpStream, sealer: Sealer, limits: OutboxLimits) -> std::io
         .name("writer".into())
         .stack_size(crate::server::THREAD_STACK)
         .spawn(move || {
-            write_loop(writer, &urgent_rx, &bulk_rx);
+            write_loop(writer, &urgent_rx, &bulk_rx, &thread_shared.queued);
             thread_shared.close("closing");
         })?;
     Ok(Outbox {
@@ -189,10 +200,19 @@ pub fn spawn(stream: TcpStream, sealer: Sealer, limits: OutboxLimits) -> std::io
 /// Flush once this many bytes are sealed, even if more are queued.
 const FLUSH_AT: usize = 256 * 1024;
 
-fn write_loop(mut w: FrameWriter<TcpStream>, urgent: &Receiver<Item>, bulk: &Receiver<Item>) {
+fn write_loop(
+    mut w: FrameWriter<TcpStream>,
+    urgent: &Receiver<Item>,
+    bulk: &Receiver<Item>,
+    queued: &AtomicUsize,
+) {
+    let take_urgent = |m: Item| {
+        queued.fetch_sub(1, Ordering::AcqRel);
+        m
+    };
     loop {
         let first = select_biased! {
-            recv(urgent) -> m => m,
+            recv(urgent) -> m => m.map(take_urgent),
             recv(bulk) -> m => m,
         };
         let Ok(mut item) = first else { return };
@@ -207,7 +227,11 @@ fn write_loop(mut w: FrameWriter<TcpStream>, urgent: &Receiver<Item>, bulk: &Rec
             if w.pending() >= FLUSH_AT {
                 break;
             }
-            item = match urgent.try_recv().or_else(|_| bulk.try_recv()) {
+            item = match urgent
+                .try_recv()
+                .map(take_urgent)
+                .or_else(|_| bulk.try_recv())
+            {
                 Ok(next) => next,
                 Err(_) => break,
             };

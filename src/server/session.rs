@@ -37,7 +37,11 @@ pub(super) fn serve(stream: TcpStream, peer: SocketAddr, id: SessionId, shared: 
             let reason = session.run(reader);
             session.end();
             // Prefer the outbox's reason: a slow reader is closed from outside.
-            session.outbox.close_reason().filter(|r| r != "closing").unwrap_or(reason)
+            session
+                .outbox
+                .close_reason()
+                .filter(|r| r != "closing")
+                .unwrap_or(reason)
         }
         Err(reason) => reason,
     };
@@ -250,7 +254,11 @@ impl Session {
             Request::FileEnd(id) => {
                 let t = self.transfers.remove(&id).ok_or_else(|| no_transfer(id))?;
                 let end = Outgoing::from(&ServerMessage::FileEnd(id));
-                let n = t.recipients.iter().filter(|r| r.send_bulk(end.clone()).is_ok()).count();
+                let n = t
+                    .recipients
+                    .iter()
+                    .filter(|r| r.send_bulk(end.clone()).is_ok())
+                    .count();
                 Ok(format!("{id} file delivered to {n} session{}", plural(n)))
             }
             Request::FileAbort(id) => {
@@ -270,24 +278,40 @@ impl Session {
         }
     }
 
-    fn create_user(&mut self, name: String, username: &Username, password: &str) -> Result<String, Failure> {
+    fn create_user(
+        &mut self,
+        name: String,
+        username: &Username,
+        password: &str,
+    ) -> Result<String, Failure> {
         if self.user.is_some() {
-            return Err(Failure(ErrorCode::AlreadyLoggedIn, "already logged in; LOGOUT first".into()));
+            return Err(Failure(
+                ErrorCode::AlreadyLoggedIn,
+                "already logged in; LOGOUT first".into(),
+            ));
         }
         let verifier = Verifier::new(password);
         self.shared.state().create_user(name, username, verifier)?;
         log!("conn {}: created user {username}", self.id);
-        Ok(format!("created user {username}; now LOGIN {username} <password>"))
+        Ok(format!(
+            "created user {username}; now LOGIN {username} <password>"
+        ))
     }
 
     fn login(&mut self, username: Username, password: &str) -> Result<String, Failure> {
         if self.user.is_some() {
-            return Err(Failure(ErrorCode::AlreadyLoggedIn, "already logged in; LOGOUT first".into()));
+            return Err(Failure(
+                ErrorCode::AlreadyLoggedIn,
+                "already logged in; LOGOUT first".into(),
+            ));
         }
         let verifier = self.shared.state().verifier(&username);
         if !password::check(verifier.as_ref(), password) {
             log!("conn {}: failed login as {username}", self.id);
-            return Err(Failure(ErrorCode::LoginFailed, "wrong username or password".into()));
+            return Err(Failure(
+                ErrorCode::LoginFailed,
+                "wrong username or password".into(),
+            ));
         }
         self.shared.state().add_session(
             &username,
@@ -307,7 +331,10 @@ impl Session {
         if offer.size > max {
             return Err(Failure(
                 ErrorCode::TooLarge,
-                format!("file is {} bytes; this server accepts at most {max}", offer.size),
+                format!(
+                    "file is {} bytes; this server accepts at most {max}",
+                    offer.size
+                ),
             ));
         }
         // Each recipient session gets the file once, labelled with the first
@@ -340,7 +367,10 @@ impl Session {
                 name: offer.name.clone(),
             }));
             for o in sessions {
-                if o.session != self.id && seen.insert(o.session) && o.outbox.send_bulk(start.clone()).is_ok() {
+                if o.session != self.id
+                    && seen.insert(o.session)
+                    && o.outbox.send_bulk(start.clone()).is_ok()
+                {
                     recipients.push(o.outbox);
                 }
             }
@@ -354,7 +384,12 @@ impl Session {
                 next_offset: 0,
             },
         );
-        Ok(format!("{id} sending {} ({} bytes) to {n} session{}", offer.name, offer.size, plural(n)))
+        Ok(format!(
+            "{id} sending {} ({} bytes) to {n} session{}",
+            offer.name,
+            offer.size,
+            plural(n)
+        ))
     }
 
     /// Ends an open transfer, telling its recipients why. False if it was not open.
@@ -385,7 +420,9 @@ impl Session {
         let min_plain = padded.saturating_sub(tdes::BLOCK_LEN as u64);
         let fits = padded <= (FILE_CHUNK_SIZE + tdes::BLOCK_LEN) as u64
             && offset >= t.next_offset
-            && offset.checked_add(min_plain).is_some_and(|end| end <= t.size);
+            && offset
+                .checked_add(min_plain)
+                .is_some_and(|end| end <= t.size);
         if !fits {
             let why = "chunk outside the announced size or out of order";
             self.abort_transfer(id, why);
@@ -405,7 +442,10 @@ impl Session {
 }
 
 fn deliver(recipients: &[Online], msg: &Outgoing) -> usize {
-    recipients.iter().filter(|o| o.outbox.send(msg.clone()).is_ok()).count()
+    recipients
+        .iter()
+        .filter(|o| o.outbox.send(msg.clone()).is_ok())
+        .count()
 }
 
 fn plural(n: usize) -> &'static str {

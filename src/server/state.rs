@@ -61,7 +61,12 @@ pub struct State {
 
 impl State {
     /// Registers a new account.
-    pub fn create_user(&mut self, name: String, username: &Username, verifier: Verifier) -> Result<(), Failure> {
+    pub fn create_user(
+        &mut self,
+        name: String,
+        username: &Username,
+        verifier: Verifier,
+    ) -> Result<(), Failure> {
         if self.accounts.contains_key(username) {
             return Err(Failure::new(
                 ErrorCode::UserExists,
@@ -115,7 +120,10 @@ impl State {
 
     /// Adds `user` to an existing group; returns its new member count.
     pub fn join(&mut self, user: &Username, group: &GroupName) -> Result<usize, Failure> {
-        let g = self.groups.get_mut(group).ok_or_else(|| no_such_group(group))?;
+        let g = self
+            .groups
+            .get_mut(group)
+            .ok_or_else(|| no_such_group(group))?;
         if !g.members.insert(user.clone()) {
             return Err(Failure::new(
                 ErrorCode::AlreadyMember,
@@ -128,7 +136,10 @@ impl State {
     /// Removes `user` from a group. An emptied group stays, so its name
     /// (and, later, its history) is not up for grabs.
     pub fn leave(&mut self, user: &Username, group: &GroupName) -> Result<(), Failure> {
-        let g = self.groups.get_mut(group).ok_or_else(|| no_such_group(group))?;
+        let g = self
+            .groups
+            .get_mut(group)
+            .ok_or_else(|| no_such_group(group))?;
         if !g.members.remove(user) {
             return Err(not_member(group));
         }
@@ -143,15 +154,26 @@ impl State {
             .iter()
             .map(|(name, g)| {
                 let n = g.members.len();
-                let joined = if g.members.contains(me) { ", joined" } else { "" };
-                format!("#{name} ({n} member{}{joined})", if n == 1 { "" } else { "s" })
+                let joined = if g.members.contains(me) {
+                    ", joined"
+                } else {
+                    ""
+                };
+                format!(
+                    "#{name} ({n} member{}{joined})",
+                    if n == 1 { "" } else { "s" }
+                )
             })
             .collect();
         let mut users: Vec<&str> = self.online.keys().map(Username::as_str).collect();
         users.sort_unstable();
         format!(
             "groups: {}; online: {}",
-            if groups.is_empty() { "none".to_string() } else { groups.join(", ") },
+            if groups.is_empty() {
+                "none".to_string()
+            } else {
+                groups.join(", ")
+            },
             users.join(", ")
         )
     }
@@ -159,7 +181,10 @@ impl State {
     /// The live sessions of `to`, for a direct message or file.
     pub fn user_recipients(&self, to: &Username) -> Result<Vec<Online>, Failure> {
         if !self.accounts.contains_key(to) {
-            return Err(Failure::new(ErrorCode::UnknownUser, format!("no user named {to}")));
+            return Err(Failure::new(
+                ErrorCode::UnknownUser,
+                format!("no user named {to}"),
+            ));
         }
         match self.online.get(to) {
             Some(list) => Ok(list.clone()),
@@ -203,5 +228,8 @@ fn no_such_group(g: &GroupName) -> Failure {
 }
 
 fn not_member(g: &GroupName) -> Failure {
-    Failure::new(ErrorCode::NotMember, format!("you are not a member of #{g}"))
+    Failure::new(
+        ErrorCode::NotMember,
+        format!("you are not a member of #{g}"),
+    )
 }
