@@ -10,7 +10,7 @@ use std::path::PathBuf;
 
 use crate::frame::Frame;
 use crate::names::{parse_group_list, GroupName, NameError, Username};
-use crate::request::{FileTarget, ParseError, Request};
+use crate::request::{FileTarget, ParseError, Request, MAX_MESSAGE_LEN};
 
 /// The text `HELP` prints.
 pub const HELP: &str = "\
@@ -81,6 +81,8 @@ pub enum CommandError {
     Usage(&'static str),
     /// A bad user or group name.
     BadName(NameError),
+    /// A message over [`MAX_MESSAGE_LEN`] bytes.
+    TooLong,
 }
 
 impl fmt::Display for CommandError {
@@ -89,6 +91,12 @@ impl fmt::Display for CommandError {
             CommandError::Unknown(w) => write!(f, "unknown command {w:?}; type HELP for the list"),
             CommandError::Usage(u) => write!(f, "usage: {u}"),
             CommandError::BadName(e) => write!(f, "{e}"),
+            CommandError::TooLong => {
+                write!(
+                    f,
+                    "message too long: at most {MAX_MESSAGE_LEN} bytes; send a file instead"
+                )
+            }
         }
     }
 }
@@ -160,6 +168,9 @@ fn parse_send(verb: &str, rest: &str) -> Result<Command, CommandError> {
     }
     if first.is_empty() || after.is_empty() {
         return Err(CommandError::Usage(usage));
+    }
+    if after.len() > MAX_MESSAGE_LEN {
+        return Err(CommandError::TooLong);
     }
     let text = after.to_string();
     match target(first)? {

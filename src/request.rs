@@ -33,6 +33,10 @@ use crate::names::{format_group_list, parse_group_list, GroupName, NameError, Us
 /// exactly this long.
 pub const FILE_CHUNK_SIZE: usize = 32 * 1024;
 
+/// The longest message text, in bytes: its body then fits a frame line
+/// (base64 of the padded ciphertext, plus a head) with room to spare.
+pub const MAX_MESSAGE_LEN: usize = 32 * 1024;
+
 /// The longest display name, password, or file name, in bytes.
 pub const MAX_FIELD_LEN: usize = 255;
 

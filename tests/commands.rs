@@ -197,3 +197,21 @@ fn quit_ends_the_connection_and_help_is_local() {
     let again = login_again(&server, "alice");
     assert!(ok(&again, "LIST").contains("online: alice"));
 }
+
+#[test]
+fn the_longest_allowed_message_arrives_and_a_longer_one_is_refused_locally() {
+    let server = start_server();
+    let alice = login(&server, "alice");
+    let bob = login(&server, "bob");
+    let longest = "é".repeat(muchat::request::MAX_MESSAGE_LEN / 2);
+    alice.send_text(&user("bob"), &longest).unwrap();
+    assert_eq!(next_message(&bob).3, longest);
+    let too_long = "x".repeat(muchat::request::MAX_MESSAGE_LEN + 1);
+    assert!(matches!(
+        alice.send_text(&user("bob"), &too_long),
+        Err(muchat::client::ClientError::Refused(_))
+    ));
+    // Still connected and usable.
+    ok(&alice, "SEND bob short");
+    assert_eq!(next_message(&bob).3, "short");
+}

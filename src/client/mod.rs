@@ -39,7 +39,7 @@ use crate::event::{Reply, ServerMessage};
 use crate::frame::Frame;
 use crate::handshake::{self, HandshakeError};
 use crate::names::{Conversation, GroupName, Username};
-use crate::request::{FileOffer, FileTarget, Request, FILE_CHUNK_SIZE};
+use crate::request::{FileOffer, FileTarget, Request, FILE_CHUNK_SIZE, MAX_MESSAGE_LEN};
 
 use downloads::Downloads;
 
@@ -52,6 +52,8 @@ pub enum ClientError {
     Handshake(HandshakeError),
     /// The connection is gone; carries the reason.
     Disconnected(String),
+    /// Refused locally before sending (e.g. a message over the size limit).
+    Refused(String),
 }
 
 impl fmt::Display for ClientError {
@@ -60,6 +62,7 @@ impl fmt::Display for ClientError {
             ClientError::Io(e) => write!(f, "{e}"),
             ClientError::Handshake(e) => write!(f, "{e}"),
             ClientError::Disconnected(why) => write!(f, "disconnected: {why}"),
+            ClientError::Refused(why) => write!(f, "{why}"),
         }
     }
 }
@@ -251,6 +254,7 @@ impl Client {
 
     /// Encrypts `text` under a fresh content key and sends it to a user.
     pub fn send_text(&self, to: &Username, text: &str) -> Result<Reply, ClientError> {
+        check_length(text)?;
         let key = ContentKey::random();
         let body = key.seal(text.as_bytes());
         self.request(&Request::Send {
@@ -262,6 +266,7 @@ impl Client {
 
     /// Encrypts `text` once and sends it to one or more groups.
     pub fn send_group_text(&self, groups: &[GroupName], text: &str) -> Result<Reply, ClientError> {
+        check_length(text)?;
         let key = ContentKey::random();
         let body = key.seal(text.as_bytes());
         self.request(&Request::SendToGroup {
@@ -346,6 +351,15 @@ impl Drop for Client {
     fn drop(&mut self) {
         self.close();
     }
+}
+
+fn check_length(text: &str) -> Result<(), ClientError> {
+    if text.len() > MAX_MESSAGE_LEN {
+        return Err(ClientError::Refused(format!(
+            "message too long: at most {MAX_MESSAGE_LEN} bytes; send a file instead"
+        )));
+    }
+    Ok(())
 }
 
 /// Queues a frame that expects a reply and returns where the reply will land.

@@ -80,7 +80,7 @@ pub fn local_error(e: &crate::command::CommandError) -> String {
     use crate::event::ErrorCode;
     let code = match e {
         CommandError::Unknown(_) => ErrorCode::UnknownCommand,
-        CommandError::Usage(_) => ErrorCode::Usage,
+        CommandError::Usage(_) | CommandError::TooLong => ErrorCode::Usage,
         CommandError::BadName(_) => ErrorCode::BadName,
     };
     reply_line(&Reply::Err(code, e.to_string()))
