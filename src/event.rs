@@ -54,9 +54,11 @@ pub enum ErrorCode {
     NotMember,
     /// `JOIN` of a group the caller is already in.
     AlreadyMember,
-    /// A file over the server's size limit, or a chunk past the announced size.
+    /// A file over the server's size limit, or a message body over the
+    /// message size limit.
     TooLarge,
-    /// A chunk, end or abort for a transfer that is not open.
+    /// `FILE_END` or `FILE_ABORT` for a transfer that is not open. (A bad
+    /// chunk is answered with a `FILE_ABORT` event, never an `ERR`.)
     NoSuchTransfer,
 }
 

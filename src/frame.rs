@@ -40,8 +40,9 @@ pub const REKEY_BLOCKS: u64 = 1 << 20;
 /// The longest line either side accepts, newline excluded.
 pub const MAX_LINE_LEN: usize = 64 * 1024;
 
-/// The longest head text (before encryption).
-pub const MAX_HEAD_LEN: usize = 4096;
+/// The longest head text (before encryption). Heads are commands, replies
+/// and events; long lists (`LIST`) are cut to fit.
+pub const MAX_HEAD_LEN: usize = 16 * 1024;
 
 /// Length of the tag segment: base64 of a 32-byte HMAC.
 const TAG_B64_LEN: usize = 44;

@@ -35,4 +35,5 @@ pub mod names;
 pub mod password;
 pub mod request;
 pub mod server;
+pub mod store;
 pub mod tdes;

@@ -37,6 +37,19 @@ pub const FILE_CHUNK_SIZE: usize = 32 * 1024;
 /// (base64 of the padded ciphertext, plus a head) with room to spare.
 pub const MAX_MESSAGE_LEN: usize = 32 * 1024;
 
+/// The longest body accepted for `SEND`/`SEND_TO_GROUP` (base64 of an IV
+/// and a [`MAX_MESSAGE_LEN`]-byte text's padded ciphertext), so the relayed
+/// `MSG` line stays well inside the frame line limit.
+pub const MAX_MESSAGE_BODY_LEN: usize = body_b64_len(MAX_MESSAGE_LEN);
+
+/// The longest body accepted for a `CHUNK`.
+pub const MAX_CHUNK_BODY_LEN: usize = body_b64_len(FILE_CHUNK_SIZE);
+
+/// Length of the base64 body carrying `plain` bytes of content.
+pub const fn body_b64_len(plain: usize) -> usize {
+    (crate::tdes::BLOCK_LEN + crate::tdes::padded_len(plain)).div_ceil(3) * 4
+}
+
 /// The longest display name, password, or file name, in bytes.
 pub const MAX_FIELD_LEN: usize = 255;
 
@@ -145,6 +158,8 @@ pub enum ParseError {
     BadName(NameError),
     /// A content key or body is malformed.
     BadContent(ContentError),
+    /// A body longer than the message or chunk limit.
+    TooLarge,
 }
 
 impl fmt::Display for ParseError {
@@ -155,6 +170,10 @@ impl fmt::Display for ParseError {
             ParseError::Usage(u) => write!(f, "usage: {u}"),
             ParseError::BadName(e) => write!(f, "{e}"),
             ParseError::BadContent(e) => write!(f, "{e}"),
+            ParseError::TooLarge => write!(
+                f,
+                "message too large: at most {MAX_MESSAGE_LEN} bytes of text; send a file instead"
+            ),
         }
     }
 }
@@ -220,7 +239,7 @@ fn number(s: &str, usage: &'static str) -> Result<u64, ParseError> {
 
 /// Parses 64 hex digits into a SHA-256 digest.
 pub fn parse_sha256(s: &str) -> Option<[u8; 32]> {
-    if s.len() != 64 || !s.is_ascii() {
+    if s.len() != 64 || !s.bytes().all(|b| b.is_ascii_hexdigit()) {
         return None;
     }
     let mut out = [0u8; 32];
@@ -260,9 +279,22 @@ impl Request {
             return Err(ParseError::Empty);
         }
         let verb = verb.to_ascii_uppercase();
+        if !VERBS.contains(&verb.as_str()) {
+            return Err(ParseError::UnknownCommand(truncate(&verb, 32)));
+        }
         let needs_body = matches!(verb.as_str(), "SEND" | "SEND_TO_GROUP" | "CHUNK");
         let body = match (needs_body, body) {
-            (true, Some(b)) => Some(b),
+            (true, Some(b)) => {
+                let max = if verb == "CHUNK" {
+                    MAX_CHUNK_BODY_LEN
+                } else {
+                    MAX_MESSAGE_BODY_LEN
+                };
+                if b.as_str().len() > max {
+                    return Err(ParseError::TooLarge);
+                }
+                Some(b)
+            }
             (false, None) => None,
             (true, None) | (false, Some(_)) => {
                 return Err(ParseError::Usage(usage_of(&verb)));
@@ -422,6 +454,33 @@ impl Request {
     }
 }
 
+/// Every request verb.
+const VERBS: [&str; 16] = [
+    "CREATE_USER",
+    "LOGIN",
+    "CREATE_GROUP",
+    "JOIN",
+    "LEAVE",
+    "LIST",
+    "HELP",
+    "LOGOUT",
+    "QUIT",
+    "SEND",
+    "SEND_TO_GROUP",
+    "SEND_FILE",
+    "SEND_TO_GROUP_FILE",
+    "CHUNK",
+    "FILE_END",
+    "FILE_ABORT",
+];
+
+/// Whether a head is a request that gets no reply (a file chunk). A
+/// malformed one cannot be answered, so it ends the connection instead.
+pub fn is_unanswered(head: &str) -> bool {
+    let verb = head.split(' ').next().unwrap_or("");
+    verb.eq_ignore_ascii_case("CHUNK")
+}
+
 fn usage_of(verb: &str) -> &'static str {
     match verb {
         "CREATE_USER" => U_CREATE_USER,
@@ -497,6 +556,45 @@ mod tests {
             "no body"
         );
         assert_eq!(parse("LOGIN  alice pw"), Err(ParseError::Usage(U_LOGIN)));
+        let body = ContentKey::random().seal(b"x");
+        let with_body = |h: &str| {
+            Request::parse(Frame {
+                head: h.into(),
+                body: Some(body.clone()),
+            })
+        };
+        assert_eq!(
+            with_body("FLY x"),
+            Err(ParseError::UnknownCommand("FLY".into()))
+        );
+        assert_eq!(with_body("LIST"), Err(ParseError::Usage("LIST")));
+        assert!(parse_sha256(&"+f".repeat(32)).is_none());
+    }
+
+    #[test]
+    fn bodies_over_the_limits_are_too_large() {
+        let key = ContentKey::random();
+        let fits = key.seal(&vec![b'a'; MAX_MESSAGE_LEN]);
+        assert_eq!(fits.as_str().len(), MAX_MESSAGE_BODY_LEN);
+        let big = key.seal(&vec![b'a'; MAX_MESSAGE_LEN + 8]);
+        let head = format!("SEND bob {}", key.to_b64());
+        let frame = |b: &Body| Frame {
+            head: head.clone(),
+            body: Some(b.clone()),
+        };
+        assert!(Request::parse(frame(&fits)).is_ok());
+        assert_eq!(Request::parse(frame(&big)), Err(ParseError::TooLarge));
+        let chunk = key.seal(&vec![0; FILE_CHUNK_SIZE + 8]);
+        let head = format!("CHUNK 1 0 {}", key.to_b64());
+        assert_eq!(
+            Request::parse(Frame {
+                head,
+                body: Some(chunk)
+            }),
+            Err(ParseError::TooLarge)
+        );
+        assert!(is_unanswered("chunk 1 2 3"));
+        assert!(!is_unanswered("CHUNKY"));
     }
 
     #[test]

@@ -28,7 +28,7 @@ use muchat::frame::{Frame, Opener, Sealer, MAX_HEAD_LEN, MAX_LINE_LEN, REKEY_BLO
 use muchat::handshake::{self, MAX_HANDSHAKE_LINE, PROTOCOL};
 use muchat::keys::{self, SessionKeys};
 use muchat::names::{Conversation, GroupName, Username, MAX_NAME_LEN};
-use muchat::request::{Request, FILE_CHUNK_SIZE, MAX_FIELD_LEN};
+use muchat::request::{Request, FILE_CHUNK_SIZE, MAX_FIELD_LEN, MAX_MESSAGE_LEN};
 use muchat::server::outbox::OutboxLimits;
 use muchat::server::Config;
 
@@ -133,7 +133,7 @@ fn constants() -> Vec<(&'static str, String)> {
             "bulk_timeout_secs",
             limits.bulk_timeout.as_secs().to_string(),
         ),
-        ("max_message_plaintext", max_message_plaintext().to_string()),
+        ("max_message_len", MAX_MESSAGE_LEN.to_string()),
         ("error_codes", codes.join(",")),
     ]
 }
@@ -159,19 +159,10 @@ fn worst_case_msg_line(n: usize) -> usize {
     line.len()
 }
 
-/// The largest message plaintext whose relayed `MSG` line always fits.
-fn max_message_plaintext() -> usize {
-    let (mut lo, mut hi) = (0, MAX_LINE_LEN);
-    assert!(worst_case_msg_line(lo) <= MAX_LINE_LEN && worst_case_msg_line(hi) > MAX_LINE_LEN);
-    while hi - lo > 1 {
-        let mid = (lo + hi) / 2;
-        if worst_case_msg_line(mid) <= MAX_LINE_LEN {
-            lo = mid;
-        } else {
-            hi = mid;
-        }
-    }
-    lo
+/// The longest allowed message, relayed in the worst case, fits a line.
+#[test]
+fn the_longest_message_always_fits_its_relayed_line() {
+    assert!(worst_case_msg_line(MAX_MESSAGE_LEN) <= MAX_LINE_LEN);
 }
 
 /// The `name = value` lines of the fenced block under the "Test vectors" heading.

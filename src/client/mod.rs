@@ -19,7 +19,7 @@ pub mod downloads;
 pub mod repl;
 pub mod script;
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 use std::fmt;
 use std::fs::File;
 use std::io::{self, BufReader, Read};
@@ -190,6 +190,10 @@ fn lock(p: &Pending) -> std::sync::MutexGuard<'_, Waiters> {
     p.lock().unwrap_or_else(|e| e.into_inner())
 }
 
+/// Outgoing transfers by id, each with the reason the server aborted it
+/// (set by the reader, checked by the upload between chunks).
+type Uploads = Arc<Mutex<HashMap<u64, Arc<Mutex<Option<String>>>>>>;
+
 /// A connected, keyed client session.
 pub struct Client {
     commands: Sender<Outbound>,
@@ -199,6 +203,7 @@ pub struct Client {
     stream: TcpStream,
     /// Outgoing transfers still running.
     sending: Arc<AtomicUsize>,
+    uploads: Uploads,
 }
 
 impl Client {
@@ -225,10 +230,14 @@ impl Client {
 
         let r = FrameReader::new(reader, keyed.opener);
         let (p, tx) = (Arc::clone(&pending), events_tx.clone());
-        let downloads = Downloads::new(config.downloads);
+        let uploads: Uploads = Arc::default();
+        let incoming = Incoming {
+            downloads: Downloads::new(config.downloads),
+            uploads: Arc::clone(&uploads),
+        };
         std::thread::Builder::new()
             .name("client-reader".into())
-            .spawn(move || read_loop(r, &p, &tx, downloads))?;
+            .spawn(move || read_loop(r, &p, &tx, incoming))?;
 
         Ok(Client {
             commands,
@@ -237,6 +246,7 @@ impl Client {
             events_tx,
             stream,
             sending: Arc::default(),
+            uploads,
         })
     }
 
@@ -307,8 +317,12 @@ impl Client {
             )));
         };
         self.sending.fetch_add(1, Ordering::SeqCst);
+        let aborted = Arc::new(Mutex::new(None));
+        lock_uploads(&self.uploads).insert(id, Arc::clone(&aborted));
         let job = Upload {
             id,
+            aborted,
+            uploads: Arc::clone(&self.uploads),
             path: path.to_path_buf(),
             size,
             bulk: self.bulk.clone(),
@@ -397,9 +411,18 @@ fn hash_file(path: &Path) -> Result<(u64, [u8; 32]), ClientError> {
     Ok((size, hasher.finalize().into()))
 }
 
+fn lock_uploads(
+    u: &Uploads,
+) -> std::sync::MutexGuard<'_, HashMap<u64, Arc<Mutex<Option<String>>>>> {
+    u.lock().unwrap_or_else(|e| e.into_inner())
+}
+
 /// One outgoing file being streamed.
 struct Upload {
     id: u64,
+    /// Set by the reader if the server aborts this transfer.
+    aborted: Arc<Mutex<Option<String>>>,
+    uploads: Uploads,
     path: PathBuf,
     size: u64,
     bulk: Sender<Outbound>,
@@ -421,8 +444,16 @@ impl Upload {
                 reason,
             },
         };
+        lock_uploads(&self.uploads).remove(&self.id);
         let _ = self.events.send(event);
         self.sending.fetch_sub(1, Ordering::SeqCst);
+    }
+
+    fn abort_reason(&self) -> Option<String> {
+        self.aborted
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
     }
 
     fn stream(&self) -> Result<Reply, String> {
@@ -431,6 +462,9 @@ impl Upload {
         let mut buf = vec![0u8; FILE_CHUNK_SIZE];
         let mut offset = 0u64;
         while offset < self.size {
+            if let Some(why) = self.abort_reason() {
+                return Err(format!("server aborted the transfer: {why}"));
+            }
             let want = FILE_CHUNK_SIZE.min((self.size - offset) as usize);
             if let Err(e) = f.read_exact(&mut buf[..want]) {
                 // The file shrank or failed since it was hashed: cancel.
@@ -450,6 +484,9 @@ impl Upload {
                 .send(Outbound { frame, reply: None })
                 .map_err(|_| gone())?;
             offset += want as u64;
+        }
+        if let Some(why) = self.abort_reason() {
+            return Err(format!("server aborted the transfer: {why}"));
         }
         // The end goes through the same queue as the chunks, so it follows them.
         let reply = submit(&self.bulk, Request::FileEnd(self.id).to_frame())
@@ -498,12 +535,22 @@ fn write_loop(
     let _ = stream.shutdown(Shutdown::Both);
 }
 
+/// Where the reader sends file traffic: incoming files, and aborts of our own uploads.
+struct Incoming {
+    downloads: Downloads,
+    uploads: Uploads,
+}
+
 fn read_loop(
     mut r: FrameReader<BufReader<TcpStream>>,
     pending: &Pending,
     events: &Sender<ClientEvent>,
-    mut downloads: Downloads,
+    incoming: Incoming,
 ) {
+    let Incoming {
+        mut downloads,
+        uploads,
+    } = incoming;
     let mut bye = None;
     let reason = loop {
         let frame = match r.read_frame() {
@@ -549,7 +596,13 @@ fn read_loop(
                 body,
             } => downloads.chunk(id, offset, &key, &body),
             ServerMessage::FileEnd(id) => downloads.end(id),
-            ServerMessage::FileAbort(id, why) => downloads.abort(id, &why),
+            ServerMessage::FileAbort(id, why) => match lock_uploads(&uploads).get(&id) {
+                Some(upload) => {
+                    *upload.lock().unwrap_or_else(|e| e.into_inner()) = Some(why);
+                    Vec::new()
+                }
+                None => downloads.abort(id, &why),
+            },
             ServerMessage::Bye(why) => {
                 bye = Some(format!("server said goodbye: {why}"));
                 continue;

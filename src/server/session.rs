@@ -6,9 +6,10 @@
 //! Anything a client can send ends, at worst, this one connection.
 
 use std::collections::{HashMap, HashSet};
-use std::io::BufReader;
+use std::io::{BufReader, Read};
 use std::net::{SocketAddr, TcpStream};
 use std::sync::Arc;
+use std::time::Instant;
 
 use crate::clock::now_ms;
 use crate::connection::{FrameReader, ReadError};
@@ -16,18 +17,21 @@ use crate::content::{Body, ContentKey};
 use crate::event::{Delivery, ErrorCode, FileStart, Reply, ServerMessage};
 use crate::names::{Conversation, Username};
 use crate::password::{self, Verifier};
-use crate::request::{FileOffer, FileTarget, ParseError, Request, FILE_CHUNK_SIZE};
+use crate::request::{is_unanswered, FileOffer, FileTarget, ParseError, Request, FILE_CHUNK_SIZE};
 use crate::{handshake, log, tdes};
 
 use super::outbox::{self, Outbox, Outgoing};
 use super::state::{Failure, Online, SessionId};
 use super::Shared;
 
-/// The `HELP` reply.
-const HELP: &str = "commands: CREATE_USER <name> <username> <password> | LOGIN <username> <password> \
-| CREATE_GROUP <group> | JOIN <group> | LEAVE <group> | LIST \
-| SEND <username> <message> | SEND_TO_GROUP <group>[,<group>...] <message> \
-| SEND FILE <username> <path> | SEND_TO_GROUP FILE <group>[,<group>...] <path> | LOGOUT | QUIT | HELP";
+/// The `HELP` reply: the wire syntax (the client prints its own help for
+/// what people type).
+const HELP: &str =
+    "requests: CREATE_USER <name> <username> <password> | LOGIN <username> <password> \
+| CREATE_GROUP <group> | JOIN <group> | LEAVE <group> | LIST | LOGOUT | QUIT | HELP \
+| SEND <username> <content-key> +body | SEND_TO_GROUP <group>[,<group>...] <content-key> +body \
+| SEND_FILE <username> <size> <sha256> <name> | SEND_TO_GROUP_FILE <groups> <size> <sha256> <name> \
+| CHUNK <id> <offset> <content-key> +body | FILE_END <id> | FILE_ABORT <id>";
 
 /// Serves one accepted connection until it closes.
 pub(super) fn serve(stream: TcpStream, peer: SocketAddr, id: SessionId, shared: Arc<Shared>) {
@@ -52,16 +56,18 @@ fn start(
     stream: &TcpStream,
     id: SessionId,
     shared: &Arc<Shared>,
-) -> Result<(FrameReader<BufReader<TcpStream>>, Session), String> {
+) -> Result<(FrameReader<BufReader<Timed>>, Session), String> {
     let io = |e: std::io::Error| format!("socket error: {e}");
     stream.set_nodelay(true).map_err(io)?;
-    stream
-        .set_read_timeout(Some(shared.config.handshake_timeout))
-        .map_err(io)?;
-    let mut reader = BufReader::new(stream.try_clone().map_err(io)?);
+    let deadline = Instant::now() + shared.config.handshake_timeout;
+    let mut reader = BufReader::new(Timed {
+        stream: stream.try_clone().map_err(io)?,
+        deadline: Some(deadline),
+    });
     let mut writer = stream.try_clone().map_err(io)?;
     let keyed = handshake::server(&mut reader, &mut writer)
         .map_err(|e| format!("handshake failed: {e}"))?;
+    reader.get_mut().deadline = None;
     stream.set_read_timeout(None).map_err(io)?;
     let outbox = outbox::spawn(writer, keyed.sealer, shared.config.outbox).map_err(io)?;
     shared.register(id, outbox.clone());
@@ -76,11 +82,37 @@ fn start(
     Ok((FrameReader::new(reader, keyed.opener), session))
 }
 
+/// The socket's read side with an optional overall deadline: each read may
+/// wait only for what is left of it, so a peer trickling one byte at a time
+/// cannot stretch the handshake.
+struct Timed {
+    stream: TcpStream,
+    deadline: Option<Instant>,
+}
+
+impl Read for Timed {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        if let Some(deadline) = self.deadline {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return Err(std::io::Error::new(
+                    std::io::ErrorKind::TimedOut,
+                    "handshake took too long",
+                ));
+            }
+            self.stream.set_read_timeout(Some(left))?;
+        }
+        self.stream.read(buf)
+    }
+}
+
 /// A file being relayed from this connection's client.
 struct Transfer {
-    recipients: Vec<Outbox>,
+    /// Who gets it: a session stays a recipient only while it is logged in
+    /// as the same user.
+    recipients: Vec<Online>,
     size: u64,
-    /// The lowest offset the next chunk may start at.
+    /// The offset the next chunk must carry.
     next_offset: u64,
 }
 
@@ -101,7 +133,7 @@ struct Session {
 }
 
 impl Session {
-    fn run(&mut self, mut reader: FrameReader<BufReader<TcpStream>>) -> String {
+    fn run(&mut self, mut reader: FrameReader<BufReader<Timed>>) -> String {
         loop {
             let frame = match reader.read_frame() {
                 Ok(Some(f)) => f,
@@ -113,8 +145,16 @@ impl Session {
                     return format!("protocol error: {why}");
                 }
             };
+            let unanswered = is_unanswered(&frame.head);
             let flow = match Request::parse(frame) {
                 Ok(request) => self.handle(request),
+                Err(e) if unanswered => {
+                    // No reply can carry this error without desynchronising
+                    // the client's replies, so the connection ends.
+                    let why = format!("protocol error: malformed chunk: {e}");
+                    self.push(&ServerMessage::Bye(why.clone()));
+                    return why;
+                }
                 Err(e) => {
                     self.reply(Err(parse_failure(e)));
                     Flow::Continue
@@ -203,7 +243,7 @@ impl Session {
             }
             Request::Join(g) => {
                 let n = self.shared.state().join(me, &g)?;
-                Ok(format!("joined #{g} ({n} members)"))
+                Ok(format!("joined #{g} ({n} member{})", plural(n)))
             }
             Request::Leave(g) => {
                 self.shared.state().leave(me, &g)?;
@@ -211,7 +251,9 @@ impl Session {
             }
             Request::List => Ok(self.shared.state().list(me)),
             Request::Send { to, key, body } => {
-                let recipients = self.shared.state().user_recipients(&to)?;
+                let mut recipients = self.shared.state().user_recipients(&to)?;
+                // A note to yourself reaches your other sessions, not this one.
+                recipients.retain(|o| o.session != self.id);
                 let id = self.shared.next_id();
                 let msg = ServerMessage::Msg(Delivery {
                     id,
@@ -257,7 +299,7 @@ impl Session {
                 let n = t
                     .recipients
                     .iter()
-                    .filter(|r| r.send_bulk(end.clone()).is_ok())
+                    .filter(|o| o.outbox.send_bulk(end.clone()).is_ok())
                     .count();
                 Ok(format!("{id} file delivered to {n} session{}", plural(n)))
             }
@@ -317,6 +359,7 @@ impl Session {
             &username,
             Online {
                 session: self.id,
+                user: username.clone(),
                 outbox: self.outbox.clone(),
             },
         );
@@ -371,7 +414,7 @@ impl Session {
                     && seen.insert(o.session)
                     && o.outbox.send_bulk(start.clone()).is_ok()
                 {
-                    recipients.push(o.outbox);
+                    recipients.push(o);
                 }
             }
         }
@@ -399,8 +442,8 @@ impl Session {
         };
         self.aborted.insert(id);
         let abort = Outgoing::from(&ServerMessage::FileAbort(id, why.into()));
-        for r in &t.recipients {
-            let _ = r.send_bulk(abort.clone());
+        for o in &t.recipients {
+            let _ = o.outbox.send_bulk(abort.clone());
         }
         true
     }
@@ -414,22 +457,22 @@ impl Session {
             self.push(&ServerMessage::FileAbort(id, "no such transfer".into()));
             return;
         };
-        // The server cannot see plaintext lengths, only bounds: c ciphertext
-        // blocks after the IV hold 8c-8 ..= 8c-1 bytes.
-        let padded = body.ciphertext_len().saturating_sub(tdes::BLOCK_LEN) as u64;
-        let min_plain = padded.saturating_sub(tdes::BLOCK_LEN as u64);
-        let fits = padded <= (FILE_CHUNK_SIZE + tdes::BLOCK_LEN) as u64
-            && offset >= t.next_offset
-            && offset
-                .checked_add(min_plain)
-                .is_some_and(|end| end <= t.size);
+        // Chunks are FILE_CHUNK_SIZE bytes, except a shorter last one. The
+        // server sees only ciphertext, whose padded length is fixed by the
+        // plaintext length, so it can check each chunk carries exactly the
+        // bytes due at its offset.
+        let padded = body.ciphertext_len().saturating_sub(tdes::BLOCK_LEN);
+        let expected = t.size.saturating_sub(offset).min(FILE_CHUNK_SIZE as u64);
+        let fits = offset == t.next_offset
+            && offset < t.size
+            && padded == tdes::padded_len(expected as usize);
         if !fits {
-            let why = "chunk outside the announced size or out of order";
+            let why = "chunk does not fit the announced size, or out of order";
             self.abort_transfer(id, why);
             self.push(&ServerMessage::FileAbort(id, why.into()));
             return;
         }
-        t.next_offset = offset + min_plain.max(1);
+        t.next_offset = offset + expected;
         let frame = Outgoing::from(&ServerMessage::Chunk {
             id,
             offset,
@@ -437,7 +480,12 @@ impl Session {
             body,
         });
         // A recipient that is gone or stuck drops out; the rest carry on.
-        t.recipients.retain(|r| r.send_bulk(frame.clone()).is_ok());
+        let state = self.shared.state();
+        t.recipients
+            .retain(|o| state.is_online_as(&o.user, o.session));
+        drop(state);
+        t.recipients
+            .retain(|o| o.outbox.send_bulk(frame.clone()).is_ok());
     }
 }
 
@@ -464,6 +512,7 @@ fn parse_failure(e: ParseError) -> Failure {
     let code = match e {
         ParseError::Empty | ParseError::UnknownCommand(_) => ErrorCode::UnknownCommand,
         ParseError::Usage(_) | ParseError::BadContent(_) => ErrorCode::Usage,
+        ParseError::TooLarge => ErrorCode::TooLarge,
         ParseError::BadName(_) => ErrorCode::BadName,
     };
     Failure(code, e.to_string())

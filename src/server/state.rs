@@ -33,6 +33,8 @@ pub type SessionId = u64;
 pub struct Online {
     /// Which connection.
     pub session: SessionId,
+    /// Logged in as.
+    pub user: Username,
     /// Where its frames go.
     pub outbox: Outbox,
 }
@@ -147,35 +149,39 @@ impl State {
     }
 
     /// The `LIST` text: every group with its member count (marking the
-    /// caller's), then the users online now.
+    /// caller's), then the users online now. Each list is cut short (with
+    /// a count of what was left out) so the reply fits in one frame head.
     pub fn list(&self, me: &Username) -> String {
-        let groups: Vec<String> = self
-            .groups
-            .iter()
-            .map(|(name, g)| {
-                let n = g.members.len();
-                let joined = if g.members.contains(me) {
-                    ", joined"
-                } else {
-                    ""
-                };
-                format!(
-                    "#{name} ({n} member{}{joined})",
-                    if n == 1 { "" } else { "s" }
-                )
-            })
-            .collect();
+        let groups = self.groups.iter().map(|(name, g)| {
+            let n = g.members.len();
+            let joined = if g.members.contains(me) {
+                ", joined"
+            } else {
+                ""
+            };
+            format!(
+                "#{name} ({n} member{}{joined})",
+                if n == 1 { "" } else { "s" }
+            )
+        });
         let mut users: Vec<&str> = self.online.keys().map(Username::as_str).collect();
         users.sort_unstable();
         format!(
             "groups: {}; online: {}",
-            if groups.is_empty() {
-                "none".to_string()
-            } else {
-                groups.join(", ")
-            },
-            users.join(", ")
+            bounded_join(groups, LIST_PART_BYTES, "none"),
+            bounded_join(
+                users.into_iter().map(str::to_string),
+                LIST_PART_BYTES,
+                "nobody"
+            )
         )
+    }
+
+    /// Whether `session` is still logged in as `user`.
+    pub fn is_online_as(&self, user: &Username, session: SessionId) -> bool {
+        self.online
+            .get(user)
+            .is_some_and(|list| list.iter().any(|o| o.session == session))
     }
 
     /// The live sessions of `to`, for a direct message or file.
@@ -221,6 +227,29 @@ impl State {
         }
         Ok(out)
     }
+}
+
+/// Room for each of the two lists in a `LIST` reply.
+const LIST_PART_BYTES: usize = crate::frame::MAX_HEAD_LEN / 2 - 64;
+
+/// Joins items with ", " until `max` bytes, then says how many were left out.
+fn bounded_join(items: impl ExactSizeIterator<Item = String>, max: usize, empty: &str) -> String {
+    let total = items.len();
+    if total == 0 {
+        return empty.to_string();
+    }
+    let mut out = String::new();
+    for (shown, item) in items.enumerate() {
+        if out.len() + item.len() + 2 > max {
+            out.push_str(&format!(" ... and {} more", total - shown));
+            return out;
+        }
+        if shown > 0 {
+            out.push_str(", ");
+        }
+        out.push_str(&item);
+    }
+    out
 }
 
 fn no_such_group(g: &GroupName) -> Failure {
