@@ -24,10 +24,11 @@ Commands (command words in any case):
   SEND_TO_GROUP <group>[,<group>...] <message>
   SEND FILE <username> <path>                send a file
   SEND_TO_GROUP FILE <group>[,<group>...] <path>
+  HISTORY <username|group> [N]               the last N (default 20) messages
   LOGOUT | QUIT | HELP";
 
 /// The command words, for tab completion.
-pub const WORDS: [&str; 12] = [
+pub const WORDS: [&str; 13] = [
     "CREATE_USER",
     "LOGIN",
     "CREATE_GROUP",
@@ -37,6 +38,7 @@ pub const WORDS: [&str; 12] = [
     "SEND",
     "SEND_TO_GROUP",
     "FILE",
+    "HISTORY",
     "LOGOUT",
     "QUIT",
     "HELP",
@@ -132,7 +134,7 @@ impl Command {
             "HELP" => Ok(Command::Help),
             "SEND" | "SEND_TO_GROUP" => parse_send(&upper, rest),
             "CREATE_USER" | "LOGIN" | "CREATE_GROUP" | "JOIN" | "LEAVE" | "LIST" | "LOGOUT"
-            | "QUIT" => {
+            | "QUIT" | "HISTORY" => {
                 // Same syntax as the wire: reuse its parser and its checks.
                 let args: Vec<&str> = rest.split_whitespace().collect();
                 let head = format!("{upper} {}", args.join(" "));

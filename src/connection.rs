@@ -134,6 +134,14 @@ impl<R: BufRead> FrameReader<R> {
     }
 }
 
+impl<T: std::io::Read> FrameReader<std::io::BufReader<T>> {
+    /// Whether bytes are already buffered, so the next frame may not need a
+    /// read from the socket (lets a reader batch work until it would block).
+    pub fn has_buffered(&self) -> bool {
+        !self.inner.buffer().is_empty()
+    }
+}
+
 /// The sending half of an established connection. Frames are sealed into an
 /// internal buffer by [`queue`](Self::queue) and written with one syscall by
 /// [`flush`](Self::flush), so a writer draining a backlog batches its writes.

@@ -15,6 +15,8 @@
 //! CHUNK <id> <offset> <content-key>                                + body
 //! FILE_END <id>
 //! FILE_ABORT <id> <reason>
+//! HIST <id> <unix-ms> <from> <@user|#group> <content-key>         + body
+//! HIST_FILE <id> <unix-ms> <from> <@user|#group> <size> <sha256-hex> <file name>
 //! BYE <reason>
 //! ```
 
@@ -44,8 +46,6 @@ pub enum ErrorCode {
     LoginFailed,
     /// No such user.
     UnknownUser,
-    /// The user has no live session.
-    UserOffline,
     /// `CREATE_GROUP` with a taken name.
     GroupExists,
     /// No such group.
@@ -60,10 +60,14 @@ pub enum ErrorCode {
     /// `FILE_END` or `FILE_ABORT` for a transfer that is not open. (A bad
     /// chunk is answered with a `FILE_ABORT` event, never an `ERR`.)
     NoSuchTransfer,
+    /// A file would take a recipient's pending queue over its quota.
+    QuotaExceeded,
+    /// The server could not store the change; nothing was done.
+    Storage,
 }
 
 impl ErrorCode {
-    const ALL: [ErrorCode; 15] = [
+    const ALL: [ErrorCode; 16] = [
         ErrorCode::UnknownCommand,
         ErrorCode::Usage,
         ErrorCode::BadName,
@@ -72,13 +76,14 @@ impl ErrorCode {
         ErrorCode::UserExists,
         ErrorCode::LoginFailed,
         ErrorCode::UnknownUser,
-        ErrorCode::UserOffline,
         ErrorCode::GroupExists,
         ErrorCode::NoSuchGroup,
         ErrorCode::NotMember,
         ErrorCode::AlreadyMember,
         ErrorCode::TooLarge,
         ErrorCode::NoSuchTransfer,
+        ErrorCode::QuotaExceeded,
+        ErrorCode::Storage,
     ];
 
     /// The code as written on the wire.
@@ -92,13 +97,14 @@ impl ErrorCode {
             ErrorCode::UserExists => "USER_EXISTS",
             ErrorCode::LoginFailed => "LOGIN_FAILED",
             ErrorCode::UnknownUser => "UNKNOWN_USER",
-            ErrorCode::UserOffline => "USER_OFFLINE",
             ErrorCode::GroupExists => "GROUP_EXISTS",
             ErrorCode::NoSuchGroup => "NO_SUCH_GROUP",
             ErrorCode::NotMember => "NOT_MEMBER",
             ErrorCode::AlreadyMember => "ALREADY_MEMBER",
             ErrorCode::TooLarge => "TOO_LARGE",
             ErrorCode::NoSuchTransfer => "NO_SUCH_TRANSFER",
+            ErrorCode::QuotaExceeded => "QUOTA_EXCEEDED",
+            ErrorCode::Storage => "STORAGE",
         }
     }
 
@@ -159,6 +165,36 @@ pub struct FileStart {
     pub name: String,
 }
 
+impl Delivery {
+    fn head(&self, verb: &str) -> String {
+        let Delivery {
+            id,
+            at_ms,
+            from,
+            to,
+            key,
+            ..
+        } = self;
+        format!("{verb} {id} {at_ms} {from} {to} {}", key.to_b64())
+    }
+}
+
+impl FileStart {
+    fn head(&self, verb: &str) -> String {
+        let sha = format_sha256(&self.sha256);
+        let FileStart {
+            id,
+            at_ms,
+            from,
+            to,
+            size,
+            name,
+            ..
+        } = self;
+        format!("{verb} {id} {at_ms} {from} {to} {size} {sha} {name}")
+    }
+}
+
 /// Anything the server sends.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ServerMessage {
@@ -183,6 +219,10 @@ pub enum ServerMessage {
     FileEnd(u64),
     /// The transfer stopped early.
     FileAbort(u64, String),
+    /// A past message, answering `HISTORY` (not to be acknowledged).
+    History(Delivery),
+    /// A past file, answering `HISTORY` (its content is not resent).
+    HistoryFile(FileStart),
     /// The server is closing this connection.
     Bye(String),
 }
@@ -206,30 +246,10 @@ impl ServerMessage {
             ServerMessage::Reply(Reply::Ok(t)) if t.is_empty() => ("OK".to_string(), None),
             ServerMessage::Reply(Reply::Ok(t)) => (format!("OK {t}"), None),
             ServerMessage::Reply(Reply::Err(c, t)) => (format!("ERR {c} {t}"), None),
-            ServerMessage::Msg(d) => (
-                format!(
-                    "MSG {} {} {} {} {}",
-                    d.id,
-                    d.at_ms,
-                    d.from,
-                    d.to,
-                    d.key.to_b64()
-                ),
-                Some(d.body.clone()),
-            ),
-            ServerMessage::File(f) => (
-                format!(
-                    "FILE {} {} {} {} {} {} {}",
-                    f.id,
-                    f.at_ms,
-                    f.from,
-                    f.to,
-                    f.size,
-                    format_sha256(&f.sha256),
-                    f.name
-                ),
-                None,
-            ),
+            ServerMessage::Msg(d) => (d.head("MSG"), Some(d.body.clone())),
+            ServerMessage::History(d) => (d.head("HIST"), Some(d.body.clone())),
+            ServerMessage::File(f) => (f.head("FILE"), None),
+            ServerMessage::HistoryFile(f) => (f.head("HIST_FILE"), None),
             ServerMessage::Chunk {
                 id,
                 offset,
@@ -262,22 +282,29 @@ impl ServerMessage {
                 let code = ErrorCode::parse(code).ok_or_else(bad)?;
                 ServerMessage::Reply(Reply::Err(code, text.to_string()))
             }
-            "MSG" => ServerMessage::Msg(Delivery {
-                id: num(next()?)?,
-                at_ms: num(next()?)?,
-                from: Username::parse(next()?).map_err(|_| bad())?,
-                to: Conversation::parse(next()?).map_err(|_| bad())?,
-                key: ContentKey::from_b64(next()?).map_err(|_| bad())?,
-                body: body()?,
-            }),
-            "FILE" => {
+            "MSG" | "HIST" => {
+                let d = Delivery {
+                    id: num(next()?)?,
+                    at_ms: num(next()?)?,
+                    from: Username::parse(next()?).map_err(|_| bad())?,
+                    to: Conversation::parse(next()?).map_err(|_| bad())?,
+                    key: ContentKey::from_b64(next()?).map_err(|_| bad())?,
+                    body: body()?,
+                };
+                if verb == "MSG" {
+                    ServerMessage::Msg(d)
+                } else {
+                    ServerMessage::History(d)
+                }
+            }
+            "FILE" | "HIST_FILE" => {
                 let (id, at_ms) = (num(next()?)?, num(next()?)?);
                 let from = Username::parse(next()?).map_err(|_| bad())?;
                 let to = Conversation::parse(next()?).map_err(|_| bad())?;
                 let size = num(next()?)?;
                 let sha256 = parse_sha256(next()?).ok_or_else(bad)?;
                 let name: Vec<&str> = t.collect();
-                ServerMessage::File(FileStart {
+                let f = FileStart {
                     id,
                     at_ms,
                     from,
@@ -285,7 +312,12 @@ impl ServerMessage {
                     size,
                     sha256,
                     name: name.join(" "),
-                })
+                };
+                if verb == "FILE" {
+                    ServerMessage::File(f)
+                } else {
+                    ServerMessage::HistoryFile(f)
+                }
             }
             "CHUNK" => ServerMessage::Chunk {
                 id: num(next()?)?,
@@ -341,6 +373,23 @@ mod tests {
                 key,
                 body,
             },
+            ServerMessage::History(Delivery {
+                id: 3,
+                at_ms: 4,
+                from: alice.clone(),
+                to: Conversation::User(Username::parse("bob").unwrap()),
+                key: ContentKey::random(),
+                body: ContentKey::random().seal(b"old"),
+            }),
+            ServerMessage::HistoryFile(FileStart {
+                id: 19,
+                at_ms: 5,
+                from: alice.clone(),
+                to: Conversation::Group(GroupName::parse("g").unwrap()),
+                size: 1,
+                sha256: [8; 32],
+                name: "old.txt".into(),
+            }),
             ServerMessage::FileEnd(18),
             ServerMessage::FileAbort(18, "sender left".into()),
             ServerMessage::Bye("server shutting down".into()),

@@ -1,66 +1,103 @@
-//! Password verifiers: what the server keeps instead of passwords.
+//! Password verifiers: what the server stores instead of passwords.
 //!
-//! A verifier is a random 16-byte salt and `HMAC-SHA256(salt, password)`.
-//! Checking compares in constant time, and checking against a missing
-//! account does the same work against a dummy verifier, so neither the
-//! reply nor its timing says whether a username exists.
-//!
-//! This is a placeholder strength: the accounts live in memory only for
-//! now. Persistent accounts will use a memory-hard hash (Argon2id).
+//! A verifier is an Argon2id hash in PHC string form
+//! (`$argon2id$v=19$m=19456,t=2,p=1$<salt>$<hash>`), with a fresh random
+//! salt per account and OWASP's parameters by default: 19 MiB of memory,
+//! 2 iterations, 1 lane. Checking a login against a username that does not
+//! exist runs the same computation against a dummy verifier, so neither the
+//! reply nor its timing tells whether the account exists.
 
 use std::fmt;
-use std::sync::OnceLock;
 
-use hmac::{KeyInit, Mac};
-use rand::Rng as _;
+use argon2::password_hash::{PasswordHasher, PasswordVerifier};
+use argon2::{Algorithm, Argon2, Params, Version};
 
-type HmacSha256 = hmac::Hmac<sha2::Sha256>;
-
-/// A salted password verifier.
-#[derive(Clone)]
-pub struct Verifier {
-    salt: [u8; 16],
-    hash: [u8; 32],
+/// Argon2id cost parameters.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PasswordCost {
+    /// Memory in KiB.
+    pub memory_kib: u32,
+    /// Passes over the memory.
+    pub iterations: u32,
 }
 
-impl fmt::Debug for Verifier {
+impl PasswordCost {
+    /// OWASP's recommendation: 19 MiB, 2 iterations, 1 lane.
+    pub const OWASP: PasswordCost = PasswordCost {
+        memory_kib: 19 * 1024,
+        iterations: 2,
+    };
+
+    /// A cheap setting for test suites that create many accounts. Still real
+    /// Argon2id, just weak: never use it for a server people rely on.
+    pub const TESTING: PasswordCost = PasswordCost {
+        memory_kib: 64,
+        iterations: 1,
+    };
+}
+
+impl Default for PasswordCost {
+    fn default() -> Self {
+        PasswordCost::OWASP
+    }
+}
+
+/// Hashing a new password failed (bad parameters or no randomness).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PasswordError(pub String);
+
+impl fmt::Display for PasswordError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("Verifier(<redacted>)")
+        write!(f, "password hashing failed: {}", self.0)
     }
 }
 
-fn keyed(salt: &[u8; 16], password: &str) -> HmacSha256 {
-    // HMAC takes keys of any length.
-    let mut mac = HmacSha256::new_from_slice(salt).expect("HMAC key");
-    mac.update(password.as_bytes());
-    mac
+impl std::error::Error for PasswordError {}
+
+/// Hashes and checks passwords at one cost.
+pub struct Passwords {
+    argon: Argon2<'static>,
+    /// Checked against when the account does not exist.
+    dummy: String,
 }
 
-impl Verifier {
-    /// A verifier for `password` with a fresh salt.
-    pub fn new(password: &str) -> Self {
-        let mut salt = [0u8; 16];
-        rand::rng().fill_bytes(&mut salt);
-        let hash = keyed(&salt, password).finalize().into_bytes().into();
-        Verifier { salt, hash }
+impl Passwords {
+    /// A hasher at `cost`.
+    pub fn new(cost: PasswordCost) -> Result<Self, PasswordError> {
+        let params = Params::new(cost.memory_kib, cost.iterations, 1, None)
+            .map_err(|e| PasswordError(e.to_string()))?;
+        let argon = Argon2::new(Algorithm::Argon2id, Version::V0x13, params);
+        let dummy = argon
+            .hash_password(b"no such account")
+            .map_err(|e| PasswordError(e.to_string()))?
+            .to_string();
+        Ok(Passwords { argon, dummy })
     }
 
-    /// Whether `password` matches, in constant time.
-    pub fn matches(&self, password: &str) -> bool {
-        keyed(&self.salt, password).verify_slice(&self.hash).is_ok()
+    /// A verifier for a new password, with a fresh salt.
+    pub fn hash(&self, password: &str) -> Result<String, PasswordError> {
+        self.argon
+            .hash_password(password.as_bytes())
+            .map(|h| h.to_string())
+            .map_err(|e| PasswordError(e.to_string()))
+    }
+
+    /// Whether `password` matches `verifier`; with no verifier (no such
+    /// account) it does the same work and answers false. The comparison
+    /// inside is constant-time. A verifier that does not parse never matches.
+    pub fn check(&self, verifier: Option<&str>, password: &str) -> bool {
+        let target = verifier.unwrap_or(&self.dummy);
+        let ok = self
+            .argon
+            .verify_password(password.as_bytes(), target)
+            .is_ok();
+        ok && verifier.is_some()
     }
 }
 
-/// Checks `password` against an account's verifier, or against a dummy when
-/// there is no account, so both cases cost the same.
-pub fn check(verifier: Option<&Verifier>, password: &str) -> bool {
-    static DUMMY: OnceLock<Verifier> = OnceLock::new();
-    match verifier {
-        Some(v) => v.matches(password),
-        None => {
-            let _ = DUMMY.get_or_init(|| Verifier::new("")).matches(password);
-            false
-        }
+impl fmt::Debug for Passwords {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Passwords(argon2id)")
     }
 }
 
@@ -70,11 +107,23 @@ mod tests {
 
     #[test]
     fn matches_only_the_right_password() {
-        let v = Verifier::new("hunter2");
-        assert!(check(Some(&v), "hunter2"));
-        assert!(!check(Some(&v), "hunter3"));
-        assert!(!check(None, "hunter2"));
-        assert!(!check(None, ""));
-        assert_ne!(Verifier::new("x").salt, Verifier::new("x").salt);
+        let p = Passwords::new(PasswordCost::TESTING).unwrap();
+        let v = p.hash("hunter2").unwrap();
+        assert!(v.starts_with("$argon2id$v=19$m=64,t=1,p=1$"));
+        assert!(!v.contains("hunter2"));
+        assert!(p.check(Some(&v), "hunter2"));
+        assert!(!p.check(Some(&v), "hunter3"));
+        assert!(!p.check(None, "hunter2"));
+        assert!(!p.check(None, "no such account"), "the dummy never logs in");
+        assert!(!p.check(Some("garbage"), "x"));
+        assert_ne!(p.hash("x").unwrap(), p.hash("x").unwrap(), "fresh salts");
+    }
+
+    #[test]
+    fn default_cost_is_owasp() {
+        let p = Passwords::new(PasswordCost::default()).unwrap();
+        let v = p.hash("pw").unwrap();
+        assert!(v.starts_with("$argon2id$v=19$m=19456,t=2,p=1$"), "{v}");
+        assert!(p.check(Some(&v), "pw"));
     }
 }

@@ -21,6 +21,8 @@
 //! CHUNK <transfer-id> <offset> <content-key>         + body
 //! FILE_END <transfer-id>
 //! FILE_ABORT <transfer-id>
+//! ACK <id>[,<id>...]
+//! HISTORY <username|group|@username|#group> [<count>]
 //! ```
 
 use std::fmt;
@@ -143,7 +145,47 @@ pub enum Request {
     FileEnd(u64),
     /// The sender gives up on a transfer.
     FileAbort(u64),
+    /// Messages and files received and handled: drop them from the
+    /// pending queue. Gets no reply.
+    Ack(Vec<u64>),
+    /// The last messages of a conversation.
+    History {
+        /// Whose conversation.
+        with: HistoryTarget,
+        /// How many messages at most.
+        limit: usize,
+    },
 }
+
+/// The conversation a `HISTORY` request names.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HistoryTarget {
+    /// `@name`: the direct conversation with this user.
+    User(Username),
+    /// `#name`: this group.
+    Group(GroupName),
+    /// A bare name: the group if the caller is in one of that name, else the user.
+    Either(String),
+}
+
+impl fmt::Display for HistoryTarget {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            HistoryTarget::User(u) => write!(f, "@{u}"),
+            HistoryTarget::Group(g) => write!(f, "#{g}"),
+            HistoryTarget::Either(n) => f.write_str(n),
+        }
+    }
+}
+
+/// How many messages `HISTORY` returns when no count is given.
+pub const DEFAULT_HISTORY: usize = 20;
+
+/// The most messages one `HISTORY` returns.
+pub const MAX_HISTORY: usize = 500;
+
+/// The most ids in one `ACK`.
+pub const MAX_ACK_IDS: usize = 1024;
 
 /// Why a request was refused before reaching the server's state.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -266,6 +308,8 @@ const U_SEND_GROUP_FILE: &str = "SEND_TO_GROUP_FILE <group>[,...] <size> <sha256
 const U_CHUNK: &str = "CHUNK <transfer-id> <offset> <content-key> + body";
 const U_FILE_END: &str = "FILE_END <transfer-id>";
 const U_FILE_ABORT: &str = "FILE_ABORT <transfer-id>";
+const U_ACK: &str = "ACK <id>[,<id>...]";
+const U_HISTORY: &str = "HISTORY <username|group> [<count>]";
 
 impl Request {
     /// Parses a received frame.
@@ -388,6 +432,42 @@ impl Request {
                 exactly(args, 1, U_FILE_ABORT)?[0],
                 U_FILE_ABORT,
             )?)),
+            "ACK" => {
+                let list = exactly(args, 1, U_ACK)?[0];
+                let ids = list
+                    .split(',')
+                    .map(|id| number(id, U_ACK))
+                    .collect::<Result<Vec<u64>, _>>()?;
+                if ids.len() > MAX_ACK_IDS {
+                    return Err(ParseError::Usage(U_ACK));
+                }
+                Ok(Request::Ack(ids))
+            }
+            "HISTORY" => {
+                let t = match split_n(args, 2) {
+                    Some((t, "")) => t,
+                    _ => exactly(args, 1, U_HISTORY)?,
+                };
+                let with = if let Some(u) = t[0].strip_prefix('@') {
+                    HistoryTarget::User(Username::parse(u)?)
+                } else if let Some(g) = t[0].strip_prefix('#') {
+                    HistoryTarget::Group(GroupName::parse(g)?)
+                } else {
+                    // Valid as a user or a group name (the rules are the same).
+                    HistoryTarget::Either(Username::parse(t[0])?.to_string())
+                };
+                let limit = match t.get(1) {
+                    Some(n) => number(n, U_HISTORY)?,
+                    None => DEFAULT_HISTORY as u64,
+                };
+                if limit == 0 || limit > MAX_HISTORY as u64 {
+                    return Err(ParseError::Usage(U_HISTORY));
+                }
+                Ok(Request::History {
+                    with,
+                    limit: limit as usize,
+                })
+            }
             _ => Err(ParseError::UnknownCommand(truncate(&verb, 32))),
         }
     }
@@ -438,6 +518,11 @@ impl Request {
             ),
             Request::FileEnd(t) => (format!("FILE_END {t}"), None),
             Request::FileAbort(t) => (format!("FILE_ABORT {t}"), None),
+            Request::Ack(ids) => {
+                let ids: Vec<String> = ids.iter().map(u64::to_string).collect();
+                (format!("ACK {}", ids.join(",")), None)
+            }
+            Request::History { with, limit } => (format!("HISTORY {with} {limit}"), None),
         };
         Frame { head, body }
     }
@@ -455,7 +540,7 @@ impl Request {
 }
 
 /// Every request verb.
-const VERBS: [&str; 16] = [
+const VERBS: [&str; 18] = [
     "CREATE_USER",
     "LOGIN",
     "CREATE_GROUP",
@@ -472,13 +557,16 @@ const VERBS: [&str; 16] = [
     "CHUNK",
     "FILE_END",
     "FILE_ABORT",
+    "ACK",
+    "HISTORY",
 ];
 
-/// Whether a head is a request that gets no reply (a file chunk). A
-/// malformed one cannot be answered, so it ends the connection instead.
+/// Whether a head is a request that gets no reply (a file chunk or an
+/// acknowledgement). A malformed one cannot be answered, so it ends the
+/// connection instead.
 pub fn is_unanswered(head: &str) -> bool {
     let verb = head.split(' ').next().unwrap_or("");
-    verb.eq_ignore_ascii_case("CHUNK")
+    verb.eq_ignore_ascii_case("CHUNK") || verb.eq_ignore_ascii_case("ACK")
 }
 
 fn usage_of(verb: &str) -> &'static str {
@@ -499,6 +587,8 @@ fn usage_of(verb: &str) -> &'static str {
         "CHUNK" => U_CHUNK,
         "FILE_END" => U_FILE_END,
         "FILE_ABORT" => U_FILE_ABORT,
+        "ACK" => U_ACK,
+        "HISTORY" => U_HISTORY,
         _ => "HELP",
     }
 }
@@ -650,10 +740,45 @@ mod tests {
             },
             Request::FileEnd(7),
             Request::FileAbort(8),
+            Request::Ack(vec![1, 22, 333]),
+            Request::History {
+                with: HistoryTarget::Group(gs[0].clone()),
+                limit: 5,
+            },
+            Request::History {
+                with: HistoryTarget::User(u.clone()),
+                limit: DEFAULT_HISTORY,
+            },
+            Request::History {
+                with: HistoryTarget::Either("bob".into()),
+                limit: 1,
+            },
         ];
         for r in all {
             assert_eq!(Request::parse(r.to_frame()), Ok(r.clone()), "{r:?}");
         }
+    }
+
+    #[test]
+    fn history_and_ack_forms() {
+        assert_eq!(
+            parse("history devs"),
+            Ok(Request::History {
+                with: HistoryTarget::Either("devs".into()),
+                limit: DEFAULT_HISTORY
+            })
+        );
+        assert_eq!(parse("HISTORY devs 0"), Err(ParseError::Usage(U_HISTORY)));
+        assert_eq!(parse("HISTORY devs 501"), Err(ParseError::Usage(U_HISTORY)));
+        assert_eq!(parse("HISTORY devs 5 6"), Err(ParseError::Usage(U_HISTORY)));
+        assert!(matches!(parse("HISTORY ../x"), Err(ParseError::BadName(_))));
+        assert_eq!(parse("ACK 1,,2"), Err(ParseError::Usage(U_ACK)));
+        assert_eq!(parse("ACK"), Err(ParseError::Usage(U_ACK)));
+        let many: Vec<String> = (0..=MAX_ACK_IDS).map(|i| i.to_string()).collect();
+        assert_eq!(
+            parse(&format!("ACK {}", many.join(","))),
+            Err(ParseError::Usage(U_ACK))
+        );
     }
 
     #[test]

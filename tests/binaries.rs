@@ -88,7 +88,17 @@ impl Drop for Proc {
 }
 
 fn start_server_binary() -> (Proc, String) {
-    let mut server = Proc::spawn(Command::new(SERVER).arg("127.0.0.1:0"), true);
+    start_server_binary_in(&common::temp_dir("bin-data"))
+}
+
+fn start_server_binary_in(data: &std::path::Path) -> (Proc, String) {
+    let mut server = Proc::spawn(
+        Command::new(SERVER)
+            .arg("127.0.0.1:0")
+            .arg("--data-dir")
+            .arg(data),
+        true,
+    );
     let line = server.expect("listening on ");
     let addr = line.rsplit(' ').next().unwrap().to_string();
     (server, addr)

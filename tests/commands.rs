@@ -102,7 +102,11 @@ fn direct_messages() {
     assert_eq!(text, " hello,   world  ", "spaces are kept");
     err(&alice, "SEND nobody hi", ErrorCode::UnknownUser);
     ok(&bob, "LOGOUT");
-    err(&alice, "SEND bob are you there", ErrorCode::UserOffline);
+    // Offline is no longer an error: the message waits for the next login.
+    assert!(ok(&alice, "SEND bob are you there").contains("0 live sessions"));
+    assert_no_event(&bob);
+    ok(&bob, "LOGIN bob pw-bob");
+    assert_eq!(next_message(&bob).3, "are you there");
     assert_no_event(&alice);
 }
 

@@ -65,13 +65,14 @@ fn all_error_codes() -> Vec<ErrorCode> {
         ErrorCode::UserExists,
         ErrorCode::LoginFailed,
         ErrorCode::UnknownUser,
-        ErrorCode::UserOffline,
         ErrorCode::GroupExists,
         ErrorCode::NoSuchGroup,
         ErrorCode::NotMember,
         ErrorCode::AlreadyMember,
         ErrorCode::TooLarge,
         ErrorCode::NoSuchTransfer,
+        ErrorCode::QuotaExceeded,
+        ErrorCode::Storage,
     ];
     for c in all {
         match c {
@@ -83,13 +84,14 @@ fn all_error_codes() -> Vec<ErrorCode> {
             | ErrorCode::UserExists
             | ErrorCode::LoginFailed
             | ErrorCode::UnknownUser
-            | ErrorCode::UserOffline
             | ErrorCode::GroupExists
             | ErrorCode::NoSuchGroup
             | ErrorCode::NotMember
             | ErrorCode::AlreadyMember
             | ErrorCode::TooLarge
-            | ErrorCode::NoSuchTransfer => {}
+            | ErrorCode::NoSuchTransfer
+            | ErrorCode::QuotaExceeded
+            | ErrorCode::Storage => {}
         }
     }
     all.to_vec()

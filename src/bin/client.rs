@@ -49,7 +49,7 @@ fn main() -> ExitCode {
     let code = if std::io::stdin().is_terminal() {
         repl::run(client)
     } else {
-        script::run(client, std::io::stdin().lock())
+        script::run(client, std::io::BufReader::new(std::io::stdin()))
     };
     ExitCode::from(u8::try_from(code).unwrap_or(1))
 }

@@ -1,4 +1,5 @@
-//! `server [ADDR] [--max-file-size BYTES]`: runs the muchat server.
+//! `server [ADDR] [--data-dir DIR] [--max-file-size BYTES] [--max-pending-bytes BYTES]`:
+//! runs the muchat server.
 
 use std::net::TcpListener;
 use std::process::ExitCode;
@@ -7,14 +8,18 @@ use muchat::log;
 use muchat::server::{Config, Server};
 
 const USAGE: &str = "\
-usage: server [ADDR] [--max-file-size BYTES]
+usage: server [ADDR] [--data-dir DIR] [--max-file-size BYTES] [--max-pending-bytes BYTES]
 
 Runs the muchat chat server.
 
-  ADDR                    address to listen on (default 127.0.0.1:9000;
-                          0.0.0.0:9000 for every interface, port 0 for any free port)
-  --max-file-size BYTES   largest file accepted (default 104857600 = 100 MiB)
-  -h, --help              show this help
+  ADDR                        address to listen on (default 127.0.0.1:9000;
+                              0.0.0.0:9000 for every interface, port 0 for any free port)
+  --data-dir DIR              where accounts, groups and messages are stored
+                              (default ./muchat-data, created if missing)
+  --max-file-size BYTES       largest file accepted (default 104857600 = 100 MiB)
+  --max-pending-bytes BYTES   most bytes of undelivered files kept per user
+                              (default 1073741824 = 1 GiB)
+  -h, --help                  show this help
 
 Logs connections, logins and closes (with reasons) to standard error.";
 
@@ -31,6 +36,14 @@ fn main() -> ExitCode {
             "--max-file-size" => match args.next().and_then(|v| v.parse().ok()) {
                 Some(n) => config.max_file_size = n,
                 None => return usage_error("--max-file-size needs a number of bytes"),
+            },
+            "--max-pending-bytes" => match args.next().and_then(|v| v.parse().ok()) {
+                Some(n) => config.max_pending_bytes = n,
+                None => return usage_error("--max-pending-bytes needs a number of bytes"),
+            },
+            "--data-dir" => match args.next() {
+                Some(d) => config.data_dir = d.into(),
+                None => return usage_error("--data-dir needs a directory"),
             },
             a if a.starts_with('-') => return usage_error(&format!("unknown option {a}")),
             a => addr = a.to_string(),

@@ -68,10 +68,23 @@ pub fn event_line(event: &ClientEvent) -> String {
             from,
             to,
             text,
+            ..
         } => format!(
             "MSG {id} {} {from} -> {to}: {}",
             format_ms(*at_ms),
             sanitize(text)
+        ),
+        ClientEvent::HistoryFile {
+            id,
+            at_ms,
+            from,
+            to,
+            name,
+            size,
+        } => format!(
+            "FILE {id} {} {from} -> {to}: {} ({size} bytes)",
+            format_ms(*at_ms),
+            sanitize(name)
         ),
         ClientEvent::BadMessage { id, from, reason } => {
             format!("MSG_FAILED {id} from {from}: {reason}")

@@ -40,6 +40,8 @@ struct Incoming {
 pub struct Downloads {
     dir: PathBuf,
     active: HashMap<u64, Incoming>,
+    /// Files finished for good (saved, or refused as corrupt), to acknowledge.
+    acks: Vec<u64>,
 }
 
 impl Downloads {
@@ -48,7 +50,13 @@ impl Downloads {
         Downloads {
             dir,
             active: HashMap::new(),
+            acks: Vec::new(),
         }
+    }
+
+    /// Ids of files finished for good since the last call.
+    pub fn take_acks(&mut self) -> Vec<u64> {
+        std::mem::take(&mut self.acks)
     }
 
     /// A file begins.
@@ -98,26 +106,22 @@ impl Downloads {
         let Some(inc) = self.active.get_mut(&id) else {
             return Vec::new(); // a transfer we already gave up on
         };
-        let result = key.open(body).map_err(|e| e.to_string()).and_then(|data| {
-            if offset != inc.received {
-                return Err(format!(
-                    "chunk at offset {offset}, expected {}",
-                    inc.received
-                ));
-            }
-            if inc.received + data.len() as u64 > inc.start.size {
-                return Err("more data than the announced size".into());
-            }
-            inc.file
-                .write_all(&data)
-                .map_err(|e| format!("write failed: {e}"))?;
-            inc.hasher.update(&data);
-            inc.received += data.len() as u64;
-            Ok(())
-        });
-        if let Err(reason) = result {
-            return self.fail(id, &reason);
+        let data = match key.open(body) {
+            Ok(d) => d,
+            Err(e) => return self.fail(id, &e.to_string(), true),
+        };
+        if offset != inc.received {
+            let why = format!("chunk at offset {offset}, expected {}", inc.received);
+            return self.fail(id, &why, true);
         }
+        if inc.received + data.len() as u64 > inc.start.size {
+            return self.fail(id, "more data than the announced size", true);
+        }
+        if let Err(e) = inc.file.write_all(&data) {
+            return self.fail(id, &format!("write failed: {e}"), false);
+        }
+        inc.hasher.update(&data);
+        inc.received += data.len() as u64;
         let size = inc.start.size;
         let tenths = inc.received * 10 / size.max(1);
         if size >= PROGRESS_THRESHOLD && tenths > inc.reported && inc.received < size {
@@ -145,27 +149,38 @@ impl Downloads {
             hasher,
             ..
         } = inc;
+        // Err((reason, permanent)): a corrupt file is refused for good; a
+        // local failure is left for redelivery at the next login.
         let check = if received != start.size {
-            Err(format!("got {received} bytes, announced {}", start.size))
+            Err((
+                format!("got {received} bytes, announced {}", start.size),
+                true,
+            ))
         } else if <[u8; 32]>::from(hasher.finalize()) != start.sha256 {
-            Err("SHA-256 mismatch: the file was corrupted".to_string())
+            Err(("SHA-256 mismatch: the file was corrupted".to_string(), true))
         } else {
-            file.sync_all().map_err(|e| e.to_string())
+            file.sync_all().map_err(|e| (e.to_string(), false))
         };
         drop(file);
-        if let Err(reason) = check {
+        if let Err((reason, permanent)) = check {
             let _ = fs::remove_file(&temp);
+            if permanent {
+                self.acks.push(id);
+            }
             return vec![failed(id, &reason)];
         }
         match place(&self.dir, &temp, &safe_file_name(&start.name, id)) {
-            Ok(path) => vec![ClientEvent::FileReceived {
-                id,
-                at_ms: start.at_ms,
-                from: start.from,
-                to: start.to,
-                path,
-                size: received,
-            }],
+            Ok(path) => {
+                self.acks.push(id);
+                vec![ClientEvent::FileReceived {
+                    id,
+                    at_ms: start.at_ms,
+                    from: start.from,
+                    to: start.to,
+                    path,
+                    size: received,
+                }]
+            }
             Err(e) => {
                 let _ = fs::remove_file(&temp);
                 vec![failed(id, &format!("cannot save: {e}"))]
@@ -176,7 +191,8 @@ impl Downloads {
     /// The transfer was aborted.
     pub fn abort(&mut self, id: u64, why: &str) -> Vec<ClientEvent> {
         if self.active.contains_key(&id) {
-            self.fail(id, &format!("aborted: {why}"))
+            // Nothing is stored for an aborted transfer: nothing to acknowledge.
+            self.fail(id, &format!("aborted: {why}"), false)
         } else {
             Vec::new()
         }
@@ -189,9 +205,13 @@ impl Downloads {
         }
     }
 
-    fn fail(&mut self, id: u64, reason: &str) -> Vec<ClientEvent> {
+    /// Gives up on a file; `permanent` failures (bad data) are acknowledged.
+    fn fail(&mut self, id: u64, reason: &str, permanent: bool) -> Vec<ClientEvent> {
         if let Some(inc) = self.active.remove(&id) {
             let _ = fs::remove_file(&inc.temp);
+        }
+        if permanent {
+            self.acks.push(id);
         }
         vec![failed(id, reason)]
     }

@@ -9,7 +9,10 @@
 //!   server sends in request order) find their caller;
 //! * a **reader** that opens frames, hands replies to waiting callers, and
 //!   turns events into [`ClientEvent`]s: message texts decrypted, files
-//!   written into the downloads directory by [`downloads::Downloads`].
+//!   written into the downloads directory by [`downloads::Downloads`]. It
+//!   drops messages it has already seen (the server delivers at least once)
+//!   and acknowledges what it has handled with `ACK`, batched until it
+//!   would wait for the socket.
 //!
 //! [`Client::execute`] runs one typed [`Command`]; the methods below it are
 //! the same steps for programs.
@@ -39,7 +42,9 @@ use crate::event::{Reply, ServerMessage};
 use crate::frame::Frame;
 use crate::handshake::{self, HandshakeError};
 use crate::names::{Conversation, GroupName, Username};
-use crate::request::{FileOffer, FileTarget, Request, FILE_CHUNK_SIZE, MAX_MESSAGE_LEN};
+use crate::request::{
+    FileOffer, FileTarget, Request, FILE_CHUNK_SIZE, MAX_ACK_IDS, MAX_MESSAGE_LEN,
+};
 
 use downloads::Downloads;
 
@@ -90,6 +95,23 @@ pub enum ClientEvent {
         to: Conversation,
         /// The text (untrusted: sanitise before printing).
         text: String,
+        /// A past message answering `HISTORY`, not a new one.
+        history: bool,
+    },
+    /// A past file answering `HISTORY` (its content is not resent).
+    HistoryFile {
+        /// Message id.
+        id: u64,
+        /// Server time it was sent.
+        at_ms: u64,
+        /// Sender.
+        from: Username,
+        /// The recipient or group.
+        to: Conversation,
+        /// The sender's name for it (untrusted).
+        name: String,
+        /// Size in bytes.
+        size: u64,
     },
     /// A message whose content could not be decrypted.
     BadMessage {
@@ -234,6 +256,7 @@ impl Client {
         let incoming = Incoming {
             downloads: Downloads::new(config.downloads),
             uploads: Arc::clone(&uploads),
+            acks: commands.clone(),
         };
         std::thread::Builder::new()
             .name("client-reader".into())
@@ -535,10 +558,64 @@ fn write_loop(
     let _ = stream.shutdown(Shutdown::Both);
 }
 
-/// Where the reader sends file traffic: incoming files, and aborts of our own uploads.
+/// What the reader needs besides the socket: incoming files, our own
+/// uploads (to stop one the server aborted), and the queue for `ACK`s.
 struct Incoming {
     downloads: Downloads,
     uploads: Uploads,
+    acks: Sender<Outbound>,
+}
+
+/// Ids already handled, so a redelivered message is shown once. Bounded:
+/// the oldest ids are forgotten first (redelivery happens at login, long
+/// before that many newer messages arrive).
+struct Seen {
+    set: std::collections::HashSet<u64>,
+    order: VecDeque<u64>,
+}
+
+impl Seen {
+    const CAPACITY: usize = 100_000;
+
+    fn new() -> Self {
+        Seen {
+            set: std::collections::HashSet::new(),
+            order: VecDeque::new(),
+        }
+    }
+
+    /// True the first time `id` is seen.
+    fn first(&mut self, id: u64) -> bool {
+        if !self.set.insert(id) {
+            return false;
+        }
+        self.order.push_back(id);
+        if self.order.len() > Self::CAPACITY {
+            if let Some(old) = self.order.pop_front() {
+                self.set.remove(&old);
+            }
+        }
+        true
+    }
+}
+
+/// Decrypts a delivered or historical message.
+fn open_message(d: crate::event::Delivery, history: bool) -> ClientEvent {
+    match d.key.open(&d.body) {
+        Ok(bytes) => ClientEvent::Message {
+            id: d.id,
+            at_ms: d.at_ms,
+            from: d.from,
+            to: d.to,
+            text: String::from_utf8_lossy(&bytes).into_owned(),
+            history,
+        },
+        Err(e) => ClientEvent::BadMessage {
+            id: d.id,
+            from: d.from,
+            reason: e.to_string(),
+        },
+    }
 }
 
 fn read_loop(
@@ -550,7 +627,10 @@ fn read_loop(
     let Incoming {
         mut downloads,
         uploads,
+        acks,
     } = incoming;
+    let mut seen = Seen::new();
+    let mut to_ack: Vec<u64> = Vec::new();
     let mut bye = None;
     let reason = loop {
         let frame = match r.read_frame() {
@@ -574,21 +654,32 @@ fn read_loop(
                     None => break "server sent a reply nobody asked for".to_string(),
                 }
             }
-            ServerMessage::Msg(d) => vec![match d.key.open(&d.body) {
-                Ok(bytes) => ClientEvent::Message {
-                    id: d.id,
-                    at_ms: d.at_ms,
-                    from: d.from,
-                    to: d.to,
-                    text: String::from_utf8_lossy(&bytes).into_owned(),
-                },
-                Err(e) => ClientEvent::BadMessage {
-                    id: d.id,
-                    from: d.from,
-                    reason: e.to_string(),
-                },
+            ServerMessage::Msg(d) => {
+                to_ack.push(d.id);
+                if seen.first(d.id) {
+                    vec![open_message(d, false)]
+                } else {
+                    Vec::new()
+                }
+            }
+            ServerMessage::History(d) => vec![open_message(d, true)],
+            ServerMessage::HistoryFile(f) => vec![ClientEvent::HistoryFile {
+                id: f.id,
+                at_ms: f.at_ms,
+                from: f.from,
+                to: f.to,
+                name: f.name,
+                size: f.size,
             }],
-            ServerMessage::File(start) => downloads.start(start),
+            ServerMessage::File(start) => {
+                if seen.first(start.id) {
+                    downloads.start(start)
+                } else {
+                    // Already received: its chunks will find no download.
+                    to_ack.push(start.id);
+                    Vec::new()
+                }
+            }
             ServerMessage::Chunk {
                 id,
                 offset,
@@ -610,6 +701,12 @@ fn read_loop(
         };
         for e in out {
             let _ = events.send(e);
+        }
+        to_ack.append(&mut downloads.take_acks());
+        // Acknowledge once the burst is handled: before waiting on the socket.
+        if !to_ack.is_empty() && (!r.has_buffered() || to_ack.len() >= MAX_ACK_IDS) {
+            let frame = Request::Ack(std::mem::take(&mut to_ack)).to_frame();
+            let _ = acks.send(Outbound { frame, reply: None });
         }
     };
     downloads.abandon_all();

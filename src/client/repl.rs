@@ -1,7 +1,8 @@
 //! The interactive terminal: a rustyline prompt with history and tab
-//! completion of command words. Incoming events print above the prompt
-//! through rustyline's external printer, so what the person is typing is
-//! redrawn intact underneath.
+//! completion of command words. Replies and incoming events print above the
+//! prompt through rustyline's external printer, so what the person is typing
+//! is redrawn intact underneath. One printer thread prints both, events
+//! first, so events that came before a reply (`HISTORY`) print before it.
 
 use std::borrow::Cow;
 
@@ -96,14 +97,25 @@ pub fn run(client: Client) -> i32 {
         }
     };
     let events = client.events().clone();
-    std::thread::spawn(move || {
-        for e in events.iter() {
-            let last = matches!(e, ClientEvent::Disconnected(_));
-            if printer.print(event_line(&e)).is_err() || last {
-                return;
-            }
+    let (replies, reply_lines) = crossbeam_channel::unbounded::<String>();
+    std::thread::spawn(move || loop {
+        let (line, last) = crossbeam_channel::select_biased! {
+            recv(events) -> e => match e {
+                Ok(e) => (event_line(&e), matches!(e, ClientEvent::Disconnected(_))),
+                Err(_) => return,
+            },
+            recv(reply_lines) -> r => match r {
+                Ok(line) => (line, false),
+                Err(_) => return,
+            },
+        };
+        if printer.print(line).is_err() || last {
+            return;
         }
     });
+    let say = |line: String| {
+        let _ = replies.send(line);
+    };
     println!("connected; type HELP for commands, Ctrl-D to quit");
     loop {
         let line = match editor.readline("muchat> ") {
@@ -121,21 +133,21 @@ pub fn run(client: Client) -> i32 {
         let command = match Command::parse(&line) {
             Ok(c) => c,
             Err(e) => {
-                println!("{}", local_error(&e));
+                say(local_error(&e));
                 continue;
             }
         };
         if command == Command::Help {
-            println!("{HELP}");
+            say(HELP.to_string());
             continue;
         }
         match client.execute(&command) {
-            Ok(reply) => println!("{}", reply_line(&reply)),
+            Ok(reply) => say(reply_line(&reply)),
             Err(e @ ClientError::Disconnected(_)) => {
                 println!("{e}");
                 return 1;
             }
-            Err(e) => println!("ERR LOCAL {e}"),
+            Err(e) => say(format!("ERR LOCAL {e}")),
         }
         if command == Command::Plain(Request::Quit) {
             break;

@@ -13,12 +13,15 @@
 //! ```
 
 pub mod outbox;
+mod replay;
 mod session;
 pub mod state;
+mod transfer;
 
 use std::collections::HashMap;
 use std::io;
 use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::thread::JoinHandle;
@@ -26,6 +29,9 @@ use std::time::Duration;
 
 use crate::event::ServerMessage;
 use crate::log;
+use crate::password::{PasswordCost, Passwords};
+use crate::store::sqlite::SqliteStore;
+use crate::store::Store;
 
 use outbox::{Outbox, OutboxLimits, Outgoing};
 use state::{SessionId, State};
@@ -43,6 +49,12 @@ pub struct Config {
     pub handshake_timeout: Duration,
     /// Per-client queue sizes.
     pub outbox: OutboxLimits,
+    /// Where the database lives (`--data-dir`).
+    pub data_dir: PathBuf,
+    /// Most bytes of undelivered files kept per user (`--max-pending-bytes`).
+    pub max_pending_bytes: u64,
+    /// Argon2id cost for password verifiers.
+    pub password_cost: PasswordCost,
 }
 
 impl Default for Config {
@@ -51,6 +63,9 @@ impl Default for Config {
             max_file_size: 100 * 1024 * 1024,
             handshake_timeout: Duration::from_secs(10),
             outbox: OutboxLimits::default(),
+            data_dir: PathBuf::from("muchat-data"),
+            max_pending_bytes: 1024 * 1024 * 1024,
+            password_cost: PasswordCost::OWASP,
         }
     }
 }
@@ -58,6 +73,8 @@ impl Default for Config {
 /// What every connection's thread shares.
 pub(crate) struct Shared {
     config: Config,
+    store: Box<dyn Store>,
+    passwords: Passwords,
     state: Mutex<State>,
     /// The next message or transfer id.
     next_id: AtomicU64,
@@ -101,13 +118,25 @@ pub struct Server {
 }
 
 impl Server {
-    /// Starts serving on `listener` in background threads.
+    /// Opens the store in `config.data_dir` and starts serving on
+    /// `listener` in background threads. Fails, naming the path, if the
+    /// data directory cannot be used: it never starts afresh over data it
+    /// cannot read.
     pub fn start(listener: TcpListener, config: Config) -> io::Result<Server> {
         let addr = listener.local_addr()?;
+        let store = SqliteStore::open(&config.data_dir).map_err(|e| io::Error::other(e.0))?;
+        let snapshot = store
+            .load()
+            .map_err(|e| io::Error::other(format!("{}: {}", store.path().display(), e.0)))?;
+        let passwords =
+            Passwords::new(config.password_cost).map_err(|e| io::Error::other(e.to_string()))?;
+        let next_id = snapshot.max_message_id + 1;
         let shared = Arc::new(Shared {
             config,
-            state: Mutex::new(State::default()),
-            next_id: AtomicU64::new(1),
+            store: Box::new(store),
+            passwords,
+            state: Mutex::new(State::from_snapshot(snapshot)),
+            next_id: AtomicU64::new(next_id),
             connections: Mutex::new(HashMap::new()),
         });
         let stopping = Arc::new(AtomicBool::new(false));

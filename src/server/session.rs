@@ -1,11 +1,11 @@
 //! One client connection on the server, from handshake to close.
 //!
 //! A connection's reader thread runs [`serve`]: handshake, then a loop of
-//! read frame -> [`Request::parse`] -> apply to [`State`] (briefly locked)
-//! -> reply to this client and deliveries to others through their outboxes.
-//! Anything a client can send ends, at worst, this one connection.
+//! read frame -> [`Request::parse`] -> check against the in-memory state
+//! (briefly locked) -> make the change durable in the store -> record it in
+//! the state -> reply to this client and deliveries to others through their
+//! outboxes. Anything a client can send ends, at worst, this one connection.
 
-use std::collections::{HashMap, HashSet};
 use std::io::{BufReader, Read};
 use std::net::{SocketAddr, TcpStream};
 use std::sync::Arc;
@@ -14,14 +14,16 @@ use std::time::Instant;
 use crate::clock::now_ms;
 use crate::connection::{FrameReader, ReadError};
 use crate::content::{Body, ContentKey};
-use crate::event::{Delivery, ErrorCode, FileStart, Reply, ServerMessage};
-use crate::names::{Conversation, Username};
-use crate::password::{self, Verifier};
-use crate::request::{is_unanswered, FileOffer, FileTarget, ParseError, Request, FILE_CHUNK_SIZE};
-use crate::{handshake, log, tdes};
+use crate::event::{ErrorCode, Reply, ServerMessage};
+use crate::names::{Conversation, GroupName, Username};
+use crate::request::{is_unanswered, HistoryTarget, ParseError, Request};
+use crate::store::{dm_key, Content, StoredMessage, UserRecord};
+use crate::{handshake, log};
 
 use super::outbox::{self, Outbox, Outgoing};
-use super::state::{Failure, Online, SessionId};
+use super::replay::{announce, deliver_pending};
+use super::state::{group_taken, user_taken, Failure, Online, SessionId};
+use super::transfer::{plural, storage, Transfers};
 use super::Shared;
 
 /// The `HELP` reply: the wire syntax (the client prints its own help for
@@ -31,7 +33,8 @@ const HELP: &str =
 | CREATE_GROUP <group> | JOIN <group> | LEAVE <group> | LIST | LOGOUT | QUIT | HELP \
 | SEND <username> <content-key> +body | SEND_TO_GROUP <group>[,<group>...] <content-key> +body \
 | SEND_FILE <username> <size> <sha256> <name> | SEND_TO_GROUP_FILE <groups> <size> <sha256> <name> \
-| CHUNK <id> <offset> <content-key> +body | FILE_END <id> | FILE_ABORT <id>";
+| CHUNK <id> <offset> <content-key> +body | FILE_END <id> | FILE_ABORT <id> \
+| ACK <id>[,<id>...] | HISTORY <username|group> [<count>]";
 
 /// Serves one accepted connection until it closes.
 pub(super) fn serve(stream: TcpStream, peer: SocketAddr, id: SessionId, shared: Arc<Shared>) {
@@ -76,8 +79,7 @@ fn start(
         shared: Arc::clone(shared),
         outbox,
         user: None,
-        transfers: HashMap::new(),
-        aborted: HashSet::new(),
+        transfers: Transfers::default(),
     };
     Ok((FrameReader::new(reader, keyed.opener), session))
 }
@@ -106,16 +108,6 @@ impl Read for Timed {
     }
 }
 
-/// A file being relayed from this connection's client.
-struct Transfer {
-    /// Who gets it: a session stays a recipient only while it is logged in
-    /// as the same user.
-    recipients: Vec<Online>,
-    size: u64,
-    /// The offset the next chunk must carry.
-    next_offset: u64,
-}
-
 /// Whether to keep reading after a request.
 enum Flow {
     Continue,
@@ -127,9 +119,7 @@ struct Session {
     shared: Arc<Shared>,
     outbox: Outbox,
     user: Option<Username>,
-    transfers: HashMap<u64, Transfer>,
-    /// Transfers this session aborted: their in-flight chunks are dropped quietly.
-    aborted: HashSet<u64>,
+    transfers: Transfers,
 }
 
 impl Session {
@@ -151,7 +141,7 @@ impl Session {
                 Err(e) if unanswered => {
                     // No reply can carry this error without desynchronising
                     // the client's replies, so the connection ends.
-                    let why = format!("protocol error: malformed chunk: {e}");
+                    let why = format!("protocol error: malformed request: {e}");
                     self.push(&ServerMessage::Bye(why.clone()));
                     return why;
                 }
@@ -168,16 +158,13 @@ impl Session {
 
     /// Logs out and tells file recipients about unfinished transfers.
     fn end(&mut self) {
-        self.logout();
+        self.logout("sender disconnected");
         self.shared.unregister(self.id);
         self.outbox.finish();
     }
 
-    fn logout(&mut self) {
-        let open: Vec<u64> = self.transfers.keys().copied().collect();
-        for id in open {
-            self.abort_transfer(id, "sender logged out");
-        }
+    fn logout(&mut self, why: &str) {
+        self.transfers.abort_all(&self.shared, why);
         if let Some(user) = self.user.take() {
             self.shared.state().remove_session(&user, self.id);
             log!("conn {}: {user} logged out", self.id);
@@ -208,15 +195,36 @@ impl Session {
                 username,
                 password,
             } => self.create_user(name, &username, &password),
-            Request::Login { username, password } => self.login(username, &password),
+            Request::Login { username, password } => {
+                match self.login(&username, &password) {
+                    Ok(text) => {
+                        self.reply(Ok(text));
+                        // After the reply, so the client sees it first.
+                        deliver_pending(Arc::clone(&self.shared), username, self.outbox.clone());
+                    }
+                    Err(f) => self.reply(Err(f)),
+                }
+                return Flow::Continue;
+            }
+            // Requests that get no reply.
             Request::Chunk {
                 transfer,
                 offset,
                 key,
                 body,
             } => {
-                // Chunks get no reply; only a failure is reported, as FILE_ABORT.
-                self.chunk(transfer, offset, key, body);
+                if let Some(abort) = self
+                    .transfers
+                    .chunk(&self.shared, transfer, offset, key, body)
+                {
+                    self.push(&abort);
+                }
+                return Flow::Continue;
+            }
+            Request::Ack(ids) => {
+                if let Some(me) = &self.user {
+                    self.shared.store.ack(me, &ids);
+                }
                 return Flow::Continue;
             }
             other => match self.user.clone() {
@@ -232,89 +240,54 @@ impl Session {
     }
 
     fn handle_logged_in(&mut self, me: &Username, request: Request) -> Result<String, Failure> {
+        let shared = Arc::clone(&self.shared);
         match request {
             Request::Logout => {
-                self.logout();
+                self.logout("sender logged out");
                 Ok("logged out".into())
             }
             Request::CreateGroup(g) => {
-                self.shared.state().create_group(me, &g)?;
+                shared.state().check_new_group(&g)?;
+                if !shared.store.create_group(&g, me).map_err(storage)? {
+                    return Err(group_taken(&g));
+                }
+                shared.state().add_group(me, &g);
                 Ok(format!("created #{g}; you are its first member"))
             }
-            Request::Join(g) => {
-                let n = self.shared.state().join(me, &g)?;
-                Ok(format!("joined #{g} ({n} member{})", plural(n)))
+            Request::Join(ref g) | Request::Leave(ref g) => {
+                let join = matches!(request, Request::Join(_));
+                shared.state().check_membership(me, g, !join)?;
+                shared.store.set_member(g, me, join).map_err(storage)?;
+                let n = shared.state().set_member(me, g, join);
+                Ok(if join {
+                    format!("joined #{g} ({n} member{})", plural(n))
+                } else {
+                    format!("left #{g}")
+                })
             }
-            Request::Leave(g) => {
-                self.shared.state().leave(me, &g)?;
-                Ok(format!("left #{g}"))
-            }
-            Request::List => Ok(self.shared.state().list(me)),
-            Request::Send { to, key, body } => {
-                let mut recipients = self.shared.state().user_recipients(&to)?;
-                // A note to yourself reaches your other sessions, not this one.
-                recipients.retain(|o| o.session != self.id);
-                let id = self.shared.next_id();
-                let msg = ServerMessage::Msg(Delivery {
-                    id,
-                    at_ms: now_ms(),
-                    from: me.clone(),
-                    to: Conversation::User(to.clone()),
-                    key,
-                    body,
-                });
-                let n = deliver(&recipients, &Outgoing::from(&msg));
-                Ok(format!("{id} sent to {to} ({n} session{})", plural(n)))
-            }
+            Request::List => Ok(shared.state().list(me)),
+            Request::Send { to, key, body } => self.send(me, to, key, body),
             Request::SendToGroup { groups, key, body } => {
-                let targets = self.shared.state().group_recipients(me, self.id, &groups)?;
-                let at_ms = now_ms();
-                let mut ids = Vec::new();
-                let mut total = 0;
-                for (group, recipients) in targets {
-                    let id = self.shared.next_id();
-                    let msg = ServerMessage::Msg(Delivery {
-                        id,
-                        at_ms,
-                        from: me.clone(),
-                        to: Conversation::Group(group),
-                        key: key.clone(),
-                        body: body.clone(),
-                    });
-                    total += deliver(&recipients, &Outgoing::from(&msg));
-                    ids.push(id.to_string());
-                }
-                let names: Vec<String> = groups.iter().map(|g| format!("#{g}")).collect();
-                Ok(format!(
-                    "{} sent to {} ({total} session{})",
-                    ids.join(","),
-                    names.join(","),
-                    plural(total)
-                ))
+                self.send_to_groups(me, &groups, key, body)
             }
-            Request::SendFile(offer) => self.offer_file(me, offer),
-            Request::FileEnd(id) => {
-                let t = self.transfers.remove(&id).ok_or_else(|| no_transfer(id))?;
-                let end = Outgoing::from(&ServerMessage::FileEnd(id));
-                let n = t
-                    .recipients
-                    .iter()
-                    .filter(|o| o.outbox.send_bulk(end.clone()).is_ok())
-                    .count();
-                Ok(format!("{id} file delivered to {n} session{}", plural(n)))
-            }
+            Request::SendFile(offer) => self.transfers.offer(&shared, me, self.id, offer),
+            Request::FileEnd(id) => self.transfers.end(&shared, id),
             Request::FileAbort(id) => {
-                if !self.abort_transfer(id, "sender cancelled") {
-                    return Err(no_transfer(id));
+                if !self.transfers.abort(&shared, id, "sender cancelled") {
+                    return Err(Failure(
+                        ErrorCode::NoSuchTransfer,
+                        format!("no open transfer {id}"),
+                    ));
                 }
                 Ok(format!("{id} transfer cancelled"))
             }
+            Request::History { with, limit } => self.history(me, with, limit),
             Request::CreateUser { .. } | Request::Login { .. } => Err(Failure(
                 ErrorCode::AlreadyLoggedIn,
                 "already logged in; LOGOUT first".into(),
             )),
             // handle() answers these before checking for a login.
-            Request::Help | Request::Quit | Request::Chunk { .. } => {
+            Request::Help | Request::Quit | Request::Chunk { .. } | Request::Ack(_) => {
                 Err(Failure(ErrorCode::Usage, "unexpected request".into()))
             }
         }
@@ -332,23 +305,39 @@ impl Session {
                 "already logged in; LOGOUT first".into(),
             ));
         }
-        let verifier = Verifier::new(password);
-        self.shared.state().create_user(name, username, verifier)?;
+        self.shared.state().check_new_user(username)?;
+        // The slow hash runs without any lock held.
+        let verifier = self.shared.passwords.hash(password).map_err(|e| {
+            log!("conn {}: {e}", self.id);
+            Failure(
+                ErrorCode::Storage,
+                "could not secure the password; try again".into(),
+            )
+        })?;
+        let record = UserRecord {
+            username: username.clone(),
+            name,
+            verifier,
+        };
+        if !self.shared.store.create_user(&record).map_err(storage)? {
+            return Err(user_taken(username));
+        }
+        self.shared.state().add_account(&record);
         log!("conn {}: created user {username}", self.id);
         Ok(format!(
             "created user {username}; now LOGIN {username} <password>"
         ))
     }
 
-    fn login(&mut self, username: Username, password: &str) -> Result<String, Failure> {
+    fn login(&mut self, username: &Username, password: &str) -> Result<String, Failure> {
         if self.user.is_some() {
             return Err(Failure(
                 ErrorCode::AlreadyLoggedIn,
                 "already logged in; LOGOUT first".into(),
             ));
         }
-        let verifier = self.shared.state().verifier(&username);
-        if !password::check(verifier.as_ref(), password) {
+        let verifier = self.shared.state().verifier(username);
+        if !self.shared.passwords.check(verifier.as_deref(), password) {
             log!("conn {}: failed login as {username}", self.id);
             return Err(Failure(
                 ErrorCode::LoginFailed,
@@ -356,7 +345,7 @@ impl Session {
             ));
         }
         self.shared.state().add_session(
-            &username,
+            username,
             Online {
                 session: self.id,
                 user: username.clone(),
@@ -364,128 +353,126 @@ impl Session {
             },
         );
         log!("conn {}: logged in as {username}", self.id);
-        let text = format!("logged in as {username}");
-        self.user = Some(username);
-        Ok(text)
+        self.user = Some(username.clone());
+        Ok(format!("logged in as {username}"))
     }
 
-    fn offer_file(&mut self, me: &Username, offer: FileOffer) -> Result<String, Failure> {
-        let max = self.shared.config.max_file_size;
-        if offer.size > max {
-            return Err(Failure(
-                ErrorCode::TooLarge,
-                format!(
-                    "file is {} bytes; this server accepts at most {max}",
-                    offer.size
-                ),
-            ));
-        }
-        // Each recipient session gets the file once, labelled with the first
-        // listed conversation it belongs to.
-        let labelled: Vec<(Conversation, Vec<Online>)> = match &offer.target {
-            FileTarget::User(u) => {
-                let sessions = self.shared.state().user_recipients(u)?;
-                vec![(Conversation::User(u.clone()), sessions)]
-            }
-            FileTarget::Groups(gs) => self
-                .shared
-                .state()
-                .group_recipients(me, self.id, gs)?
-                .into_iter()
-                .map(|(g, s)| (Conversation::Group(g), s))
-                .collect(),
+    /// A direct message: stored (pending for the recipient) before the OK,
+    /// then delivered to the recipient's live sessions.
+    fn send(
+        &self,
+        me: &Username,
+        to: Username,
+        key: ContentKey,
+        body: Body,
+    ) -> Result<String, Failure> {
+        self.shared.state().check_user(&to)?;
+        let message = StoredMessage {
+            id: self.shared.next_id(),
+            at_ms: now_ms(),
+            from: me.clone(),
+            to: Conversation::User(to.clone()),
+            content: Content::Text { key, body },
         };
-        let id = self.shared.next_id();
-        let at_ms = now_ms();
-        let mut seen = HashSet::new();
-        let mut recipients = Vec::new();
-        for (to, sessions) in labelled {
-            let start = Outgoing::from(&ServerMessage::File(FileStart {
-                id,
-                at_ms,
-                from: me.clone(),
-                to,
-                size: offer.size,
-                sha256: offer.sha256,
-                name: offer.name.clone(),
-            }));
-            for o in sessions {
-                if o.session != self.id
-                    && seen.insert(o.session)
-                    && o.outbox.send_bulk(start.clone()).is_ok()
-                {
-                    recipients.push(o);
-                }
-            }
-        }
-        let n = recipients.len();
-        self.transfers.insert(
-            id,
-            Transfer {
-                recipients,
-                size: offer.size,
-                next_offset: 0,
-            },
-        );
+        self.shared
+            .store
+            .save_messages(&[(message.clone(), vec![to.clone()])])
+            .map_err(storage)?;
+        // A note to yourself reaches your other sessions, not this one.
+        let sessions = self.shared.state().sessions_of([&to], self.id);
+        let n = deliver(&sessions, &Outgoing::from(&announce(&message, false)));
         Ok(format!(
-            "{id} sending {} ({} bytes) to {n} session{}",
-            offer.name,
-            offer.size,
+            "{} sent to {to} ({n} live session{})",
+            message.id,
             plural(n)
         ))
     }
 
-    /// Ends an open transfer, telling its recipients why. False if it was not open.
-    fn abort_transfer(&mut self, id: u64, why: &str) -> bool {
-        let Some(t) = self.transfers.remove(&id) else {
-            return false;
-        };
-        self.aborted.insert(id);
-        let abort = Outgoing::from(&ServerMessage::FileAbort(id, why.into()));
-        for o in &t.recipients {
-            let _ = o.outbox.send_bulk(abort.clone());
+    /// One message per listed group, all committed together before the OK.
+    fn send_to_groups(
+        &self,
+        me: &Username,
+        groups: &[GroupName],
+        key: ContentKey,
+        body: Body,
+    ) -> Result<String, Failure> {
+        let targets = self.shared.state().group_members(me, groups)?;
+        let at_ms = now_ms();
+        let batch: Vec<(StoredMessage, Vec<Username>)> = targets
+            .into_iter()
+            .map(|(group, members)| {
+                let message = StoredMessage {
+                    id: self.shared.next_id(),
+                    at_ms,
+                    from: me.clone(),
+                    to: Conversation::Group(group),
+                    content: Content::Text {
+                        key: key.clone(),
+                        body: body.clone(),
+                    },
+                };
+                (message, members)
+            })
+            .collect();
+        self.shared.store.save_messages(&batch).map_err(storage)?;
+        let mut total = 0;
+        for (message, members) in &batch {
+            // The sender's other sessions see the group message too.
+            let sessions = self
+                .shared
+                .state()
+                .sessions_of(members.iter().chain([me]), self.id);
+            total += deliver(&sessions, &Outgoing::from(&announce(message, false)));
         }
-        true
+        let ids: Vec<String> = batch.iter().map(|(m, _)| m.id.to_string()).collect();
+        let names: Vec<String> = groups.iter().map(|g| format!("#{g}")).collect();
+        Ok(format!(
+            "{} sent to {} ({total} live session{})",
+            ids.join(","),
+            names.join(","),
+            plural(total)
+        ))
     }
 
-    fn chunk(&mut self, id: u64, offset: u64, key: ContentKey, body: Body) {
-        if self.aborted.contains(&id) {
-            return;
-        }
-        let Some(t) = self.transfers.get_mut(&id) else {
-            self.aborted.insert(id);
-            self.push(&ServerMessage::FileAbort(id, "no such transfer".into()));
-            return;
+    /// Pushes the last `limit` messages of a conversation as `HIST` events,
+    /// then returns the reply text.
+    fn history(&self, me: &Username, with: HistoryTarget, limit: usize) -> Result<String, Failure> {
+        let key = {
+            let state = self.shared.state();
+            let group_key = |g: &GroupName| -> Result<String, Failure> {
+                state.check_membership(me, g, true)?;
+                Ok(format!("#{g}"))
+            };
+            let user_key = |u: &Username| -> Result<String, Failure> {
+                state.check_user(u)?;
+                Ok(dm_key(me, u))
+            };
+            match &with {
+                HistoryTarget::User(u) => user_key(u)?,
+                HistoryTarget::Group(g) => group_key(g)?,
+                HistoryTarget::Either(name) => {
+                    // Validated by the parser; both name types share the rules.
+                    let (u, g) = (Username::parse(name), GroupName::parse(name));
+                    match (u, g) {
+                        (_, Ok(g)) if state.is_member(me, &g) => group_key(&g)?,
+                        (Ok(u), _) if state.user_exists(&u) => user_key(&u)?,
+                        (_, Ok(g)) if state.group_exists(&g) => group_key(&g)?,
+                        _ => {
+                            return Err(Failure(
+                                ErrorCode::UnknownUser,
+                                format!("no user or group named {name}"),
+                            ))
+                        }
+                    }
+                }
+            }
         };
-        // Chunks are FILE_CHUNK_SIZE bytes, except a shorter last one. The
-        // server sees only ciphertext, whose padded length is fixed by the
-        // plaintext length, so it can check each chunk carries exactly the
-        // bytes due at its offset.
-        let padded = body.ciphertext_len().saturating_sub(tdes::BLOCK_LEN);
-        let expected = t.size.saturating_sub(offset).min(FILE_CHUNK_SIZE as u64);
-        let fits = offset == t.next_offset
-            && offset < t.size
-            && padded == tdes::padded_len(expected as usize);
-        if !fits {
-            let why = "chunk does not fit the announced size, or out of order";
-            self.abort_transfer(id, why);
-            self.push(&ServerMessage::FileAbort(id, why.into()));
-            return;
+        let messages = self.shared.store.history(&key, limit).map_err(storage)?;
+        for m in &messages {
+            self.push(&announce(m, true));
         }
-        t.next_offset = offset + expected;
-        let frame = Outgoing::from(&ServerMessage::Chunk {
-            id,
-            offset,
-            key,
-            body,
-        });
-        // A recipient that is gone or stuck drops out; the rest carry on.
-        let state = self.shared.state();
-        t.recipients
-            .retain(|o| state.is_online_as(&o.user, o.session));
-        drop(state);
-        t.recipients
-            .retain(|o| o.outbox.send_bulk(frame.clone()).is_ok());
+        let n = messages.len();
+        Ok(format!("{n} message{} with {with}", plural(n)))
     }
 }
 
@@ -494,18 +481,6 @@ fn deliver(recipients: &[Online], msg: &Outgoing) -> usize {
         .iter()
         .filter(|o| o.outbox.send(msg.clone()).is_ok())
         .count()
-}
-
-fn plural(n: usize) -> &'static str {
-    if n == 1 {
-        ""
-    } else {
-        "s"
-    }
-}
-
-fn no_transfer(id: u64) -> Failure {
-    Failure(ErrorCode::NoSuchTransfer, format!("no open transfer {id}"))
 }
 
 fn parse_failure(e: ParseError) -> Failure {

@@ -1,17 +1,18 @@
-//! The server's shared state: accounts, groups, and who is online where.
+//! The server's shared state in memory: accounts, groups, and who is
+//! online where.
 //!
-//! One [`State`] sits behind a mutex in [`super::Shared`]. Its methods check
-//! a request against the state and change it, returning either what the
-//! caller needs to act on (recipients' outboxes, text for a reply) or a
-//! [`Failure`] that becomes an `ERR` reply. They never do I/O, so the lock is
-//! held only for map lookups; pushing to outboxes happens after it is
-//! released.
+//! One [`State`] sits behind a mutex in [`super::Shared`]. It mirrors what
+//! the [`crate::store::Store`] holds (loaded at start-up), so lookups never
+//! touch the disk. Changes follow a fixed order in the session: check here
+//! (`check_*`), make the change durable in the store, then record it here.
+//! Its methods never do I/O, so the lock is held only for map lookups;
+//! pushing to outboxes happens after it is released.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use crate::event::ErrorCode;
 use crate::names::{GroupName, Username};
-use crate::password::Verifier;
+use crate::store::{GroupRecord, Snapshot, UserRecord};
 
 use super::outbox::Outbox;
 
@@ -39,16 +40,9 @@ pub struct Online {
     pub outbox: Outbox,
 }
 
-struct Account {
-    /// Display name from `CREATE_USER`.
-    #[allow(dead_code)] // shown by later commands (profiles, LIST details)
-    name: String,
-    verifier: Verifier,
-}
-
 struct Group {
-    /// The creator; kept for moderation rights later.
-    #[allow(dead_code)]
+    /// The creator.
+    #[allow(dead_code)] // kept for moderation rights later
     owner: Username,
     members: BTreeSet<Username>,
 }
@@ -56,34 +50,49 @@ struct Group {
 /// Accounts, groups and live sessions.
 #[derive(Default)]
 pub struct State {
-    accounts: HashMap<Username, Account>,
+    /// Password verifiers (PHC strings) by username.
+    accounts: HashMap<Username, String>,
     groups: BTreeMap<GroupName, Group>,
     online: HashMap<Username, Vec<Online>>,
 }
 
 impl State {
-    /// Registers a new account.
-    pub fn create_user(
-        &mut self,
-        name: String,
-        username: &Username,
-        verifier: Verifier,
-    ) -> Result<(), Failure> {
-        if self.accounts.contains_key(username) {
-            return Err(Failure::new(
-                ErrorCode::UserExists,
-                format!("username {username} is taken"),
-            ));
+    /// The state the store holds.
+    pub fn from_snapshot(snapshot: Snapshot) -> State {
+        let mut state = State::default();
+        for u in snapshot.users {
+            state.add_account(&u);
         }
-        self.accounts
-            .insert(username.clone(), Account { name, verifier });
+        for g in snapshot.groups {
+            let GroupRecord {
+                name,
+                owner,
+                members,
+            } = g;
+            let members = members.into_iter().collect();
+            state.groups.insert(name, Group { owner, members });
+        }
+        state
+    }
+
+    /// Fails if the username is taken.
+    pub fn check_new_user(&self, username: &Username) -> Result<(), Failure> {
+        if self.accounts.contains_key(username) {
+            return Err(user_taken(username));
+        }
         Ok(())
     }
 
+    /// Records an account the store has committed.
+    pub fn add_account(&mut self, user: &UserRecord) {
+        self.accounts
+            .insert(user.username.clone(), user.verifier.clone());
+    }
+
     /// The verifier for `username`, if the account exists (cloned so the
-    /// check can run without the lock).
-    pub fn verifier(&self, username: &Username) -> Option<Verifier> {
-        self.accounts.get(username).map(|a| a.verifier.clone())
+    /// slow check can run without the lock).
+    pub fn verifier(&self, username: &Username) -> Option<String> {
+        self.accounts.get(username).cloned()
     }
 
     /// Marks a session as logged in as `user`.
@@ -101,51 +110,118 @@ impl State {
         }
     }
 
-    /// Creates a group with `creator` as owner and first member.
-    pub fn create_group(&mut self, creator: &Username, group: &GroupName) -> Result<(), Failure> {
+    /// Fails if the group name is taken.
+    pub fn check_new_group(&self, group: &GroupName) -> Result<(), Failure> {
         if self.groups.contains_key(group) {
-            return Err(Failure::new(
-                ErrorCode::GroupExists,
-                format!("group #{group} already exists; JOIN it instead"),
-            ));
+            return Err(group_taken(group));
         }
-        let members = BTreeSet::from([creator.clone()]);
-        self.groups.insert(
-            group.clone(),
-            Group {
-                owner: creator.clone(),
-                members,
-            },
-        );
         Ok(())
     }
 
-    /// Adds `user` to an existing group; returns its new member count.
-    pub fn join(&mut self, user: &Username, group: &GroupName) -> Result<usize, Failure> {
-        let g = self
-            .groups
-            .get_mut(group)
-            .ok_or_else(|| no_such_group(group))?;
-        if !g.members.insert(user.clone()) {
-            return Err(Failure::new(
+    /// Records a group the store has committed, with its creator as owner
+    /// and first member.
+    pub fn add_group(&mut self, creator: &Username, group: &GroupName) {
+        let members = BTreeSet::from([creator.clone()]);
+        let owner = creator.clone();
+        self.groups.insert(group.clone(), Group { owner, members });
+    }
+
+    /// Fails unless the group exists and `user` is (`member`) or is not
+    /// (`!member`) in it.
+    pub fn check_membership(
+        &self,
+        user: &Username,
+        group: &GroupName,
+        member: bool,
+    ) -> Result<(), Failure> {
+        let g = self.groups.get(group).ok_or_else(|| no_such_group(group))?;
+        match (g.members.contains(user), member) {
+            (true, false) => Err(Failure::new(
                 ErrorCode::AlreadyMember,
                 format!("you are already in #{group}"),
-            ));
+            )),
+            (false, true) => Err(not_member(group)),
+            _ => Ok(()),
         }
-        Ok(g.members.len())
     }
 
-    /// Removes `user` from a group. An emptied group stays, so its name
-    /// (and, later, its history) is not up for grabs.
-    pub fn leave(&mut self, user: &Username, group: &GroupName) -> Result<(), Failure> {
-        let g = self
-            .groups
-            .get_mut(group)
-            .ok_or_else(|| no_such_group(group))?;
-        if !g.members.remove(user) {
-            return Err(not_member(group));
+    /// Records a join or leave the store has committed; returns the new
+    /// member count. An emptied group stays, with its history and its name.
+    pub fn set_member(&mut self, user: &Username, group: &GroupName, member: bool) -> usize {
+        match self.groups.get_mut(group) {
+            Some(g) => {
+                if member {
+                    g.members.insert(user.clone());
+                } else {
+                    g.members.remove(user);
+                }
+                g.members.len()
+            }
+            None => 0,
+        }
+    }
+
+    /// Whether an account exists.
+    pub fn user_exists(&self, user: &Username) -> bool {
+        self.accounts.contains_key(user)
+    }
+
+    /// Fails unless `to` is an account.
+    pub fn check_user(&self, to: &Username) -> Result<(), Failure> {
+        if !self.user_exists(to) {
+            return Err(Failure::new(
+                ErrorCode::UnknownUser,
+                format!("no user named {to}"),
+            ));
         }
         Ok(())
+    }
+
+    /// The members of each group, other than `sender`. Fails unless every
+    /// group exists and has the sender.
+    pub fn group_members(
+        &self,
+        sender: &Username,
+        groups: &[GroupName],
+    ) -> Result<Vec<(GroupName, Vec<Username>)>, Failure> {
+        groups
+            .iter()
+            .map(|name| {
+                let g = self.groups.get(name).ok_or_else(|| no_such_group(name))?;
+                if !g.members.contains(sender) {
+                    return Err(not_member(name));
+                }
+                let others = g.members.iter().filter(|m| *m != sender).cloned().collect();
+                Ok((name.clone(), others))
+            })
+            .collect()
+    }
+
+    /// The live sessions of these users, except one session.
+    pub fn sessions_of<'a>(
+        &self,
+        users: impl IntoIterator<Item = &'a Username>,
+        except: SessionId,
+    ) -> Vec<Online> {
+        users
+            .into_iter()
+            .filter_map(|u| self.online.get(u))
+            .flatten()
+            .filter(|o| o.session != except)
+            .cloned()
+            .collect()
+    }
+
+    /// Whether `user` is in `group`.
+    pub fn is_member(&self, user: &Username, group: &GroupName) -> bool {
+        self.groups
+            .get(group)
+            .is_some_and(|g| g.members.contains(user))
+    }
+
+    /// Whether a group exists.
+    pub fn group_exists(&self, group: &GroupName) -> bool {
+        self.groups.contains_key(group)
     }
 
     /// The `LIST` text: every group with its member count (marking the
@@ -183,50 +259,6 @@ impl State {
             .get(user)
             .is_some_and(|list| list.iter().any(|o| o.session == session))
     }
-
-    /// The live sessions of `to`, for a direct message or file.
-    pub fn user_recipients(&self, to: &Username) -> Result<Vec<Online>, Failure> {
-        if !self.accounts.contains_key(to) {
-            return Err(Failure::new(
-                ErrorCode::UnknownUser,
-                format!("no user named {to}"),
-            ));
-        }
-        match self.online.get(to) {
-            Some(list) => Ok(list.clone()),
-            None => Err(Failure::new(
-                ErrorCode::UserOffline,
-                format!("{to} is not online; try again later"),
-            )),
-        }
-    }
-
-    /// For each group, the live sessions of its members other than the
-    /// sending session. Fails unless every group exists and has the sender.
-    pub fn group_recipients(
-        &self,
-        sender: &Username,
-        session: SessionId,
-        groups: &[GroupName],
-    ) -> Result<Vec<(GroupName, Vec<Online>)>, Failure> {
-        let mut out = Vec::with_capacity(groups.len());
-        for name in groups {
-            let g = self.groups.get(name).ok_or_else(|| no_such_group(name))?;
-            if !g.members.contains(sender) {
-                return Err(not_member(name));
-            }
-            let sessions = g
-                .members
-                .iter()
-                .filter_map(|m| self.online.get(m))
-                .flatten()
-                .filter(|o| o.session != session)
-                .cloned()
-                .collect();
-            out.push((name.clone(), sessions));
-        }
-        Ok(out)
-    }
 }
 
 /// Room for each of the two lists in a `LIST` reply.
@@ -250,6 +282,19 @@ fn bounded_join(items: impl ExactSizeIterator<Item = String>, max: usize, empty:
         out.push_str(&item);
     }
     out
+}
+
+/// The failure for a taken username.
+pub fn user_taken(u: &Username) -> Failure {
+    Failure::new(ErrorCode::UserExists, format!("username {u} is taken"))
+}
+
+/// The failure for a taken group name.
+pub fn group_taken(g: &GroupName) -> Failure {
+    Failure::new(
+        ErrorCode::GroupExists,
+        format!("group #{g} already exists; JOIN it instead"),
+    )
 }
 
 fn no_such_group(g: &GroupName) -> Failure {

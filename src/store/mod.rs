@@ -157,8 +157,9 @@ pub trait Store: Send + Sync {
     /// Adds or removes a member.
     fn set_member(&self, group: &GroupName, user: &Username, member: bool) -> StoreResult<()>;
 
-    /// Stores a message with a pending row for each recipient user.
-    fn save_message(&self, message: &StoredMessage, recipients: &[Username]) -> StoreResult<()>;
+    /// Stores messages, each with a pending row for each of its recipient
+    /// users, in one commit.
+    fn save_messages(&self, batch: &[(StoredMessage, Vec<Username>)]) -> StoreResult<()>;
 
     /// Queues one chunk of a file being received.
     fn save_chunk(&self, file_id: u64, chunk: &StoredChunk);

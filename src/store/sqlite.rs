@@ -88,6 +88,8 @@ enum Op {
     SaveChunk(u64, StoredChunk),
     DiscardFile(u64),
     Ack(Username, Vec<u64>),
+    /// Several writes that succeed or fail together.
+    Batch(Vec<Op>),
 }
 
 /// A write and, for waiting callers, where its outcome goes.
@@ -198,22 +200,43 @@ fn check_integrity(conn: &Connection) -> Result<(), String> {
 }
 
 /// Brings the schema up to date; refuses a database from a newer version.
+/// Each step runs in an immediate (write-locked) transaction that re-reads
+/// the version, so two servers starting on one directory cannot both
+/// apply it.
 fn migrate(conn: &Connection) -> Result<(), String> {
-    let version: usize = conn
-        .query_row("PRAGMA user_version", [], |r| r.get::<_, i64>(0))
-        .map_err(|e| format!("not a readable muchat database ({e})"))?
-        .try_into()
-        .map_err(|_| "bad schema version".to_string())?;
-    if version > MIGRATIONS.len() {
-        return Err(format!(
-            "database schema version {version} is newer than this server understands ({}); upgrade muchat",
-            MIGRATIONS.len()
-        ));
+    let read_version = || -> Result<usize, String> {
+        let v: i64 = conn
+            .query_row("PRAGMA user_version", [], |r| r.get(0))
+            .map_err(|e| format!("not a readable muchat database ({e})"))?;
+        usize::try_from(v).map_err(|_| format!("bad schema version {v}"))
+    };
+    let newest = MIGRATIONS.len();
+    for (i, step) in MIGRATIONS.iter().enumerate() {
+        if read_version()? > i {
+            continue;
+        }
+        conn.execute_batch("BEGIN IMMEDIATE")
+            .map_err(|e| format!("cannot lock the database: {e}"))?;
+        let result = if read_version()? > i {
+            Ok(())
+        } else {
+            conn.execute_batch(&format!("{step}; PRAGMA user_version = {};", i + 1))
+        };
+        match result {
+            Ok(()) => conn
+                .execute_batch("COMMIT")
+                .map_err(|e| format!("migrating schema to version {}: {e}", i + 1))?,
+            Err(e) => {
+                let _ = conn.execute_batch("ROLLBACK");
+                return Err(format!("migrating schema to version {}: {e}", i + 1));
+            }
+        }
     }
-    for (i, step) in MIGRATIONS.iter().enumerate().skip(version) {
-        let sql = format!("BEGIN; {step}; PRAGMA user_version = {}; COMMIT;", i + 1);
-        conn.execute_batch(&sql)
-            .map_err(|e| format!("migrating schema to version {}: {e}", i + 1))?;
+    let version = read_version()?;
+    if version > newest {
+        return Err(format!(
+            "database schema version {version} is newer than this server understands ({newest}); upgrade muchat"
+        ));
     }
     Ok(())
 }
@@ -256,6 +279,19 @@ fn apply_batch(conn: &mut Connection, batch: &[Job]) -> Vec<StoreResult<bool>> {
 fn apply(tx: &Connection, op: &Op) -> rusqlite::Result<bool> {
     let now = crate::clock::now_ms() as i64;
     match op {
+        Op::Batch(ops) => {
+            // A savepoint makes the group all-or-nothing inside the batch's
+            // transaction.
+            tx.execute_batch("SAVEPOINT batch")?;
+            for op in ops {
+                if let Err(e) = apply(tx, op) {
+                    tx.execute_batch("ROLLBACK TO batch; RELEASE batch")?;
+                    return Err(e);
+                }
+            }
+            tx.execute_batch("RELEASE batch")?;
+            Ok(true)
+        }
         Op::CreateUser(u) => Ok(tx
             .prepare_cached(
                 "INSERT OR IGNORE INTO users (username, name, verifier, created_ms) VALUES (?1, ?2, ?3, ?4)",
@@ -437,11 +473,16 @@ impl Store for SqliteStore {
             .map(|_| ())
     }
 
-    fn save_message(&self, message: &StoredMessage, recipients: &[Username]) -> StoreResult<()> {
-        let bytes = message.pending_bytes();
-        let rows = recipients.iter().map(|u| (u.clone(), bytes)).collect();
-        self.wait(Op::SaveMessage(Box::new(message.clone()), rows))
-            .map(|_| ())
+    fn save_messages(&self, batch: &[(StoredMessage, Vec<Username>)]) -> StoreResult<()> {
+        let ops = batch
+            .iter()
+            .map(|(m, users)| {
+                let bytes = m.pending_bytes();
+                let rows = users.iter().map(|u| (u.clone(), bytes)).collect();
+                Op::SaveMessage(Box::new(m.clone()), rows)
+            })
+            .collect();
+        self.wait(Op::Batch(ops)).map(|_| ())
     }
 
     fn save_chunk(&self, file_id: u64, chunk: &StoredChunk) {

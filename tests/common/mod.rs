@@ -19,8 +19,18 @@ use muchat::server::{Config, Server};
 /// How long any single wait may take before the test fails.
 pub const WAIT: Duration = Duration::from_secs(20);
 
+/// Settings for a test server: a fresh data directory, cheap password
+/// hashing (tests create many accounts; one test checks the real cost).
+pub fn test_config() -> Config {
+    Config {
+        data_dir: temp_dir("data"),
+        password_cost: muchat::password::PasswordCost::TESTING,
+        ..Config::default()
+    }
+}
+
 pub fn start_server() -> Server {
-    start_server_with(Config::default())
+    start_server_with(test_config())
 }
 
 pub fn start_server_with(config: Config) -> Server {
