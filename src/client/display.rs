@@ -146,6 +146,7 @@ mod tests {
             from: Username::parse("alice").unwrap(),
             to: Conversation::Group(GroupName::parse("devs").unwrap()),
             text: "hi\x1b]0;pwned\x07".into(),
+            history: false,
         };
         assert_eq!(
             event_line(&e),

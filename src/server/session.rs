@@ -8,6 +8,7 @@
 
 use std::io::{BufReader, Read};
 use std::net::{SocketAddr, TcpStream};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -80,6 +81,7 @@ fn start(
         outbox,
         user: None,
         transfers: Transfers::default(),
+        in_flight: Arc::default(),
     };
     Ok((FrameReader::new(reader, keyed.opener), session))
 }
@@ -120,6 +122,10 @@ struct Session {
     outbox: Outbox,
     user: Option<Username>,
     transfers: Transfers,
+    /// Messages accepted but not yet committed. Their replies come from the
+    /// store's writer after the commit, so while any are in flight, later
+    /// replies queue behind them (see [`Session::ordered`]).
+    in_flight: Arc<AtomicUsize>,
 }
 
 impl Session {
@@ -160,7 +166,51 @@ impl Session {
     fn end(&mut self) {
         self.logout("sender disconnected");
         self.shared.unregister(self.id);
-        self.outbox.finish();
+        let outbox = self.outbox.clone();
+        // After the replies of messages still committing.
+        self.ordered(move || outbox.finish());
+    }
+
+    /// Runs `f` after every reply still waiting for a commit has been sent:
+    /// now if none is, else from the store's writer behind them.
+    fn ordered(&self, f: impl FnOnce() + Send + 'static) {
+        if self.in_flight.load(Ordering::Acquire) == 0 {
+            return f();
+        }
+        self.in_flight.fetch_add(1, Ordering::AcqRel);
+        let in_flight = Arc::clone(&self.in_flight);
+        self.shared.store.then(Box::new(move |_| {
+            f();
+            in_flight.fetch_sub(1, Ordering::AcqRel);
+        }));
+    }
+
+    /// Commits messages without blocking this connection, then (on the
+    /// store's writer, in order) runs `deliver` and sends its reply.
+    fn commit_then_reply(
+        &self,
+        batch: Vec<(StoredMessage, Vec<Username>)>,
+        deliver: impl FnOnce(&Shared, &[(StoredMessage, Vec<Username>)]) -> String + Send + 'static,
+    ) {
+        self.in_flight.fetch_add(1, Ordering::AcqRel);
+        let in_flight = Arc::clone(&self.in_flight);
+        let shared = Arc::clone(&self.shared);
+        let outbox = self.outbox.clone();
+        let saved = batch.clone();
+        self.shared.store.save_messages_then(
+            batch,
+            Box::new(move |result| {
+                let reply = match result {
+                    Ok(()) => Reply::Ok(deliver(&shared, &saved)),
+                    Err(e) => {
+                        let Failure(code, text) = storage(e);
+                        Reply::Err(code, text)
+                    }
+                };
+                let _ = outbox.send(Outgoing::from(&ServerMessage::Reply(reply)));
+                in_flight.fetch_sub(1, Ordering::AcqRel);
+            }),
+        );
     }
 
     fn logout(&mut self, why: &str) {
@@ -180,7 +230,11 @@ impl Session {
             Ok(text) => Reply::Ok(text),
             Err(Failure(code, text)) => Reply::Err(code, text),
         };
-        self.push(&ServerMessage::Reply(reply));
+        let frame = Outgoing::from(&ServerMessage::Reply(reply));
+        let outbox = self.outbox.clone();
+        self.ordered(move || {
+            let _ = outbox.send(frame);
+        });
     }
 
     fn handle(&mut self, request: Request) -> Flow {
@@ -227,6 +281,20 @@ impl Session {
                 }
                 return Flow::Continue;
             }
+            Request::Send { to, key, body } if self.user.is_some() => {
+                let me = self.user.clone().expect("checked by the guard");
+                if let Err(f) = self.send(&me, to, key, body) {
+                    self.reply(Err(f));
+                }
+                return Flow::Continue;
+            }
+            Request::SendToGroup { groups, key, body } if self.user.is_some() => {
+                let me = self.user.clone().expect("checked by the guard");
+                if let Err(f) = self.send_to_groups(&me, &groups, key, body) {
+                    self.reply(Err(f));
+                }
+                return Flow::Continue;
+            }
             other => match self.user.clone() {
                 None => Err(Failure(
                     ErrorCode::NotLoggedIn,
@@ -266,10 +334,6 @@ impl Session {
                 })
             }
             Request::List => Ok(shared.state().list(me)),
-            Request::Send { to, key, body } => self.send(me, to, key, body),
-            Request::SendToGroup { groups, key, body } => {
-                self.send_to_groups(me, &groups, key, body)
-            }
             Request::SendFile(offer) => self.transfers.offer(&shared, me, self.id, offer),
             Request::FileEnd(id) => self.transfers.end(&shared, id),
             Request::FileAbort(id) => {
@@ -287,7 +351,12 @@ impl Session {
                 "already logged in; LOGOUT first".into(),
             )),
             // handle() answers these before checking for a login.
-            Request::Help | Request::Quit | Request::Chunk { .. } | Request::Ack(_) => {
+            Request::Help
+            | Request::Quit
+            | Request::Chunk { .. }
+            | Request::Ack(_)
+            | Request::Send { .. }
+            | Request::SendToGroup { .. } => {
                 Err(Failure(ErrorCode::Usage, "unexpected request".into()))
             }
         }
@@ -357,15 +426,9 @@ impl Session {
         Ok(format!("logged in as {username}"))
     }
 
-    /// A direct message: stored (pending for the recipient) before the OK,
-    /// then delivered to the recipient's live sessions.
-    fn send(
-        &self,
-        me: &Username,
-        to: Username,
-        key: ContentKey,
-        body: Body,
-    ) -> Result<String, Failure> {
+    /// A direct message: committed (pending for the recipient) before the
+    /// OK, then delivered to the recipient's live sessions.
+    fn send(&self, me: &Username, to: Username, key: ContentKey, body: Body) -> Result<(), Failure> {
         self.shared.state().check_user(&to)?;
         let message = StoredMessage {
             id: self.shared.next_id(),
@@ -374,28 +437,19 @@ impl Session {
             to: Conversation::User(to.clone()),
             content: Content::Text { key, body },
         };
-        self.shared
-            .store
-            .save_messages(&[(message.clone(), vec![to.clone()])])
-            .map_err(storage)?;
-        // A note to yourself reaches your other sessions, not this one.
-        let sessions = self.shared.state().sessions_of([&to], self.id);
-        let n = deliver(&sessions, &Outgoing::from(&announce(&message, false)));
-        Ok(format!(
-            "{} sent to {to} ({n} live session{})",
-            message.id,
-            plural(n)
-        ))
+        let session = self.id;
+        self.commit_then_reply(vec![(message, vec![to.clone()])], move |shared, saved| {
+            let message = &saved[0].0;
+            // A note to yourself reaches your other sessions, not this one.
+            let sessions = shared.state().sessions_of([&to], session);
+            let n = deliver(&sessions, &Outgoing::from(&announce(message, false)));
+            format!("{} sent to {to} ({n} live session{})", message.id, plural(n))
+        });
+        Ok(())
     }
 
-    /// One message per listed group, all committed together before the OK.
-    fn send_to_groups(
-        &self,
-        me: &Username,
-        groups: &[GroupName],
-        key: ContentKey,
-        body: Body,
-    ) -> Result<String, Failure> {
+    /// One message per listed group, committed together before the OK.
+    fn send_to_groups(&self, me: &Username, groups: &[GroupName], key: ContentKey, body: Body) -> Result<(), Failure> {
         let targets = self.shared.state().group_members(me, groups)?;
         let at_ms = now_ms();
         let batch: Vec<(StoredMessage, Vec<Username>)> = targets
@@ -414,24 +468,24 @@ impl Session {
                 (message, members)
             })
             .collect();
-        self.shared.store.save_messages(&batch).map_err(storage)?;
-        let mut total = 0;
-        for (message, members) in &batch {
-            // The sender's other sessions see the group message too.
-            let sessions = self
-                .shared
-                .state()
-                .sessions_of(members.iter().chain([me]), self.id);
-            total += deliver(&sessions, &Outgoing::from(&announce(message, false)));
-        }
-        let ids: Vec<String> = batch.iter().map(|(m, _)| m.id.to_string()).collect();
         let names: Vec<String> = groups.iter().map(|g| format!("#{g}")).collect();
-        Ok(format!(
-            "{} sent to {} ({total} live session{})",
-            ids.join(","),
-            names.join(","),
-            plural(total)
-        ))
+        let (me, session) = (me.clone(), self.id);
+        self.commit_then_reply(batch, move |shared, saved| {
+            let mut total = 0;
+            for (message, members) in saved {
+                // The sender's other sessions see the group message too.
+                let sessions = shared.state().sessions_of(members.iter().chain([&me]), session);
+                total += deliver(&sessions, &Outgoing::from(&announce(message, false)));
+            }
+            let ids: Vec<String> = saved.iter().map(|(m, _)| m.id.to_string()).collect();
+            format!(
+                "{} sent to {} ({total} live session{})",
+                ids.join(","),
+                names.join(","),
+                plural(total)
+            )
+        });
+        Ok(())
     }
 
     /// Pushes the last `limit` messages of a conversation as `HIST` events,

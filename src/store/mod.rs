@@ -139,6 +139,9 @@ pub struct StoredChunk {
     pub body: Body,
 }
 
+/// Work to run when a queued write has committed (or failed).
+pub type Completion = Box<dyn FnOnce(StoreResult<()>) + Send>;
+
 /// The storage interface the server uses.
 ///
 /// Methods that return a result wait until their change is durable;
@@ -160,6 +163,17 @@ pub trait Store: Send + Sync {
     /// Stores messages, each with a pending row for each of its recipient
     /// users, in one commit.
     fn save_messages(&self, batch: &[(StoredMessage, Vec<Username>)]) -> StoreResult<()>;
+
+    /// Like [`save_messages`](Store::save_messages), but returns at once and
+    /// calls `done` with the outcome once committed. Completions run in the
+    /// order their writes were queued, so a connection can keep reading
+    /// requests while its earlier messages commit (one fsync then covers
+    /// many) and still answer them in order.
+    fn save_messages_then(&self, batch: Vec<(StoredMessage, Vec<Username>)>, done: Completion);
+
+    /// Calls `done` once every write queued before it has been committed (or
+    /// has failed): a barrier that orders a reply after earlier completions.
+    fn then(&self, done: Completion);
 
     /// Queues one chunk of a file being received.
     fn save_chunk(&self, file_id: u64, chunk: &StoredChunk);

@@ -19,8 +19,8 @@ use crossbeam_channel::{bounded, unbounded, Receiver, Sender};
 use rusqlite::{params, Connection, OpenFlags};
 
 use super::{
-    Content, GroupRecord, Snapshot, Store, StoreError, StoreResult, StoredChunk, StoredMessage,
-    UserRecord,
+    Completion, Content, GroupRecord, Snapshot, Store, StoreError, StoreResult, StoredChunk,
+    StoredMessage, UserRecord,
 };
 use crate::content::{Body, ContentKey};
 use crate::names::{Conversation, GroupName, Username};
@@ -90,12 +90,24 @@ enum Op {
     Ack(Username, Vec<u64>),
     /// Several writes that succeed or fail together.
     Batch(Vec<Op>),
+    /// Nothing: a barrier for [`Store::then`].
+    Nothing,
 }
 
-/// A write and, for waiting callers, where its outcome goes.
+/// Where a write's outcome goes.
+enum Done {
+    /// Nobody waits (chunks, acks): a failure is logged.
+    Nobody,
+    /// A caller blocked on the outcome.
+    Waiter(Sender<StoreResult<bool>>),
+    /// Work to run on the writer thread after the commit.
+    Then(Completion),
+}
+
+/// A write and where its outcome goes.
 struct Job {
     op: Op,
-    done: Option<Sender<StoreResult<bool>>>,
+    done: Done,
 }
 
 /// The SQLite-backed [`Store`].
@@ -152,14 +164,22 @@ impl SqliteStore {
     fn wait(&self, op: Op) -> StoreResult<bool> {
         let (tx, rx) = bounded(1);
         self.writes
-            .send(Job { op, done: Some(tx) })
+            .send(Job {
+                op,
+                done: Done::Waiter(tx),
+            })
             .map_err(|_| StoreError("the store writer has stopped".into()))?;
         rx.recv()
             .map_err(|_| StoreError("the store writer has stopped".into()))?
     }
 
-    fn queue(&self, op: Op) {
-        let _ = self.writes.send(Job { op, done: None });
+    fn queue(&self, op: Op, done: Done) {
+        if let Err(e) = self.writes.send(Job { op, done }) {
+            // The writer is gone: fail the job here so no caller hangs.
+            if let Done::Then(f) = e.into_inner().done {
+                f(Err(StoreError("the store writer has stopped".into())));
+            }
+        }
     }
 
     fn read<T>(&self, f: impl FnOnce(&Connection) -> rusqlite::Result<T>) -> StoreResult<T> {
@@ -251,9 +271,18 @@ fn write_loop(mut conn: Connection, jobs: &Receiver<Job>) {
             }
         }
         let outcome = apply_batch(&mut conn, &batch);
+        // In queue order, so completions (replies) keep their order.
         for (job, result) in batch.into_iter().zip(outcome) {
-            if let Some(done) = job.done {
-                let _ = done.send(result);
+            match job.done {
+                Done::Nobody => {
+                    if let Err(e) = result {
+                        crate::log!("{e}");
+                    }
+                }
+                Done::Waiter(tx) => {
+                    let _ = tx.send(result);
+                }
+                Done::Then(f) => f(result.map(|_| ())),
             }
         }
     }
@@ -279,6 +308,7 @@ fn apply_batch(conn: &mut Connection, batch: &[Job]) -> Vec<StoreResult<bool>> {
 fn apply(tx: &Connection, op: &Op) -> rusqlite::Result<bool> {
     let now = crate::clock::now_ms() as i64;
     match op {
+        Op::Nothing => Ok(true),
         Op::Batch(ops) => {
             // A savepoint makes the group all-or-nothing inside the batch's
             // transaction.
@@ -371,6 +401,19 @@ fn apply(tx: &Connection, op: &Op) -> rusqlite::Result<bool> {
             Ok(true)
         }
     }
+}
+
+/// The write that stores messages with their pending rows, all or nothing.
+fn save_op(batch: Vec<(StoredMessage, Vec<Username>)>) -> Op {
+    let ops = batch
+        .into_iter()
+        .map(|(m, users)| {
+            let bytes = m.pending_bytes();
+            let rows = users.into_iter().map(|u| (u, bytes)).collect();
+            Op::SaveMessage(Box::new(m), rows)
+        })
+        .collect();
+    Op::Batch(ops)
 }
 
 /// Rebuilds a message from its row; a row that does not parse is reported,
@@ -474,27 +517,27 @@ impl Store for SqliteStore {
     }
 
     fn save_messages(&self, batch: &[(StoredMessage, Vec<Username>)]) -> StoreResult<()> {
-        let ops = batch
-            .iter()
-            .map(|(m, users)| {
-                let bytes = m.pending_bytes();
-                let rows = users.iter().map(|u| (u.clone(), bytes)).collect();
-                Op::SaveMessage(Box::new(m.clone()), rows)
-            })
-            .collect();
-        self.wait(Op::Batch(ops)).map(|_| ())
+        self.wait(save_op(batch.to_vec())).map(|_| ())
+    }
+
+    fn save_messages_then(&self, batch: Vec<(StoredMessage, Vec<Username>)>, done: Completion) {
+        self.queue(save_op(batch), Done::Then(done));
+    }
+
+    fn then(&self, done: Completion) {
+        self.queue(Op::Nothing, Done::Then(done));
     }
 
     fn save_chunk(&self, file_id: u64, chunk: &StoredChunk) {
-        self.queue(Op::SaveChunk(file_id, chunk.clone()));
+        self.queue(Op::SaveChunk(file_id, chunk.clone()), Done::Nobody);
     }
 
     fn discard_file(&self, file_id: u64) {
-        self.queue(Op::DiscardFile(file_id));
+        self.queue(Op::DiscardFile(file_id), Done::Nobody);
     }
 
     fn ack(&self, user: &Username, ids: &[u64]) {
-        self.queue(Op::Ack(user.clone(), ids.to_vec()));
+        self.queue(Op::Ack(user.clone(), ids.to_vec()), Done::Nobody);
     }
 
     fn pending(&self, user: &Username) -> StoreResult<Vec<StoredMessage>> {
