@@ -14,7 +14,6 @@ use muchat::client::{Client, ClientConfig, ClientEvent};
 use muchat::connection::{FrameReader, FrameWriter};
 use muchat::content::ContentKey;
 use muchat::event::{Delivery, ErrorCode, Reply, ServerMessage};
-use muchat::frame::Frame;
 use muchat::names::Conversation;
 use muchat::password::PasswordCost;
 use muchat::request::Request;

@@ -699,14 +699,16 @@ fn read_loop(
                 continue;
             }
         };
-        for e in out {
-            let _ = events.send(e);
-        }
         to_ack.append(&mut downloads.take_acks());
-        // Acknowledge once the burst is handled: before waiting on the socket.
+        // Acknowledge once a burst is handled (before waiting on the
+        // socket), and before handing the events on, so anything the
+        // application sends after seeing them follows the ACK.
         if !to_ack.is_empty() && (!r.has_buffered() || to_ack.len() >= MAX_ACK_IDS) {
             let frame = Request::Ack(std::mem::take(&mut to_ack)).to_frame();
             let _ = acks.send(Outbound { frame, reply: None });
+        }
+        for e in out {
+            let _ = events.send(e);
         }
     };
     downloads.abandon_all();

@@ -13,6 +13,7 @@ use crate::names::Username;
 use crate::store::{Content, StoredMessage};
 
 use super::outbox::{Outbox, OutboxError, Outgoing};
+use super::state::SessionId;
 use super::Shared;
 
 /// File chunks read from the store at a time.
@@ -60,12 +61,20 @@ pub(super) fn announce(m: &StoredMessage, history: bool) -> ServerMessage {
 /// just logged in, oldest first, in a thread of its own so a large backlog
 /// never holds up the session's commands. Everything goes through the
 /// bulk queue, which paces the replay to the client's reading.
-pub(super) fn deliver_pending(shared: Arc<Shared>, user: Username, outbox: Outbox) {
+///
+/// The replay stops as soon as the session is no longer logged in as
+/// `user`: its acknowledgements would no longer count.
+pub(super) fn deliver_pending(
+    shared: Arc<Shared>,
+    user: Username,
+    session: SessionId,
+    outbox: Outbox,
+) {
     let spawned = std::thread::Builder::new()
         .name("replay".into())
         .stack_size(super::THREAD_STACK)
         .spawn(move || {
-            if let Err(why) = replay(&shared, &user, &outbox) {
+            if let Err(why) = replay(&shared, &user, session, &outbox) {
                 log!("pending delivery to {user} stopped: {why}");
             }
         });
@@ -74,10 +83,19 @@ pub(super) fn deliver_pending(shared: Arc<Shared>, user: Username, outbox: Outbo
     }
 }
 
-fn replay(shared: &Shared, user: &Username, outbox: &Outbox) -> Result<(), String> {
+fn replay(
+    shared: &Shared,
+    user: &Username,
+    session: SessionId,
+    outbox: &Outbox,
+) -> Result<(), String> {
+    let still_here = || shared.state().is_online_as(user, session);
     let pending = shared.store.pending(user).map_err(|e| e.to_string())?;
     let gone = |e: OutboxError| format!("{e:?}");
     for m in &pending {
+        if !still_here() {
+            return Ok(());
+        }
         outbox
             .send_bulk(Outgoing::from(&announce(m, false)))
             .map_err(gone)?;

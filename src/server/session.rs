@@ -254,7 +254,12 @@ impl Session {
                     Ok(text) => {
                         self.reply(Ok(text));
                         // After the reply, so the client sees it first.
-                        deliver_pending(Arc::clone(&self.shared), username, self.outbox.clone());
+                        deliver_pending(
+                            Arc::clone(&self.shared),
+                            username,
+                            self.id,
+                            self.outbox.clone(),
+                        );
                     }
                     Err(f) => self.reply(Err(f)),
                 }
@@ -428,7 +433,13 @@ impl Session {
 
     /// A direct message: committed (pending for the recipient) before the
     /// OK, then delivered to the recipient's live sessions.
-    fn send(&self, me: &Username, to: Username, key: ContentKey, body: Body) -> Result<(), Failure> {
+    fn send(
+        &self,
+        me: &Username,
+        to: Username,
+        key: ContentKey,
+        body: Body,
+    ) -> Result<(), Failure> {
         self.shared.state().check_user(&to)?;
         let message = StoredMessage {
             id: self.shared.next_id(),
@@ -443,13 +454,23 @@ impl Session {
             // A note to yourself reaches your other sessions, not this one.
             let sessions = shared.state().sessions_of([&to], session);
             let n = deliver(&sessions, &Outgoing::from(&announce(message, false)));
-            format!("{} sent to {to} ({n} live session{})", message.id, plural(n))
+            format!(
+                "{} sent to {to} ({n} live session{})",
+                message.id,
+                plural(n)
+            )
         });
         Ok(())
     }
 
     /// One message per listed group, committed together before the OK.
-    fn send_to_groups(&self, me: &Username, groups: &[GroupName], key: ContentKey, body: Body) -> Result<(), Failure> {
+    fn send_to_groups(
+        &self,
+        me: &Username,
+        groups: &[GroupName],
+        key: ContentKey,
+        body: Body,
+    ) -> Result<(), Failure> {
         let targets = self.shared.state().group_members(me, groups)?;
         let at_ms = now_ms();
         let batch: Vec<(StoredMessage, Vec<Username>)> = targets
@@ -474,7 +495,9 @@ impl Session {
             let mut total = 0;
             for (message, members) in saved {
                 // The sender's other sessions see the group message too.
-                let sessions = shared.state().sessions_of(members.iter().chain([&me]), session);
+                let sessions = shared
+                    .state()
+                    .sessions_of(members.iter().chain([&me]), session);
                 total += deliver(&sessions, &Outgoing::from(&announce(message, false)));
             }
             let ids: Vec<String> = saved.iter().map(|(m, _)| m.id.to_string()).collect();

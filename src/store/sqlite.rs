@@ -92,6 +92,9 @@ enum Op {
     Batch(Vec<Op>),
     /// Nothing: a barrier for [`Store::then`].
     Nothing,
+    /// Reads a user's pending bytes on the writer, so acknowledgements
+    /// queued before it are counted.
+    PendingBytes(Username),
 }
 
 /// Where a write's outcome goes.
@@ -99,7 +102,7 @@ enum Done {
     /// Nobody waits (chunks, acks): a failure is logged.
     Nobody,
     /// A caller blocked on the outcome.
-    Waiter(Sender<StoreResult<bool>>),
+    Waiter(Sender<StoreResult<u64>>),
     /// Work to run on the writer thread after the commit.
     Then(Completion),
 }
@@ -161,7 +164,7 @@ impl SqliteStore {
         &self.path
     }
 
-    fn wait(&self, op: Op) -> StoreResult<bool> {
+    fn wait(&self, op: Op) -> StoreResult<u64> {
         let (tx, rx) = bounded(1);
         self.writes
             .send(Job {
@@ -290,12 +293,12 @@ fn write_loop(mut conn: Connection, jobs: &Receiver<Job>) {
 
 /// Applies a batch in one transaction. Each job gets its own result; if the
 /// commit fails, every job in the batch fails.
-fn apply_batch(conn: &mut Connection, batch: &[Job]) -> Vec<StoreResult<bool>> {
+fn apply_batch(conn: &mut Connection, batch: &[Job]) -> Vec<StoreResult<u64>> {
     let tx = match conn.transaction() {
         Ok(tx) => tx,
         Err(e) => return batch.iter().map(|_| Err(err(&e))).collect(),
     };
-    let results: Vec<StoreResult<bool>> = batch
+    let results: Vec<StoreResult<u64>> = batch
         .iter()
         .map(|j| apply(&tx, &j.op).map_err(err))
         .collect();
@@ -305,10 +308,13 @@ fn apply_batch(conn: &mut Connection, batch: &[Job]) -> Vec<StoreResult<bool>> {
     }
 }
 
-fn apply(tx: &Connection, op: &Op) -> rusqlite::Result<bool> {
+/// Applies one write. The result is a count: for creates 1 or 0 (created
+/// or already there), for a read the number read, else 1.
+fn apply(tx: &Connection, op: &Op) -> rusqlite::Result<u64> {
     let now = crate::clock::now_ms() as i64;
     match op {
-        Op::Nothing => Ok(true),
+        Op::Nothing => Ok(1),
+        Op::PendingBytes(user) => pending_bytes(tx, user),
         Op::Batch(ops) => {
             // A savepoint makes the group all-or-nothing inside the batch's
             // transaction.
@@ -320,14 +326,13 @@ fn apply(tx: &Connection, op: &Op) -> rusqlite::Result<bool> {
                 }
             }
             tx.execute_batch("RELEASE batch")?;
-            Ok(true)
+            Ok(1)
         }
         Op::CreateUser(u) => Ok(tx
             .prepare_cached(
                 "INSERT OR IGNORE INTO users (username, name, verifier, created_ms) VALUES (?1, ?2, ?3, ?4)",
             )?
-            .execute(params![u.username.as_str(), u.name, u.verifier, now])?
-            == 1),
+            .execute(params![u.username.as_str(), u.name, u.verifier, now])? as u64),
         Op::CreateGroup(g, owner) => {
             let created = tx
                 .prepare_cached("INSERT OR IGNORE INTO groups (name, owner, created_ms) VALUES (?1, ?2, ?3)")?
@@ -337,17 +342,17 @@ fn apply(tx: &Connection, op: &Op) -> rusqlite::Result<bool> {
                 tx.prepare_cached("INSERT OR IGNORE INTO members (group_name, username) VALUES (?1, ?2)")?
                     .execute(params![g.as_str(), owner.as_str()])?;
             }
-            Ok(created)
+            Ok(u64::from(created))
         }
         Op::SetMember(g, u, true) => {
             tx.prepare_cached("INSERT OR IGNORE INTO members (group_name, username) VALUES (?1, ?2)")?
                 .execute(params![g.as_str(), u.as_str()])?;
-            Ok(true)
+            Ok(1)
         }
         Op::SetMember(g, u, false) => {
             tx.prepare_cached("DELETE FROM members WHERE group_name = ?1 AND username = ?2")?
                 .execute(params![g.as_str(), u.as_str()])?;
-            Ok(true)
+            Ok(1)
         }
         Op::SaveMessage(m, recipients) => {
             let (kind, key, body) = match &m.content {
@@ -375,17 +380,17 @@ fn apply(tx: &Connection, op: &Op) -> rusqlite::Result<bool> {
             for (user, bytes) in recipients {
                 pending.execute(params![user.as_str(), m.id as i64, *bytes as i64])?;
             }
-            Ok(true)
+            Ok(1)
         }
         Op::SaveChunk(file_id, c) => {
             tx.prepare_cached("INSERT OR REPLACE INTO file_chunks (file_id, offset, key, body) VALUES (?1, ?2, ?3, ?4)")?
                 .execute(params![*file_id as i64, c.offset as i64, c.key.to_b64(), c.body.as_str()])?;
-            Ok(true)
+            Ok(1)
         }
         Op::DiscardFile(file_id) => {
             tx.prepare_cached("DELETE FROM file_chunks WHERE file_id = ?1")?
                 .execute(params![*file_id as i64])?;
-            Ok(true)
+            Ok(1)
         }
         Op::Ack(user, ids) => {
             let mut del = tx.prepare_cached("DELETE FROM pending WHERE username = ?1 AND message_id = ?2")?;
@@ -398,9 +403,15 @@ fn apply(tx: &Connection, op: &Op) -> rusqlite::Result<bool> {
                     gc.execute(params![*id as i64])?;
                 }
             }
-            Ok(true)
+            Ok(1)
         }
     }
+}
+
+fn pending_bytes(c: &Connection, user: &Username) -> rusqlite::Result<u64> {
+    c.prepare_cached("SELECT COALESCE(SUM(bytes), 0) FROM pending WHERE username = ?1")?
+        .query_row([user.as_str()], |r| r.get::<_, i64>(0))
+        .map(|n| n as u64)
 }
 
 /// The write that stores messages with their pending rows, all or nothing.
@@ -504,11 +515,12 @@ impl Store for SqliteStore {
     }
 
     fn create_user(&self, user: &UserRecord) -> StoreResult<bool> {
-        self.wait(Op::CreateUser(user.clone()))
+        self.wait(Op::CreateUser(user.clone())).map(|n| n == 1)
     }
 
     fn create_group(&self, name: &GroupName, owner: &Username) -> StoreResult<bool> {
         self.wait(Op::CreateGroup(name.clone(), owner.clone()))
+            .map(|n| n == 1)
     }
 
     fn set_member(&self, group: &GroupName, user: &Username, member: bool) -> StoreResult<()> {
@@ -541,6 +553,8 @@ impl Store for SqliteStore {
     }
 
     fn pending(&self, user: &Username) -> StoreResult<Vec<StoredMessage>> {
+        // Acknowledgements already queued must not be replayed.
+        self.wait(Op::Nothing)?;
         self.read(|c| {
             let sql = format!(
                 "SELECT {MESSAGE_COLUMNS} FROM pending p JOIN messages m ON m.id = p.message_id
@@ -553,14 +567,8 @@ impl Store for SqliteStore {
     }
 
     fn pending_bytes(&self, user: &Username) -> StoreResult<u64> {
-        self.read(|c| {
-            c.query_row(
-                "SELECT COALESCE(SUM(bytes), 0) FROM pending WHERE username = ?1",
-                [user.as_str()],
-                |r| r.get::<_, i64>(0),
-            )
-            .map(|n| n as u64)
-        })
+        // On the writer, behind any acknowledgements already queued.
+        self.wait(Op::PendingBytes(user.clone()))
     }
 
     fn chunks(&self, file_id: u64, from: u64, limit: usize) -> StoreResult<Vec<StoredChunk>> {
