@@ -200,8 +200,11 @@ pub enum ParseError {
     BadName(NameError),
     /// A content key or body is malformed.
     BadContent(ContentError),
-    /// A body longer than the message or chunk limit.
-    TooLarge,
+    /// A body longer than the message (false) or chunk (true) limit.
+    TooLarge {
+        /// Whether the body was a file chunk's.
+        chunk: bool,
+    },
 }
 
 impl fmt::Display for ParseError {
@@ -212,10 +215,16 @@ impl fmt::Display for ParseError {
             ParseError::Usage(u) => write!(f, "usage: {u}"),
             ParseError::BadName(e) => write!(f, "{e}"),
             ParseError::BadContent(e) => write!(f, "{e}"),
-            ParseError::TooLarge => write!(
+            ParseError::TooLarge { chunk: false } => write!(
                 f,
                 "message too large: at most {MAX_MESSAGE_LEN} bytes of text; send a file instead"
             ),
+            ParseError::TooLarge { chunk: true } => {
+                write!(
+                    f,
+                    "chunk too large: at most {FILE_CHUNK_SIZE} bytes of content"
+                )
+            }
         }
     }
 }
@@ -335,7 +344,9 @@ impl Request {
                     MAX_MESSAGE_BODY_LEN
                 };
                 if b.as_str().len() > max {
-                    return Err(ParseError::TooLarge);
+                    return Err(ParseError::TooLarge {
+                        chunk: verb == "CHUNK",
+                    });
                 }
                 Some(b)
             }
@@ -673,7 +684,10 @@ mod tests {
             body: Some(b.clone()),
         };
         assert!(Request::parse(frame(&fits)).is_ok());
-        assert_eq!(Request::parse(frame(&big)), Err(ParseError::TooLarge));
+        assert_eq!(
+            Request::parse(frame(&big)),
+            Err(ParseError::TooLarge { chunk: false })
+        );
         let chunk = key.seal(&vec![0; FILE_CHUNK_SIZE + 8]);
         let head = format!("CHUNK 1 0 {}", key.to_b64());
         assert_eq!(
@@ -681,7 +695,7 @@ mod tests {
                 head,
                 body: Some(chunk)
             }),
-            Err(ParseError::TooLarge)
+            Err(ParseError::TooLarge { chunk: true })
         );
         assert!(is_unanswered("chunk 1 2 3"));
         assert!(!is_unanswered("CHUNKY"));

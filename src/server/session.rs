@@ -105,6 +105,12 @@ impl Read for Timed {
                 ));
             }
             self.stream.set_read_timeout(Some(left))?;
+            return self.stream.read(buf).map_err(|e| match e.kind() {
+                std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut => {
+                    std::io::Error::new(std::io::ErrorKind::TimedOut, "handshake took too long")
+                }
+                _ => e,
+            });
         }
         self.stream.read(buf)
     }
@@ -564,7 +570,7 @@ fn parse_failure(e: ParseError) -> Failure {
     let code = match e {
         ParseError::Empty | ParseError::UnknownCommand(_) => ErrorCode::UnknownCommand,
         ParseError::Usage(_) | ParseError::BadContent(_) => ErrorCode::Usage,
-        ParseError::TooLarge => ErrorCode::TooLarge,
+        ParseError::TooLarge { .. } => ErrorCode::TooLarge,
         ParseError::BadName(_) => ErrorCode::BadName,
     };
     Failure(code, e.to_string())
