@@ -28,7 +28,10 @@ use muchat::frame::{Frame, Opener, Sealer, MAX_HEAD_LEN, MAX_LINE_LEN, REKEY_BLO
 use muchat::handshake::{self, MAX_HANDSHAKE_LINE, PROTOCOL};
 use muchat::keys::{self, SessionKeys};
 use muchat::names::{Conversation, GroupName, Username, MAX_NAME_LEN};
-use muchat::request::{Request, FILE_CHUNK_SIZE, MAX_FIELD_LEN, MAX_MESSAGE_LEN};
+use muchat::request::{
+    Request, DEFAULT_HISTORY, FILE_CHUNK_SIZE, MAX_ACK_IDS, MAX_FIELD_LEN, MAX_HISTORY,
+    MAX_MESSAGE_LEN,
+};
 use muchat::server::outbox::OutboxLimits;
 use muchat::server::Config;
 
@@ -136,6 +139,13 @@ fn constants() -> Vec<(&'static str, String)> {
             limits.bulk_timeout.as_secs().to_string(),
         ),
         ("max_message_len", MAX_MESSAGE_LEN.to_string()),
+        ("default_history", DEFAULT_HISTORY.to_string()),
+        ("max_history", MAX_HISTORY.to_string()),
+        ("max_ack_ids", MAX_ACK_IDS.to_string()),
+        (
+            "default_max_pending_bytes",
+            config.max_pending_bytes.to_string(),
+        ),
         ("error_codes", codes.join(",")),
     ]
 }
