@@ -30,6 +30,7 @@ pub mod event;
 pub mod frame;
 pub mod handshake;
 pub mod keys;
+pub mod loadgen;
 pub mod log;
 pub mod names;
 pub mod password;

@@ -42,6 +42,9 @@ pub struct Downloads {
     active: HashMap<u64, Incoming>,
     /// Files finished for good (saved, or refused as corrupt), to acknowledge.
     acks: Vec<u64>,
+    /// Files that failed for a local reason (disk full...): not acknowledged,
+    /// so the server offers them again, and they must not count as seen.
+    retries: Vec<u64>,
 }
 
 impl Downloads {
@@ -51,12 +54,18 @@ impl Downloads {
             dir,
             active: HashMap::new(),
             acks: Vec::new(),
+            retries: Vec::new(),
         }
     }
 
     /// Ids of files finished for good since the last call.
     pub fn take_acks(&mut self) -> Vec<u64> {
         std::mem::take(&mut self.acks)
+    }
+
+    /// Ids of files that failed locally since the last call (to accept again).
+    pub fn take_retries(&mut self) -> Vec<u64> {
+        std::mem::take(&mut self.retries)
     }
 
     /// A file begins.
@@ -88,10 +97,13 @@ impl Downloads {
                 );
                 Vec::new()
             }
-            Err(e) => vec![failed(
-                id,
-                &format!("cannot write in {}: {e}", self.dir.display()),
-            )],
+            Err(e) => {
+                self.retries.push(id);
+                vec![failed(
+                    id,
+                    &format!("cannot write in {}: {e}", self.dir.display()),
+                )]
+            }
         }
     }
 
@@ -166,6 +178,8 @@ impl Downloads {
             let _ = fs::remove_file(&temp);
             if permanent {
                 self.acks.push(id);
+            } else {
+                self.retries.push(id);
             }
             return vec![failed(id, &reason)];
         }
@@ -183,6 +197,7 @@ impl Downloads {
             }
             Err(e) => {
                 let _ = fs::remove_file(&temp);
+                self.retries.push(id);
                 vec![failed(id, &format!("cannot save: {e}"))]
             }
         }
@@ -212,6 +227,8 @@ impl Downloads {
         }
         if permanent {
             self.acks.push(id);
+        } else {
+            self.retries.push(id);
         }
         vec![failed(id, reason)]
     }

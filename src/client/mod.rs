@@ -584,6 +584,11 @@ impl Seen {
         }
     }
 
+    /// Accepts `id` again (its first delivery could not be handled).
+    fn forget(&mut self, id: u64) {
+        self.set.remove(&id);
+    }
+
     /// True the first time `id` is seen.
     fn first(&mut self, id: u64) -> bool {
         if !self.set.insert(id) {
@@ -700,6 +705,9 @@ fn read_loop(
             }
         };
         to_ack.append(&mut downloads.take_acks());
+        for id in downloads.take_retries() {
+            seen.forget(id);
+        }
         // Acknowledge once a burst is handled (before waiting on the
         // socket), and before handing the events on, so anything the
         // application sends after seeing them follows the ACK.

@@ -260,12 +260,9 @@ impl Session {
                     Ok(text) => {
                         self.reply(Ok(text));
                         // After the reply, so the client sees it first.
-                        deliver_pending(
-                            Arc::clone(&self.shared),
-                            username,
-                            self.id,
-                            self.outbox.clone(),
-                        );
+                        let (shared, id) = (Arc::clone(&self.shared), self.id);
+                        let outbox = self.outbox.clone();
+                        self.ordered(move || deliver_pending(shared, username, id, outbox));
                     }
                     Err(f) => self.reply(Err(f)),
                 }
@@ -302,6 +299,13 @@ impl Session {
             Request::SendToGroup { groups, key, body } if self.user.is_some() => {
                 let me = self.user.clone().expect("checked by the guard");
                 if let Err(f) = self.send_to_groups(&me, &groups, key, body) {
+                    self.reply(Err(f));
+                }
+                return Flow::Continue;
+            }
+            Request::History { with, limit } if self.user.is_some() => {
+                let me = self.user.clone().expect("checked by the guard");
+                if let Err(f) = self.history(&me, with, limit) {
                     self.reply(Err(f));
                 }
                 return Flow::Continue;
@@ -356,7 +360,6 @@ impl Session {
                 }
                 Ok(format!("{id} transfer cancelled"))
             }
-            Request::History { with, limit } => self.history(me, with, limit),
             Request::CreateUser { .. } | Request::Login { .. } => Err(Failure(
                 ErrorCode::AlreadyLoggedIn,
                 "already logged in; LOGOUT first".into(),
@@ -367,7 +370,8 @@ impl Session {
             | Request::Chunk { .. }
             | Request::Ack(_)
             | Request::Send { .. }
-            | Request::SendToGroup { .. } => {
+            | Request::SendToGroup { .. }
+            | Request::History { .. } => {
                 Err(Failure(ErrorCode::Usage, "unexpected request".into()))
             }
         }
@@ -517,9 +521,9 @@ impl Session {
         Ok(())
     }
 
-    /// Pushes the last `limit` messages of a conversation as `HIST` events,
-    /// then returns the reply text.
-    fn history(&self, me: &Username, with: HistoryTarget, limit: usize) -> Result<String, Failure> {
+    /// Sends the last `limit` messages of a conversation as `HIST` events,
+    /// then the reply; fails early if the caller may not see it.
+    fn history(&self, me: &Username, with: HistoryTarget, limit: usize) -> Result<(), Failure> {
         let key = {
             let state = self.shared.state();
             let group_key = |g: &GroupName| -> Result<String, Failure> {
@@ -550,12 +554,26 @@ impl Session {
                 }
             }
         };
-        let messages = self.shared.store.history(&key, limit).map_err(storage)?;
-        for m in &messages {
-            self.push(&announce(m, true));
-        }
-        let n = messages.len();
-        Ok(format!("{n} message{} with {with}", plural(n)))
+        // Behind messages still committing, so they are included and the
+        // earlier replies come first.
+        let (shared, outbox) = (Arc::clone(&self.shared), self.outbox.clone());
+        self.ordered(move || {
+            let reply = match shared.store.history(&key, limit) {
+                Ok(messages) => {
+                    for m in &messages {
+                        let _ = outbox.send(Outgoing::from(&announce(m, true)));
+                    }
+                    let n = messages.len();
+                    Reply::Ok(format!("{n} message{} with {with}", plural(n)))
+                }
+                Err(e) => {
+                    let Failure(code, text) = storage(e);
+                    Reply::Err(code, text)
+                }
+            };
+            let _ = outbox.send(Outgoing::from(&ServerMessage::Reply(reply)));
+        });
+        Ok(())
     }
 }
 

@@ -249,21 +249,37 @@ impl Transfers {
                 ),
             ));
         }
-        if t.keep_for.is_empty() {
+        // Every chunk must be on disk before the file is committed (a chunk
+        // write that failed shows up here, not as a short file later).
+        let chunks = t.size().div_ceil(FILE_CHUNK_SIZE as u64);
+        let stored = if t.keep_for.is_empty() {
+            Ok(chunks)
+        } else {
+            shared.store.stored_chunks(id)
+        };
+        let committed = stored.and_then(|n| {
+            if n != chunks {
+                return Err(crate::store::StoreError(format!(
+                    "only {n} of {chunks} chunks of file {id} were stored"
+                )));
+            }
+            // Committed even when kept for nobody, so it is in the history.
+            shared
+                .store
+                .save_messages(&[(t.message.clone(), t.keep_for.clone())])
+        });
+        if let Err(e) = committed {
+            self.aborted.insert(id);
             shared.store.discard_file(id);
-        } else if let Err(e) = shared
-            .store
-            .save_messages(&[(t.message.clone(), t.keep_for.clone())])
-        {
-            shared.store.discard_file(id);
-            let abort = Outgoing::from(&ServerMessage::FileAbort(
-                id,
-                "server could not store the file".into(),
-            ));
+            let why = "server could not store the file";
+            let abort = Outgoing::from(&ServerMessage::FileAbort(id, why.into()));
             for o in &t.live {
                 let _ = o.outbox.send_bulk(abort.clone());
             }
             return Err(storage(e));
+        }
+        if t.keep_for.is_empty() {
+            shared.store.discard_file(id);
         }
         let end = Outgoing::from(&ServerMessage::FileEnd(id));
         let n = t

@@ -181,6 +181,10 @@ pub trait Store: Send + Sync {
     /// Drops the stored chunks of a transfer that did not complete.
     fn discard_file(&self, file_id: u64);
 
+    /// How many chunks of `file_id` are stored, counted after every write
+    /// queued before (so a failed chunk write shows as a missing chunk).
+    fn stored_chunks(&self, file_id: u64) -> StoreResult<u64>;
+
     /// Queues the removal of `ids` from `user`'s pending queue.
     fn ack(&self, user: &Username, ids: &[u64]);
 

@@ -95,6 +95,8 @@ enum Op {
     /// Reads a user's pending bytes on the writer, so acknowledgements
     /// queued before it are counted.
     PendingBytes(Username),
+    /// Counts a file's stored chunks on the writer, after its chunk writes.
+    CountChunks(u64),
 }
 
 /// Where a write's outcome goes.
@@ -315,6 +317,10 @@ fn apply(tx: &Connection, op: &Op) -> rusqlite::Result<u64> {
     match op {
         Op::Nothing => Ok(1),
         Op::PendingBytes(user) => pending_bytes(tx, user),
+        Op::CountChunks(file_id) => tx
+            .prepare_cached("SELECT COUNT(*) FROM file_chunks WHERE file_id = ?1")?
+            .query_row([*file_id as i64], |r| r.get::<_, i64>(0))
+            .map(|n| n as u64),
         Op::Batch(ops) => {
             // A savepoint makes the group all-or-nothing inside the batch's
             // transaction.
@@ -546,6 +552,10 @@ impl Store for SqliteStore {
 
     fn discard_file(&self, file_id: u64) {
         self.queue(Op::DiscardFile(file_id), Done::Nobody);
+    }
+
+    fn stored_chunks(&self, file_id: u64) -> StoreResult<u64> {
+        self.wait(Op::CountChunks(file_id))
     }
 
     fn ack(&self, user: &Username, ids: &[u64]) {
