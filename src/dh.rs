@@ -11,7 +11,9 @@
 //!   tiny subgroup; p and above are not group elements at all).
 //!
 //! Private exponents are [`EXPONENT_BITS`] bits drawn from the operating
-//! system's random number generator.
+//! system's random number generator. The server also has a long-term
+//! [`StaticSecret`], which authenticates it: only its holder can compute
+//! the secret it shares with a client's ephemeral value.
 
 use std::fmt;
 use std::sync::OnceLock;
@@ -174,6 +176,78 @@ impl fmt::Debug for EphemeralSecret {
     }
 }
 
+/// A long-term private exponent (the server's identity). Unlike an
+/// [`EphemeralSecret`] it is used for many agreements, so it borrows.
+pub struct StaticSecret {
+    exponent: BigUint,
+    public: PublicValue,
+}
+
+impl StaticSecret {
+    /// A fresh key pair from the OS RNG.
+    pub fn random() -> Result<Self, DhError> {
+        let e = EphemeralSecret::random()?;
+        Ok(StaticSecret {
+            exponent: e.exponent,
+            public: e.public,
+        })
+    }
+
+    /// Restores a key pair from its exponent's big-endian bytes (as saved by
+    /// [`to_bytes`](Self::to_bytes)); refuses 0 and 1.
+    pub fn from_bytes(bytes: &[u8]) -> Result<Self, DhError> {
+        let exponent = BigUint::from_bytes_be(bytes);
+        if bytes.len() != EXPONENT_BITS / 8 || exponent <= BigUint::one() {
+            return Err(DhError::Malformed);
+        }
+        let e = EphemeralSecret::from_exponent(exponent);
+        Ok(StaticSecret {
+            exponent: e.exponent,
+            public: e.public,
+        })
+    }
+
+    /// The exponent as [`EXPONENT_BITS`]/8 big-endian bytes, for the key file.
+    pub fn to_bytes(&self) -> [u8; EXPONENT_BITS / 8] {
+        let raw = self.exponent.to_bytes_be();
+        let mut out = [0u8; EXPONENT_BITS / 8];
+        out[EXPONENT_BITS / 8 - raw.len()..].copy_from_slice(&raw);
+        out
+    }
+
+    /// `g^s mod p`: what clients pin.
+    pub fn public_value(&self) -> &PublicValue {
+        &self.public
+    }
+
+    /// The secret shared with a peer's validated value.
+    pub fn diffie_hellman(&self, peer: &PublicValue) -> SharedSecret {
+        SharedSecret(fixed_bytes(&peer.0.modpow(&self.exponent, prime())))
+    }
+}
+
+impl fmt::Debug for StaticSecret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("StaticSecret(<redacted>)")
+    }
+}
+
+impl EphemeralSecret {
+    /// Combines this secret with both of the server's values: its ephemeral
+    /// value and its static one. Consumes the secret.
+    pub fn diffie_hellman_twice(
+        self,
+        ephemeral: &PublicValue,
+        fixed: &PublicValue,
+    ) -> (SharedSecret, SharedSecret) {
+        let p = prime();
+        (
+            SharedSecret(fixed_bytes(&ephemeral.0.modpow(&self.exponent, p))),
+            SharedSecret(fixed_bytes(&fixed.0.modpow(&self.exponent, p))),
+        )
+    }
+}
+
 /// The agreed secret `Z`, as [`ELEMENT_BYTES`] big-endian bytes. Only the key
 /// derivation ([`crate::keys`]) reads it.
 pub struct SharedSecret(pub(crate) [u8; ELEMENT_BYTES]);
@@ -248,6 +322,22 @@ mod tests {
         let za = a.diffie_hellman(&pb);
         let zb = b.diffie_hellman(&pa);
         assert_eq!(za.0, zb.0);
+    }
+
+    #[test]
+    fn static_keys_round_trip_and_agree_with_ephemeral_ones() {
+        let s = StaticSecret::random().unwrap();
+        let again = StaticSecret::from_bytes(&s.to_bytes()).unwrap();
+        assert_eq!(again.public_value(), s.public_value());
+        assert!(StaticSecret::from_bytes(&[0; 32]).is_err());
+        assert!(StaticSecret::from_bytes(&[1; 31]).is_err());
+        let server_eph = EphemeralSecret::random().unwrap();
+        let c = EphemeralSecret::random().unwrap();
+        let cp = c.public_value().clone();
+        let (ee, es) = c.diffie_hellman_twice(server_eph.public_value(), s.public_value());
+        assert_eq!(es.0, s.diffie_hellman(&cp).0);
+        assert_eq!(ee.0, server_eph.diffie_hellman(&cp).0);
+        assert_eq!(format!("{s:?}"), "StaticSecret(<redacted>)");
     }
 
     #[test]

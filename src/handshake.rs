@@ -1,30 +1,43 @@
-//! The plaintext opening of every connection: protocol version, then
-//! Diffie-Hellman, ending in the keys for [`crate::connection`].
+//! The plaintext opening of every connection: protocol version, then an
+//! authenticated Diffie-Hellman exchange, ending in the keys for
+//! [`crate::connection`].
 //!
 //! # Format
 //!
 //! ```text
-//! client -> server:  MUCHAT/1 <client public value, 512 hex digits>\n
-//! server -> client:  MUCHAT/1 <server public value, 512 hex digits>\n
-//!               or:  MUCHAT/1 ERROR <reason>\n   (and the server closes)
+//! client -> server:  MUCHAT/2 <A: client ephemeral value, 512 hex digits>\n
+//! server -> client:  MUCHAT/2 <B: server ephemeral value> <S: server static value> <confirm>\n
+//!               or:  MUCHAT/2 ERROR <reason>\n   (and the server closes)
 //! ```
 //!
-//! Both sides then derive [`SessionKeys`] and every further line is an
-//! encrypted frame. The client may send its first frame without waiting.
+//! Both sides compute `Zee = g^(ab)` and `Zes = g^(as)` and derive
+//! [`SessionKeys`]. `confirm` is base64 of `HMAC-SHA256(confirm key, "muchat/2
+//! server finished")`: only a server holding the private half of `S` can
+//! produce it, so a man in the middle with its own key pair is caught by the
+//! client's pinned fingerprint, and one that forwards the real `S` cannot
+//! confirm. The client checks `confirm` (and then its pin) before it sends
+//! any frame, so no credential crosses to an impostor.
 
 use std::fmt;
 use std::io::{self, BufRead, Write};
 
+use base64::Engine as _;
+use hmac::{KeyInit, Mac};
+
 use crate::connection::{read_line, Line};
-use crate::dh::{DhError, EphemeralSecret, PublicValue};
+use crate::dh::{DhError, EphemeralSecret, PublicValue, StaticSecret};
 use crate::frame::{Opener, Sealer};
-use crate::keys::SessionKeys;
+use crate::keys::{SessionKeys, Transcript, SERVER_FINISHED};
+
+type HmacSha256 = hmac::Hmac<sha2::Sha256>;
+
+const B64: base64::engine::GeneralPurpose = base64::engine::general_purpose::STANDARD;
 
 /// The protocol name and version that open every handshake line.
-pub const PROTOCOL: &str = "MUCHAT/1";
+pub const PROTOCOL: &str = "MUCHAT/2";
 
-/// The longest handshake line accepted.
-pub const MAX_HANDSHAKE_LINE: usize = 1024;
+/// The longest handshake line accepted (the server's carries two values).
+pub const MAX_HANDSHAKE_LINE: usize = 2048;
 
 /// Why a handshake failed.
 #[derive(Debug)]
@@ -41,6 +54,9 @@ pub enum HandshakeError {
     BadPublicValue(DhError),
     /// The server refused us, with its reason.
     Refused(String),
+    /// The server could not prove it holds its static key: someone is in
+    /// the middle, or the server is broken.
+    BadConfirmation,
 }
 
 impl fmt::Display for HandshakeError {
@@ -59,6 +75,10 @@ impl fmt::Display for HandshakeError {
             }
             HandshakeError::BadPublicValue(e) => write!(f, "invalid Diffie-Hellman value: {e}"),
             HandshakeError::Refused(why) => write!(f, "server refused the handshake: {why}"),
+            HandshakeError::BadConfirmation => f.write_str(
+                "the server failed to prove its identity (key confirmation failed): \
+                 possible man-in-the-middle attack; nothing was sent",
+            ),
         }
     }
 }
@@ -77,6 +97,16 @@ pub struct Keyed {
     pub sealer: Sealer,
     /// Opens what this side receives.
     pub opener: Opener,
+    /// The server's static public value, proven by key confirmation (for
+    /// the client to check against its pin).
+    pub server_key: PublicValue,
+}
+
+fn confirmation(keys: &SessionKeys) -> HmacSha256 {
+    // HMAC takes keys of any length.
+    let mut mac = HmacSha256::new_from_slice(&keys.confirm).expect("HMAC key");
+    mac.update(SERVER_FINISHED.as_bytes());
+    mac
 }
 
 /// Reads the peer's handshake line and returns its two words.
@@ -95,7 +125,8 @@ fn read_hello(reader: &mut impl BufRead) -> Result<(String, String), HandshakeEr
     Ok((proto.to_string(), rest.to_string()))
 }
 
-/// Runs the client side over a connected stream.
+/// Runs the client side over a connected stream. Returns only once the
+/// server has proven it holds the static key it presented.
 pub fn client(reader: &mut impl BufRead, writer: &mut impl Write) -> Result<Keyed, HandshakeError> {
     let secret = EphemeralSecret::random().map_err(HandshakeError::BadPublicValue)?;
     client_with_secret(reader, writer, secret)
@@ -117,18 +148,53 @@ pub fn client_with_secret(
     if let Some(why) = rest.strip_prefix("ERROR ") {
         return Err(HandshakeError::Refused(crate::request::truncate(why, 200)));
     }
-    let theirs = PublicValue::from_hex(&rest).map_err(HandshakeError::BadPublicValue)?;
-    let keys = SessionKeys::derive(&secret.diffie_hellman(&theirs), &ours, &theirs);
+    let mut parts = rest.split(' ');
+    let (Some(b), Some(st), Some(confirm), None) =
+        (parts.next(), parts.next(), parts.next(), parts.next())
+    else {
+        return Err(HandshakeError::BadPublicValue(DhError::Malformed));
+    };
+    let theirs = PublicValue::from_hex(b).map_err(HandshakeError::BadPublicValue)?;
+    let server_key = PublicValue::from_hex(st).map_err(HandshakeError::BadPublicValue)?;
+    let (ee, es) = secret.diffie_hellman_twice(&theirs, &server_key);
+    let transcript = Transcript {
+        client: &ours,
+        server: &theirs,
+        server_static: &server_key,
+    };
+    let keys = SessionKeys::derive(&ee, &es, &transcript);
+    let tag = B64
+        .decode(confirm)
+        .map_err(|_| HandshakeError::BadConfirmation)?;
+    confirmation(&keys)
+        .verify_slice(&tag)
+        .map_err(|_| HandshakeError::BadConfirmation)?;
     Ok(Keyed {
         sealer: Sealer::new(&keys.client_to_server),
         opener: Opener::new(&keys.server_to_client),
+        server_key,
     })
 }
 
-/// Runs the server side. On a bad hello it tells the peer why (best effort)
-/// before returning the error; the caller closes the connection.
-pub fn server(reader: &mut impl BufRead, writer: &mut impl Write) -> Result<Keyed, HandshakeError> {
+/// Runs the server side with its static key. On a bad hello it tells the
+/// peer why (best effort) before returning the error; the caller closes
+/// the connection.
+pub fn server(
+    reader: &mut impl BufRead,
+    writer: &mut impl Write,
+    identity: &StaticSecret,
+) -> Result<Keyed, HandshakeError> {
     let secret = EphemeralSecret::random().map_err(HandshakeError::BadPublicValue)?;
+    server_with_secret(reader, writer, identity, secret)
+}
+
+/// [`server`] with a chosen ephemeral secret: for test vectors.
+pub fn server_with_secret(
+    reader: &mut impl BufRead,
+    writer: &mut impl Write,
+    identity: &StaticSecret,
+    secret: EphemeralSecret,
+) -> Result<Keyed, HandshakeError> {
     let result = read_hello(reader).and_then(|(proto, rest)| {
         if proto != PROTOCOL {
             return Err(HandshakeError::Version(proto));
@@ -139,18 +205,40 @@ pub fn server(reader: &mut impl BufRead, writer: &mut impl Write) -> Result<Keye
         Ok(v) => v,
         Err(e) => {
             if !matches!(e, HandshakeError::Io(_) | HandshakeError::Closed) {
-                let _ = writer.write_all(format!("{PROTOCOL} ERROR {e}\n").as_bytes());
-                let _ = writer.flush();
+                refuse(writer, &e.to_string());
             }
             return Err(e);
         }
     };
     let ours = secret.public_value().clone();
-    writer.write_all(format!("{PROTOCOL} {}\n", ours.to_hex()).as_bytes())?;
+    let server_key = identity.public_value().clone();
+    let transcript = Transcript {
+        client: &theirs,
+        server: &ours,
+        server_static: &server_key,
+    };
+    let keys = SessionKeys::derive(
+        &secret.diffie_hellman(&theirs),
+        &identity.diffie_hellman(&theirs),
+        &transcript,
+    );
+    let confirm = B64.encode(confirmation(&keys).finalize().into_bytes());
+    let hello = format!(
+        "{PROTOCOL} {} {} {confirm}\n",
+        ours.to_hex(),
+        server_key.to_hex()
+    );
+    writer.write_all(hello.as_bytes())?;
     writer.flush()?;
-    let keys = SessionKeys::derive(&secret.diffie_hellman(&theirs), &theirs, &ours);
     Ok(Keyed {
         sealer: Sealer::new(&keys.server_to_client),
         opener: Opener::new(&keys.client_to_server),
+        server_key,
     })
+}
+
+/// Sends a handshake refusal line (best effort: the peer may be gone).
+pub fn refuse(writer: &mut impl Write, why: &str) {
+    let _ = writer.write_all(format!("{PROTOCOL} ERROR {why}\n").as_bytes());
+    let _ = writer.flush();
 }

@@ -1,11 +1,15 @@
-//! Key derivation: from the Diffie-Hellman secret to four session keys, and
-//! the one-way step that rotates a 3DES key before it wears out.
+//! Key derivation: from the two Diffie-Hellman secrets to four session keys
+//! and a key-confirmation key, and the one-way step that rotates a 3DES key
+//! before it wears out.
 //!
-//! Every key is `SHA-256(label || 0x00 || Z || A || B)` with a distinct
-//! ASCII label, where `Z` is the shared secret and `A`, `B` the client's and
-//! the server's public values (256 bytes each, big-endian), so the keys are
-//! bound to this handshake's transcript. 3DES keys take the first 24 bytes of
-//! the hash; HMAC keys all 32. See docs/PROTOCOL.md, "Key derivation".
+//! Every key is `SHA-256(label || 0x00 || Zee || Zes || A || B || S)` with a
+//! distinct ASCII label, where `Zee` is the ephemeral-ephemeral secret,
+//! `Zes` the client-ephemeral/server-static one, and `A`, `B`, `S` the
+//! client's, the server's ephemeral and the server's static public values
+//! (256 bytes each, big-endian). Mixing in `Zes` means only the holder of
+//! the server's static key can derive the keys; the public values bind them
+//! to this handshake. 3DES keys take the first 24 bytes of the hash; HMAC
+//! keys all 32. See docs/PROTOCOL.md, "Key derivation".
 
 use std::fmt;
 
@@ -18,15 +22,19 @@ use crate::tdes;
 pub const MAC_KEY_LEN: usize = 32;
 
 /// Labels for the four session keys, and the rotation step.
-pub const LABEL_C2S_ENC: &str = "muchat/1 c2s enc";
+pub const LABEL_C2S_ENC: &str = "muchat/2 c2s enc";
 /// HMAC key, client to server.
-pub const LABEL_C2S_MAC: &str = "muchat/1 c2s mac";
+pub const LABEL_C2S_MAC: &str = "muchat/2 c2s mac";
 /// 3DES key, server to client.
-pub const LABEL_S2C_ENC: &str = "muchat/1 s2c enc";
+pub const LABEL_S2C_ENC: &str = "muchat/2 s2c enc";
 /// HMAC key, server to client.
-pub const LABEL_S2C_MAC: &str = "muchat/1 s2c mac";
+pub const LABEL_S2C_MAC: &str = "muchat/2 s2c mac";
+/// The key-confirmation key.
+pub const LABEL_CONFIRM: &str = "muchat/2 confirm";
 /// The rotation step's label.
-pub const LABEL_REKEY: &str = "muchat/1 rekey";
+pub const LABEL_REKEY: &str = "muchat/2 rekey";
+/// What the server's confirmation MAC covers.
+pub const SERVER_FINISHED: &str = "muchat/2 server finished";
 
 /// The keys protecting one direction of a connection.
 #[derive(Clone, PartialEq, Eq)]
@@ -44,28 +52,53 @@ impl fmt::Debug for DirectionKeys {
 }
 
 /// Both directions' keys, as derived by either side of a handshake.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Clone, PartialEq, Eq)]
 pub struct SessionKeys {
     /// Protects what the client sends.
     pub client_to_server: DirectionKeys,
     /// Protects what the server sends.
     pub server_to_client: DirectionKeys,
+    /// Keys the server's proof that it holds the static key.
+    pub confirm: [u8; MAC_KEY_LEN],
+}
+
+impl fmt::Debug for SessionKeys {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("SessionKeys(<redacted>)")
+    }
+}
+
+/// The public values of one handshake, in the order the KDF takes them.
+pub struct Transcript<'a> {
+    /// The client's ephemeral value `A`.
+    pub client: &'a PublicValue,
+    /// The server's ephemeral value `B`.
+    pub server: &'a PublicValue,
+    /// The server's static value `S`.
+    pub server_static: &'a PublicValue,
 }
 
 impl SessionKeys {
-    /// Derives the four keys from the shared secret and both public values.
-    pub fn derive(z: &SharedSecret, client: &PublicValue, server: &PublicValue) -> Self {
-        let (a, b) = (client.to_bytes(), server.to_bytes());
+    /// Derives the keys from both shared secrets and the transcript.
+    pub fn derive(ee: &SharedSecret, es: &SharedSecret, t: &Transcript<'_>) -> Self {
+        let (a, b, s) = (
+            t.client.to_bytes(),
+            t.server.to_bytes(),
+            t.server_static.to_bytes(),
+        );
         let kdf = |label: &str| -> [u8; 32] {
             let mut h = Sha256::new();
             h.update(label.as_bytes());
             h.update([0u8]);
-            h.update(z.0);
+            h.update(ee.0);
+            h.update(es.0);
             h.update(a);
             h.update(b);
+            h.update(s);
             h.finalize().into()
         };
         SessionKeys {
+            confirm: kdf(LABEL_CONFIRM),
             client_to_server: DirectionKeys {
                 enc: first_24(&kdf(LABEL_C2S_ENC)),
                 mac: kdf(LABEL_C2S_MAC),
@@ -96,18 +129,30 @@ fn first_24(hash: &[u8; 32]) -> [u8; tdes::KEY_LEN] {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::dh::EphemeralSecret;
+    use crate::dh::{EphemeralSecret, StaticSecret};
 
     #[test]
     fn both_sides_derive_the_same_distinct_keys() {
         let c = EphemeralSecret::random().unwrap();
         let s = EphemeralSecret::random().unwrap();
+        let st = StaticSecret::random().unwrap();
         let (cp, sp) = (c.public_value().clone(), s.public_value().clone());
-        let kc = SessionKeys::derive(&c.diffie_hellman(&sp), &cp, &sp);
-        let ks = SessionKeys::derive(&s.diffie_hellman(&cp), &cp, &sp);
+        let t = Transcript {
+            client: &cp,
+            server: &sp,
+            server_static: st.public_value(),
+        };
+        let (ee, es) = c.diffie_hellman_twice(&sp, st.public_value());
+        let kc = SessionKeys::derive(&ee, &es, &t);
+        let ks = SessionKeys::derive(&s.diffie_hellman(&cp), &st.diffie_hellman(&cp), &t);
         assert_eq!(kc, ks);
         assert_ne!(kc.client_to_server.enc, kc.server_to_client.enc);
         assert_ne!(kc.client_to_server.mac, kc.server_to_client.mac);
+        // Without the static secret (a man in the middle), the keys differ.
+        let other = StaticSecret::random().unwrap();
+        let forged = SessionKeys::derive(&ee, &other.diffie_hellman(&cp), &t);
+        assert_ne!(forged, kc);
+        assert_eq!(format!("{kc:?}"), "SessionKeys(<redacted>)");
     }
 
     #[test]

@@ -29,6 +29,7 @@ pub mod dh;
 pub mod event;
 pub mod frame;
 pub mod handshake;
+pub mod identity;
 pub mod keys;
 pub mod loadgen;
 pub mod log;

@@ -26,10 +26,10 @@ use num_bigint::BigUint;
 use sha2::{Digest, Sha256};
 
 use common::{
-    assert_no_event, err, login, next_event, next_message, ok, start_server_with, temp_dir, user,
-    Raw, WAIT,
+    assert_no_event, client_config, err, login, next_event, next_message, ok, start_server_with,
+    temp_dir, user, Raw, WAIT,
 };
-use muchat::client::{Client, ClientConfig, ClientEvent};
+use muchat::client::{Client, ClientEvent};
 use muchat::connection::{FrameReader, ReadError};
 use muchat::content::{Body, ContentKey};
 use muchat::dh::{self, EphemeralSecret, PublicValue};
@@ -153,7 +153,8 @@ fn sha256(data: &[u8]) -> [u8; 32] {
 
 /// A library client whose downloads directory we know, logged in as `name`.
 fn client_with_downloads(server: &Server, name: &str, downloads: PathBuf) -> Client {
-    let c = Client::connect(server.local_addr(), ClientConfig { downloads }).expect("connect");
+    let c =
+        Client::connect(server.local_addr(), client_config(server, downloads)).expect("connect");
     ok(&c, &format!("CREATE_USER {name} {name} pw-{name}"));
     ok(&c, &format!("LOGIN {name} pw-{name}"));
     c
@@ -259,12 +260,22 @@ impl Forger {
         let mut reader = BufReader::new(stream.try_clone().unwrap());
         let mut hello = String::new();
         reader.read_line(&mut hello).expect("server hello");
-        let hex = hello
+        let rest = hello
             .trim_end()
             .strip_prefix(&format!("{PROTOCOL} "))
             .unwrap_or_else(|| panic!("bad server hello {hello:?}"));
-        let theirs = PublicValue::from_hex(hex).expect("server value");
-        let keys = SessionKeys::derive(&secret.diffie_hellman(&theirs), &ours, &theirs);
+        // `<B> <S> <confirm>`: the confirmation is not checked here (the
+        // server is ours), only the keys are derived.
+        let mut parts = rest.split(' ');
+        let theirs = PublicValue::from_hex(parts.next().unwrap()).expect("server value");
+        let fixed = PublicValue::from_hex(parts.next().unwrap()).expect("server static value");
+        let (ee, es) = secret.diffie_hellman_twice(&theirs, &fixed);
+        let transcript = muchat::keys::Transcript {
+            client: &ours,
+            server: &theirs,
+            server_static: &fixed,
+        };
+        let keys = SessionKeys::derive(&ee, &es, &transcript);
         Forger {
             stream,
             reader: FrameReader::new(reader, Opener::new(&keys.server_to_client)),
@@ -796,7 +807,7 @@ fn corrupt_lines_close_only_that_connection() {
 }
 
 // ---------------------------------------------------------------------------
-// 3. Handshake attacks: "MUCHAT/1 ERROR ..." then close
+// 3. Handshake attacks: "MUCHAT/2 ERROR ..." then close
 // ---------------------------------------------------------------------------
 
 /// A group 14 value as the 512 hex digits of the wire.
@@ -852,12 +863,12 @@ fn bad_handshakes_are_refused_and_closed() {
         ("binary".into(), b"\xff\xfe\x00\x80\n".to_vec(), not_muchat),
         (
             "lowercase".into(),
-            format!("muchat/1 {valid}\n").into_bytes(),
+            format!("muchat/2 {valid}\n").into_bytes(),
             not_muchat,
         ),
         (
             "over-long line".into(),
-            format!("MUCHAT/1 {}\n", "a".repeat(1500)).into_bytes(),
+            format!("MUCHAT/2 {}\n", "a".repeat(3000)).into_bytes(),
             not_muchat,
         ),
         (
@@ -866,68 +877,68 @@ fn bad_handshakes_are_refused_and_closed() {
             version,
         ),
         (
-            "MUCHAT/10".into(),
-            format!("MUCHAT/10 {valid}\n").into_bytes(),
+            "MUCHAT/20".into(),
+            format!("MUCHAT/20 {valid}\n").into_bytes(),
             version,
         ),
-        ("no value".into(), b"MUCHAT/1\n".to_vec(), malformed),
+        ("no value".into(), b"MUCHAT/2\n".to_vec(), malformed),
         (
             "0".into(),
-            format!("MUCHAT/1 {}\n", pad_hex(&BigUint::from(0u32))).into_bytes(),
+            format!("MUCHAT/2 {}\n", pad_hex(&BigUint::from(0u32))).into_bytes(),
             range,
         ),
         (
             "1".into(),
-            format!("MUCHAT/1 {}\n", pad_hex(&one)).into_bytes(),
+            format!("MUCHAT/2 {}\n", pad_hex(&one)).into_bytes(),
             range,
         ),
         (
             "p-1".into(),
-            format!("MUCHAT/1 {}\n", pad_hex(&(p - &one))).into_bytes(),
+            format!("MUCHAT/2 {}\n", pad_hex(&(p - &one))).into_bytes(),
             range,
         ),
         (
             "p".into(),
-            format!("MUCHAT/1 {}\n", pad_hex(p)).into_bytes(),
+            format!("MUCHAT/2 {}\n", pad_hex(p)).into_bytes(),
             range,
         ),
         (
             "2^2048-1".into(),
-            format!("MUCHAT/1 {}\n", "f".repeat(512)).into_bytes(),
+            format!("MUCHAT/2 {}\n", "f".repeat(512)).into_bytes(),
             range,
         ),
         (
             "513 digits".into(),
-            format!("MUCHAT/1 0{valid}\n").into_bytes(),
+            format!("MUCHAT/2 0{valid}\n").into_bytes(),
             malformed,
         ),
         (
             "511 digits".into(),
-            format!("MUCHAT/1 {}\n", &valid[1..]).into_bytes(),
+            format!("MUCHAT/2 {}\n", &valid[1..]).into_bytes(),
             malformed,
         ),
-        ("unpadded 2".into(), b"MUCHAT/1 2\n".to_vec(), malformed),
+        ("unpadded 2".into(), b"MUCHAT/2 2\n".to_vec(), malformed),
         (
             "non-hex".into(),
-            format!("MUCHAT/1 {}\n", "zz".repeat(256)).into_bytes(),
+            format!("MUCHAT/2 {}\n", "zz".repeat(256)).into_bytes(),
             malformed,
         ),
         (
             "sign".into(),
-            format!("MUCHAT/1 +{}\n", &valid[1..]).into_bytes(),
+            format!("MUCHAT/2 +{}\n", &valid[1..]).into_bytes(),
             malformed,
         ),
         (
             "trailing word".into(),
-            format!("MUCHAT/1 {valid} 1\n").into_bytes(),
+            format!("MUCHAT/2 {valid} 1\n").into_bytes(),
             malformed,
         ),
     ];
     for (name, bytes, reason) in &cases {
         let (reply, mut reader) = handshake_reply(&server, bytes);
         assert!(
-            reply.starts_with("MUCHAT/1 ERROR "),
-            "{name}: expected MUCHAT/1 ERROR, got {reply:?}"
+            reply.starts_with("MUCHAT/2 ERROR "),
+            "{name}: expected MUCHAT/2 ERROR, got {reply:?}"
         );
         assert!(
             reply.contains(reason),
@@ -943,10 +954,11 @@ fn bad_handshakes_are_refused_and_closed() {
 
     // Controls: the boundaries 2 and p-2 are accepted.
     for (name, v) in [("2", two.clone()), ("p-2", p - &two)] {
-        let (reply, _) = handshake_reply(&server, format!("MUCHAT/1 {}\n", pad_hex(&v)).as_bytes());
+        let (reply, _) = handshake_reply(&server, format!("MUCHAT/2 {}\n", pad_hex(&v)).as_bytes());
         let value = reply
             .trim_end()
-            .strip_prefix("MUCHAT/1 ")
+            .strip_prefix("MUCHAT/2 ")
+            .and_then(|rest| rest.split(' ').next())
             .unwrap_or("ERROR");
         assert!(
             PublicValue::from_hex(value).is_ok(),
@@ -956,7 +968,7 @@ fn bad_handshakes_are_refused_and_closed() {
 
     // A client that says nothing, or stops mid-line, is closed after the
     // handshake timeout (no reply: there is nothing to answer).
-    for (name, bytes) in [("silent", &b""[..]), ("half a hello", &b"MUCHAT/1 abc"[..])] {
+    for (name, bytes) in [("silent", &b""[..]), ("half a hello", &b"MUCHAT/2 abc"[..])] {
         let stream = TcpStream::connect(server.local_addr()).expect("connect");
         stream.set_read_timeout(Some(WAIT)).unwrap();
         (&stream).write_all(bytes).unwrap();
@@ -973,7 +985,7 @@ fn bad_handshakes_are_refused_and_closed() {
     let mut trickle = stream.try_clone().unwrap();
     let started = Instant::now();
     let attacker = std::thread::spawn(move || {
-        let _ = trickle.write_all(b"MUCHAT/1 ");
+        let _ = trickle.write_all(b"MUCHAT/2 ");
         for _ in 0..100 {
             if trickle.write_all(b"a").is_err() {
                 break;

@@ -87,6 +87,14 @@ impl Drop for Proc {
     }
 }
 
+/// The client binary, pinning server keys in a file of the test's own.
+fn client_cmd() -> Command {
+    let mut c = Command::new(CLIENT);
+    c.arg("--known-servers")
+        .arg(common::temp_dir("known").join("known_servers"));
+    c
+}
+
 fn start_server_binary() -> (Proc, String) {
     start_server_binary_in(&common::temp_dir("bin-data"))
 }
@@ -125,10 +133,7 @@ fn scripted_clients_chat_and_send_a_file() {
 
     // Bob keeps his stdin open (like `(printf ...; sleep 2) | client`).
     let mut bob = Proc::spawn(
-        Command::new(CLIENT)
-            .arg(&addr)
-            .arg("--downloads")
-            .arg(&bob_dl),
+        client_cmd().arg(&addr).arg("--downloads").arg(&bob_dl),
         false,
     );
     bob.send("CREATE_USER Bob bob pw");
@@ -136,7 +141,7 @@ fn scripted_clients_chat_and_send_a_file() {
     bob.send("login bob pw");
     bob.expect("OK logged in as bob");
 
-    let alice = Command::new(CLIENT)
+    let alice = client_cmd()
         .arg(&addr)
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
@@ -193,7 +198,7 @@ fn client_exits_non_zero_when_it_cannot_connect_or_handshake() {
         .local_addr()
         .unwrap()
         .port();
-    let out = Command::new(CLIENT)
+    let out = client_cmd()
         .arg(format!("127.0.0.1:{port}"))
         .stdin(Stdio::null())
         .output()
@@ -211,7 +216,7 @@ fn client_exits_non_zero_when_it_cannot_connect_or_handshake() {
             let _ = std::io::Read::read(&mut s, &mut [0u8; 1024]);
         }
     });
-    let out = Command::new(CLIENT)
+    let out = client_cmd()
         .arg(addr.to_string())
         .stdin(Stdio::null())
         .output()
@@ -223,7 +228,7 @@ fn client_exits_non_zero_when_it_cannot_connect_or_handshake() {
 #[test]
 fn script_exits_non_zero_when_the_server_goes_away() {
     let (server, addr) = start_server_binary();
-    let mut c = Proc::spawn(Command::new(CLIENT).arg(&addr), false);
+    let mut c = Proc::spawn(client_cmd().arg(&addr), false);
     c.send("CREATE_USER A a pw");
     c.expect("OK created user a");
     drop(server); // kills the server process

@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use common::*;
-use muchat::client::{Client, ClientConfig, ClientEvent};
+use muchat::client::{Client, ClientEvent};
 use muchat::event::Reply;
 
 /// 50 clients each send 100 messages into one group at the same time:
@@ -86,13 +86,7 @@ fn write_file(dir: &Path, name: &str, len: usize) -> (PathBuf, Vec<u8>) {
 
 fn client_with_downloads(server: &muchat::server::Server, name: &str) -> (Client, PathBuf) {
     let dir = temp_dir("downloads");
-    let c = Client::connect(
-        server.local_addr(),
-        ClientConfig {
-            downloads: dir.clone(),
-        },
-    )
-    .unwrap();
+    let c = Client::connect(server.local_addr(), client_config(server, dir.clone())).unwrap();
     ok(&c, &format!("CREATE_USER {name} {name} pw-{name}"));
     ok(&c, &format!("LOGIN {name} pw-{name}"));
     (c, dir)

@@ -10,10 +10,11 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use common::*;
-use muchat::client::{Client, ClientConfig, ClientEvent};
+use muchat::client::{Client, ClientConfig, ClientEvent, Trust};
 use muchat::connection::{FrameReader, FrameWriter};
 use muchat::content::ContentKey;
 use muchat::event::{Delivery, ErrorCode, Reply, ServerMessage};
+use muchat::identity::Fingerprint;
 use muchat::names::Conversation;
 use muchat::password::PasswordCost;
 use muchat::request::Request;
@@ -161,13 +162,15 @@ fn unacknowledged_messages_are_redelivered_until_acknowledged() {
 #[test]
 fn the_client_drops_duplicates_by_id() {
     // A stand-in server that sends the same message twice.
+    let identity = muchat::dh::StaticSecret::random().unwrap();
+    let trust = Trust::Fingerprint(Fingerprint::of(identity.public_value()));
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = listener.local_addr().unwrap();
     let fake = std::thread::spawn(move || {
         let (stream, _) = listener.accept().unwrap();
         let mut reader = BufReader::new(stream.try_clone().unwrap());
         let mut w = stream.try_clone().unwrap();
-        let keyed = muchat::handshake::server(&mut reader, &mut w).unwrap();
+        let keyed = muchat::handshake::server(&mut reader, &mut w, &identity).unwrap();
         let mut frames = FrameReader::new(reader, keyed.opener);
         let mut out = FrameWriter::new(w, keyed.sealer);
         let key = ContentKey::random();
@@ -196,7 +199,11 @@ fn the_client_drops_duplicates_by_id() {
         }
         acked
     });
-    let c = Client::connect(addr, ClientConfig::default()).unwrap();
+    let config = ClientConfig {
+        trust,
+        ..ClientConfig::default()
+    };
+    let c = Client::connect(addr, config).unwrap();
     assert_eq!(next_message(&c).3, "hello");
     assert_eq!(next_message(&c).3, "next");
     let acked = fake.join().unwrap();
@@ -228,13 +235,8 @@ fn a_file_to_an_offline_member_is_delivered_at_login() {
     let alice = login(&server, "alice");
     ok(&alice, "CREATE_GROUP g");
     let bob_dir = temp_dir("bob-dl");
-    let bob = Client::connect(
-        server.local_addr(),
-        ClientConfig {
-            downloads: bob_dir.clone(),
-        },
-    )
-    .unwrap();
+    let bob =
+        Client::connect(server.local_addr(), client_config(&server, bob_dir.clone())).unwrap();
     ok(&bob, "CREATE_USER bob bob pw-bob");
     ok(&bob, "LOGIN bob pw-bob");
     ok(&bob, "JOIN g");
@@ -459,7 +461,15 @@ fn kill_dash_nine_loses_no_acknowledged_message() {
         (child, addr)
     };
     let (mut server, addr) = spawn();
-    let connect_to = |addr: &str| Client::connect(addr, ClientConfig::default()).unwrap();
+    // Pins go to a file of the test's own, never the user's.
+    let known = dir.join("known_servers");
+    let connect_to = |addr: &str| {
+        let config = ClientConfig {
+            trust: Trust::KnownServers(known.clone()),
+            ..ClientConfig::default()
+        };
+        Client::connect(addr, config).unwrap()
+    };
     let alice = connect_to(&addr);
     ok(&alice, "CREATE_USER A alice pw-alice");
     ok(&alice, "LOGIN alice pw-alice");

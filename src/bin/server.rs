@@ -9,6 +9,7 @@ use muchat::server::{Config, Server};
 
 const USAGE: &str = "\
 usage: server [ADDR] [--data-dir DIR] [--max-file-size BYTES] [--max-pending-bytes BYTES]
+       server --fingerprint [--data-dir DIR]
 
 Runs the muchat chat server.
 
@@ -19,6 +20,8 @@ Runs the muchat chat server.
   --max-file-size BYTES       largest file accepted (default 104857600 = 100 MiB)
   --max-pending-bytes BYTES   most bytes of undelivered files kept per user
                               (default 1073741824 = 1 GiB)
+  --fingerprint               print this server's key fingerprint (creating the
+                              key in the data directory if needed) and exit
   -h, --help                  show this help
 
 Logs connections, logins and closes (with reasons) to standard error.";
@@ -26,6 +29,7 @@ Logs connections, logins and closes (with reasons) to standard error.";
 fn main() -> ExitCode {
     let mut addr = "127.0.0.1:9000".to_string();
     let mut config = Config::default();
+    let mut fingerprint = false;
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
         match arg.as_str() {
@@ -41,6 +45,7 @@ fn main() -> ExitCode {
                 Some(n) => config.max_pending_bytes = n,
                 None => return usage_error("--max-pending-bytes needs a number of bytes"),
             },
+            "--fingerprint" => fingerprint = true,
             "--data-dir" => match args.next() {
                 Some(d) => config.data_dir = d.into(),
                 None => return usage_error("--data-dir needs a directory"),
@@ -48,6 +53,18 @@ fn main() -> ExitCode {
             a if a.starts_with('-') => return usage_error(&format!("unknown option {a}")),
             a => addr = a.to_string(),
         }
+    }
+    if fingerprint {
+        return match muchat::identity::load_or_create(&config.data_dir) {
+            Ok(key) => {
+                println!("{}", muchat::identity::Fingerprint::of(key.public_value()));
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("server: {e}");
+                ExitCode::FAILURE
+            }
+        };
     }
     let listener = match TcpListener::bind(&addr) {
         Ok(l) => l,
@@ -63,6 +80,7 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    log!("key fingerprint {}", server.fingerprint());
     log!("listening on {}", server.local_addr());
     server.wait();
     ExitCode::SUCCESS

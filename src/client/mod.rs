@@ -19,6 +19,7 @@
 
 pub mod display;
 pub mod downloads;
+pub mod known_servers;
 pub mod repl;
 pub mod script;
 
@@ -46,7 +47,10 @@ use crate::request::{
     FileOffer, FileTarget, Request, FILE_CHUNK_SIZE, MAX_ACK_IDS, MAX_MESSAGE_LEN,
 };
 
+use crate::identity::Fingerprint;
 use downloads::Downloads;
+pub use known_servers::Trust;
+use known_servers::Verdict;
 
 /// Why a client operation failed.
 #[derive(Debug)]
@@ -57,6 +61,8 @@ pub enum ClientError {
     Handshake(HandshakeError),
     /// The connection is gone; carries the reason.
     Disconnected(String),
+    /// The server's key is not the one trusted; nothing was sent.
+    Untrusted(String),
     /// Refused locally before sending (e.g. a message over the size limit).
     Refused(String),
 }
@@ -67,6 +73,7 @@ impl fmt::Display for ClientError {
             ClientError::Io(e) => write!(f, "{e}"),
             ClientError::Handshake(e) => write!(f, "{e}"),
             ClientError::Disconnected(why) => write!(f, "disconnected: {why}"),
+            ClientError::Untrusted(why) => write!(f, "{why}"),
             ClientError::Refused(why) => write!(f, "{why}"),
         }
     }
@@ -182,12 +189,15 @@ pub enum ClientEvent {
 pub struct ClientConfig {
     /// Where received files are saved.
     pub downloads: PathBuf,
+    /// Which server keys to trust.
+    pub trust: Trust,
 }
 
 impl Default for ClientConfig {
     fn default() -> Self {
         ClientConfig {
             downloads: PathBuf::from("downloads"),
+            trust: Trust::default(),
         }
     }
 }
@@ -226,17 +236,28 @@ pub struct Client {
     /// Outgoing transfers still running.
     sending: Arc<AtomicUsize>,
     uploads: Uploads,
+    /// Set on first contact with a server: where its key was pinned.
+    pinned: Option<String>,
 }
 
 impl Client {
-    /// Connects to `addr` and runs the handshake.
-    pub fn connect(addr: impl ToSocketAddrs, config: ClientConfig) -> Result<Client, ClientError> {
+    /// Connects to `addr`, runs the handshake, and checks the server's key
+    /// against `config.trust` (pinned under the name `addr` is written as)
+    /// before anything is sent.
+    pub fn connect(
+        addr: impl ToSocketAddrs + fmt::Display,
+        config: ClientConfig,
+    ) -> Result<Client, ClientError> {
+        let name = addr.to_string();
         let stream = TcpStream::connect(addr)?;
         stream.set_nodelay(true)?;
         stream.set_read_timeout(Some(Duration::from_secs(30)))?;
         let mut reader = BufReader::new(stream.try_clone()?);
         let mut writer = stream.try_clone()?;
         let keyed = handshake::client(&mut reader, &mut writer).map_err(ClientError::Handshake)?;
+        let verdict =
+            known_servers::check(&config.trust, &name, &Fingerprint::of(&keyed.server_key))
+                .map_err(ClientError::Untrusted)?;
         stream.set_read_timeout(None)?;
 
         let pending: Pending = Arc::default();
@@ -270,7 +291,17 @@ impl Client {
             stream,
             sending: Arc::default(),
             uploads,
+            pinned: match verdict {
+                Verdict::Pinned(note) => Some(note),
+                Verdict::Known => None,
+            },
         })
+    }
+
+    /// On first contact with a server, a note saying its key was pinned and
+    /// where (to show the user).
+    pub fn first_use_note(&self) -> Option<&str> {
+        self.pinned.as_deref()
     }
 
     /// Events in arrival order. Ends with [`ClientEvent::Disconnected`].

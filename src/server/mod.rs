@@ -27,7 +27,9 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
+use crate::dh::StaticSecret;
 use crate::event::ServerMessage;
+use crate::identity::{self, Fingerprint};
 use crate::log;
 use crate::password::{PasswordCost, Passwords};
 use crate::store::sqlite::SqliteStore;
@@ -73,6 +75,8 @@ impl Default for Config {
 /// What every connection's thread shares.
 pub(crate) struct Shared {
     config: Config,
+    /// The static key that authenticates this server.
+    identity: StaticSecret,
     store: Box<dyn Store>,
     passwords: Passwords,
     state: Mutex<State>,
@@ -130,9 +134,11 @@ impl Server {
             .map_err(|e| io::Error::other(format!("{}: {}", store.path().display(), e.0)))?;
         let passwords =
             Passwords::new(config.password_cost).map_err(|e| io::Error::other(e.to_string()))?;
+        let identity = identity::load_or_create(&config.data_dir).map_err(io::Error::other)?;
         let next_id = snapshot.max_message_id + 1;
         let shared = Arc::new(Shared {
             config,
+            identity,
             store: Box::new(store),
             passwords,
             state: Mutex::new(State::from_snapshot(snapshot)),
@@ -157,6 +163,11 @@ impl Server {
     /// The address the server listens on.
     pub fn local_addr(&self) -> SocketAddr {
         self.addr
+    }
+
+    /// The fingerprint clients pin (see [`crate::identity`]).
+    pub fn fingerprint(&self) -> Fingerprint {
+        Fingerprint::of(self.shared.identity.public_value())
     }
 
     /// Blocks until the accept loop ends (it ends only on shutdown).

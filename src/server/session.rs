@@ -69,7 +69,7 @@ fn start(
         deadline: Some(deadline),
     });
     let mut writer = stream.try_clone().map_err(io)?;
-    let keyed = handshake::server(&mut reader, &mut writer)
+    let keyed = handshake::server(&mut reader, &mut writer, &shared.identity)
         .map_err(|e| format!("handshake failed: {e}"))?;
     reader.get_mut().deadline = None;
     stream.set_read_timeout(None).map_err(io)?;

@@ -8,7 +8,7 @@ use std::path::PathBuf;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
-use muchat::client::{Client, ClientConfig, ClientEvent};
+use muchat::client::{Client, ClientConfig, ClientEvent, Trust};
 use muchat::connection::{FrameReader, FrameWriter};
 use muchat::event::{ErrorCode, Reply, ServerMessage};
 use muchat::frame::Frame;
@@ -50,10 +50,17 @@ pub fn temp_dir(tag: &str) -> PathBuf {
     dir
 }
 
+/// Client settings for `server`: its key pinned by fingerprint (never the
+/// user's own known_servers file), files into `downloads`.
+pub fn client_config(server: &Server, downloads: PathBuf) -> ClientConfig {
+    ClientConfig {
+        downloads,
+        trust: Trust::Fingerprint(server.fingerprint()),
+    }
+}
+
 pub fn connect(server: &Server) -> Client {
-    let config = ClientConfig {
-        downloads: temp_dir("dl"),
-    };
+    let config = client_config(server, temp_dir("dl"));
     Client::connect(server.local_addr(), config).expect("connect")
 }
 
