@@ -54,11 +54,13 @@ pub enum Line {
     TooLong,
 }
 
-/// Reads one `\n`-terminated line into `buf` (cleared first), reading at
-/// most `max` bytes before giving up, so a peer cannot make us buffer an
-/// endless line.
+/// Reads one `\n`-terminated line into `buf`, reading at most `max` bytes
+/// before giving up, so a peer cannot make us buffer an endless line.
+///
+/// Bytes already in `buf` are the start of the line: after a read timeout
+/// (an `Err` of kind `WouldBlock` or `TimedOut`) the caller may call again
+/// with the same `buf` and nothing is lost. Clear `buf` before a new line.
 pub fn read_line(reader: &mut impl BufRead, buf: &mut Vec<u8>, max: usize) -> io::Result<Line> {
-    buf.clear();
     loop {
         let available = match reader.fill_buf() {
             Ok(b) => b,
@@ -113,6 +115,8 @@ impl<R: BufRead> FrameReader<R> {
     }
 
     /// Reads and opens the next frame; `Ok(None)` is a clean end of stream.
+    /// A read timeout is returned as `ReadError::Io` and keeps any partial
+    /// line, so the caller may simply call again.
     pub fn read_frame(&mut self) -> Result<Option<Frame>, ReadError> {
         match read_line(&mut self.inner, &mut self.line, MAX_LINE_LEN)? {
             Line::Complete => {}
@@ -120,12 +124,13 @@ impl<R: BufRead> FrameReader<R> {
             Line::Truncated => return Err(ReadError::Truncated),
             Line::TooLong => return Err(ReadError::Frame(FrameError::TooLong)),
         }
-        let frame = self.opener.open(&self.line).map_err(ReadError::Frame)?;
+        let frame = self.opener.open(&self.line).map_err(ReadError::Frame);
+        self.line.clear();
         // Don't let one large line pin a large buffer for the session's life.
         if self.line.capacity() > 2 * MAX_LINE_LEN / 3 {
             self.line = Vec::new();
         }
-        Ok(Some(frame))
+        frame.map(Some)
     }
 
     /// The underlying reader (to set timeouts).
@@ -207,9 +212,12 @@ mod tests {
         let mut r = io::Cursor::new(b"abc\r\ndef\nxyz".to_vec());
         assert_eq!(read_line(&mut r, &mut buf, 10).unwrap(), Line::Complete);
         assert_eq!(buf, b"abc");
+        buf.clear();
         assert_eq!(read_line(&mut r, &mut buf, 10).unwrap(), Line::Complete);
         assert_eq!(buf, b"def");
+        buf.clear();
         assert_eq!(read_line(&mut r, &mut buf, 10).unwrap(), Line::Truncated);
+        buf.clear();
         assert_eq!(read_line(&mut r, &mut buf, 10).unwrap(), Line::Eof);
         let mut long = io::Cursor::new(vec![b'a'; 100]);
         assert_eq!(read_line(&mut long, &mut buf, 10).unwrap(), Line::TooLong);

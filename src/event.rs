@@ -17,6 +17,7 @@
 //! FILE_ABORT <id> <reason>
 //! HIST <id> <unix-ms> <from> <@user|#group> <content-key>         + body
 //! HIST_FILE <id> <unix-ms> <from> <@user|#group> <size> <sha256-hex> <file name>
+//! PING <n>
 //! BYE <reason>
 //! ```
 
@@ -57,6 +58,10 @@ pub enum ErrorCode {
     /// A file over the server's size limit, or a message body over the
     /// message size limit.
     TooLarge,
+    /// More commands per second than the server allows.
+    RateLimited,
+    /// `CREATE_GROUP` or `JOIN` beyond the per-user group limit.
+    TooManyGroups,
     /// `FILE_END` or `FILE_ABORT` for a transfer that is not open. (A bad
     /// chunk is answered with a `FILE_ABORT` event, never an `ERR`.)
     NoSuchTransfer,
@@ -67,7 +72,7 @@ pub enum ErrorCode {
 }
 
 impl ErrorCode {
-    const ALL: [ErrorCode; 16] = [
+    const ALL: [ErrorCode; 18] = [
         ErrorCode::UnknownCommand,
         ErrorCode::Usage,
         ErrorCode::BadName,
@@ -84,6 +89,8 @@ impl ErrorCode {
         ErrorCode::NoSuchTransfer,
         ErrorCode::QuotaExceeded,
         ErrorCode::Storage,
+        ErrorCode::RateLimited,
+        ErrorCode::TooManyGroups,
     ];
 
     /// The code as written on the wire.
@@ -105,6 +112,8 @@ impl ErrorCode {
             ErrorCode::NoSuchTransfer => "NO_SUCH_TRANSFER",
             ErrorCode::QuotaExceeded => "QUOTA_EXCEEDED",
             ErrorCode::Storage => "STORAGE",
+            ErrorCode::RateLimited => "RATE_LIMITED",
+            ErrorCode::TooManyGroups => "TOO_MANY_GROUPS",
         }
     }
 
@@ -223,6 +232,8 @@ pub enum ServerMessage {
     History(Delivery),
     /// A past file, answering `HISTORY` (its content is not resent).
     HistoryFile(FileStart),
+    /// The server checks the connection is alive; answer `PONG <n>`.
+    Ping(u64),
     /// The server is closing this connection.
     Bye(String),
 }
@@ -262,6 +273,7 @@ impl ServerMessage {
             ServerMessage::FileEnd(id) => (format!("FILE_END {id}"), None),
             ServerMessage::FileAbort(id, why) => (format!("FILE_ABORT {id} {why}"), None),
             ServerMessage::Bye(why) => (format!("BYE {why}"), None),
+            ServerMessage::Ping(n) => (format!("PING {n}"), None),
         };
         Frame { head, body }
     }
@@ -331,6 +343,7 @@ impl ServerMessage {
                 ServerMessage::FileAbort(num(id)?, why.to_string())
             }
             "BYE" => ServerMessage::Bye(args.to_string()),
+            "PING" => ServerMessage::Ping(num(args)?),
             _ => return Err(bad()),
         })
     }
@@ -393,6 +406,7 @@ mod tests {
             ServerMessage::FileEnd(18),
             ServerMessage::FileAbort(18, "sender left".into()),
             ServerMessage::Bye("server shutting down".into()),
+            ServerMessage::Ping(3),
         ];
         for m in all {
             assert_eq!(ServerMessage::parse(m.to_frame()), Ok(m.clone()));

@@ -2,8 +2,9 @@
 //!
 //! Names are parsed once at the edge ([`crate::request`], [`crate::command`])
 //! into [`Username`] and [`GroupName`]; everything past the parser can rely
-//! on them being 1 to [`MAX_NAME_LEN`] characters from `[A-Za-z0-9_.-]`,
-//! starting with a letter or digit. That keeps them safe to print, to use as
+//! on them being 1 to [`MAX_NAME_LEN`] characters from `[a-z0-9_.-]`,
+//! starting with a letter or digit. Names are case-insensitive: they are
+//! stored in lower case, so `Alice` and `alice` are the same user. That keeps them safe to print, to use as
 //! whitespace-separated tokens on the wire, and (later) as file or key names.
 
 use std::fmt;
@@ -58,9 +59,9 @@ macro_rules! name_type {
         pub struct $name(String);
 
         impl $name {
-            /// Validates `s` as a name.
+                        /// Validates `s` as a name, in lower case.
             pub fn parse(s: &str) -> Result<Self, NameError> {
-                check(s).map(|()| $name(s.to_string()))
+                check(s).map(|()| $name(s.to_ascii_lowercase()))
             }
 
             /// The name as text.
@@ -152,6 +153,8 @@ mod tests {
         assert_eq!(Username::parse("bö"), Err(NameError::Characters));
         assert_eq!(Username::parse("../x"), Err(NameError::Characters));
         assert_eq!(GroupName::parse("File"), Err(NameError::Reserved));
+        assert_eq!(Username::parse("Alice"), Username::parse("alice"));
+        assert_eq!(Username::parse("ALICE").unwrap().as_str(), "alice");
     }
 
     #[test]

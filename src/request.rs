@@ -22,6 +22,7 @@
 //! FILE_END <transfer-id>
 //! FILE_ABORT <transfer-id>
 //! ACK <id>[,<id>...]
+//! PONG <n>
 //! HISTORY <username|group|@username|#group> [<count>]
 //! ```
 
@@ -148,6 +149,8 @@ pub enum Request {
     /// Messages and files received and handled: drop them from the
     /// pending queue. Gets no reply.
     Ack(Vec<u64>),
+    /// The answer to the server's `PING <n>`. Gets no reply.
+    Pong(u64),
     /// The last messages of a conversation.
     History {
         /// Whose conversation.
@@ -318,6 +321,7 @@ const U_CHUNK: &str = "CHUNK <transfer-id> <offset> <content-key> + body";
 const U_FILE_END: &str = "FILE_END <transfer-id>";
 const U_FILE_ABORT: &str = "FILE_ABORT <transfer-id>";
 const U_ACK: &str = "ACK <id>[,<id>...]";
+const U_PONG: &str = "PONG <n>";
 const U_HISTORY: &str = "HISTORY <username|group> [<count>]";
 
 impl Request {
@@ -454,6 +458,7 @@ impl Request {
                 }
                 Ok(Request::Ack(ids))
             }
+            "PONG" => Ok(Request::Pong(number(exactly(args, 1, U_PONG)?[0], U_PONG)?)),
             "HISTORY" => {
                 let t = match split_n(args, 2) {
                     Some((t, "")) => t,
@@ -534,6 +539,7 @@ impl Request {
                 (format!("ACK {}", ids.join(",")), None)
             }
             Request::History { with, limit } => (format!("HISTORY {with} {limit}"), None),
+            Request::Pong(n) => (format!("PONG {n}"), None),
         };
         Frame { head, body }
     }
@@ -551,7 +557,7 @@ impl Request {
 }
 
 /// Every request verb.
-const VERBS: [&str; 18] = [
+const VERBS: [&str; 19] = [
     "CREATE_USER",
     "LOGIN",
     "CREATE_GROUP",
@@ -570,14 +576,17 @@ const VERBS: [&str; 18] = [
     "FILE_ABORT",
     "ACK",
     "HISTORY",
+    "PONG",
 ];
 
-/// Whether a head is a request that gets no reply (a file chunk or an
-/// acknowledgement). A malformed one cannot be answered, so it ends the
-/// connection instead.
+/// Whether a head is a request that gets no reply (a file chunk, an
+/// acknowledgement or a pong). A malformed one cannot be answered, so it
+/// ends the connection instead.
 pub fn is_unanswered(head: &str) -> bool {
     let verb = head.split(' ').next().unwrap_or("");
-    verb.eq_ignore_ascii_case("CHUNK") || verb.eq_ignore_ascii_case("ACK")
+    ["CHUNK", "ACK", "PONG"]
+        .iter()
+        .any(|v| verb.eq_ignore_ascii_case(v))
 }
 
 fn usage_of(verb: &str) -> &'static str {
@@ -600,6 +609,7 @@ fn usage_of(verb: &str) -> &'static str {
         "FILE_ABORT" => U_FILE_ABORT,
         "ACK" => U_ACK,
         "HISTORY" => U_HISTORY,
+        "PONG" => U_PONG,
         _ => "HELP",
     }
 }
@@ -755,6 +765,7 @@ mod tests {
             Request::FileEnd(7),
             Request::FileAbort(8),
             Request::Ack(vec![1, 22, 333]),
+            Request::Pong(9),
             Request::History {
                 with: HistoryTarget::Group(gs[0].clone()),
                 limit: 5,

@@ -377,6 +377,8 @@ fn history_shows_only_your_conversations() {
 fn a_failed_login_does_not_reveal_whether_the_user_exists() {
     let server = start_server_with(Config {
         password_cost: PasswordCost::OWASP,
+        // Throttling would delay the later attempts; it is tested on its own.
+        login_backoff: std::time::Duration::ZERO,
         ..test_config()
     });
     let c = connect(&server);
@@ -443,7 +445,7 @@ fn kill_dash_nine_loses_no_acknowledged_message() {
     let dir = temp_dir("kill9");
     let spawn = || {
         let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_server"))
-            .args(["127.0.0.1:0", "--data-dir"])
+            .args(["127.0.0.1:0", "--rate", "0", "--data-dir"])
             .arg(&dir)
             .stderr(std::process::Stdio::piped())
             .spawn()

@@ -3,6 +3,7 @@
 
 use std::net::TcpListener;
 use std::process::ExitCode;
+use std::time::Duration;
 
 use muchat::log;
 use muchat::server::{Config, Server};
@@ -20,6 +21,14 @@ Runs the muchat chat server.
   --max-file-size BYTES       largest file accepted (default 104857600 = 100 MiB)
   --max-pending-bytes BYTES   most bytes of undelivered files kept per user
                               (default 1073741824 = 1 GiB)
+    --handshake-timeout SECS    time a new connection has to finish the handshake (10)
+  --idle-timeout SECS         close a session silent this long; PING it halfway (300)
+  --max-connections-per-ip N  open connections allowed per source address (16; 0: no limit)
+  --rate N                    commands per second per session (20; 0: no limit)
+  --burst N                   commands a session may send at once above the rate (50)
+  --max-groups-per-user N     groups one user may belong to (100)
+  --login-backoff-ms MS       after 3 failed logins for an account or address, each
+                              further attempt waits this long, doubling up to 60 s (500)
   --fingerprint               print this server's key fingerprint (creating the
                               key in the data directory if needed) and exit
   -h, --help                  show this help
@@ -46,6 +55,34 @@ fn main() -> ExitCode {
                 None => return usage_error("--max-pending-bytes needs a number of bytes"),
             },
             "--fingerprint" => fingerprint = true,
+            "--handshake-timeout" => match number(&mut args) {
+                Some(n) => config.handshake_timeout = Duration::from_secs(n),
+                None => return usage_error("--handshake-timeout needs seconds"),
+            },
+            "--idle-timeout" => match number(&mut args) {
+                Some(n) => config.idle_timeout = Duration::from_secs(n.max(1)),
+                None => return usage_error("--idle-timeout needs seconds"),
+            },
+            "--max-connections-per-ip" => match number(&mut args) {
+                Some(n) => config.max_connections_per_ip = n as usize,
+                None => return usage_error("--max-connections-per-ip needs a number"),
+            },
+            "--rate" => match number(&mut args).and_then(|n| u32::try_from(n).ok()) {
+                Some(n) => config.rate = n,
+                None => return usage_error("--rate needs a number"),
+            },
+            "--burst" => match number(&mut args).and_then(|n| u32::try_from(n).ok()) {
+                Some(n) => config.burst = n,
+                None => return usage_error("--burst needs a number"),
+            },
+            "--max-groups-per-user" => match number(&mut args) {
+                Some(n) => config.max_groups_per_user = n as usize,
+                None => return usage_error("--max-groups-per-user needs a number"),
+            },
+            "--login-backoff-ms" => match number(&mut args) {
+                Some(n) => config.login_backoff = Duration::from_millis(n),
+                None => return usage_error("--login-backoff-ms needs milliseconds"),
+            },
             "--data-dir" => match args.next() {
                 Some(d) => config.data_dir = d.into(),
                 None => return usage_error("--data-dir needs a directory"),
@@ -84,6 +121,11 @@ fn main() -> ExitCode {
     log!("listening on {}", server.local_addr());
     server.wait();
     ExitCode::SUCCESS
+}
+
+/// The next argument as a number.
+fn number(args: &mut impl Iterator<Item = String>) -> Option<u64> {
+    args.next().and_then(|v| v.parse().ok())
 }
 
 fn usage_error(msg: &str) -> ExitCode {

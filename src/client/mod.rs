@@ -730,6 +730,11 @@ fn read_loop(
                 }
                 None => downloads.abort(id, &why),
             },
+            ServerMessage::Ping(n) => {
+                let frame = Request::Pong(n).to_frame();
+                let _ = acks.send(Outbound { frame, reply: None });
+                continue;
+            }
             ServerMessage::Bye(why) => {
                 bye = Some(format!("server said goodbye: {why}"));
                 continue;

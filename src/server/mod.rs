@@ -12,6 +12,7 @@
 //!        -> writer: seal per recipient -> socket
 //! ```
 
+pub mod limits;
 pub mod outbox;
 mod replay;
 mod session;
@@ -35,6 +36,8 @@ use crate::password::{PasswordCost, Passwords};
 use crate::store::sqlite::SqliteStore;
 use crate::store::Store;
 
+use crate::handshake;
+use limits::{ConnectionCounts, LoginThrottle};
 use outbox::{Outbox, OutboxLimits, Outgoing};
 use state::{SessionId, State};
 
@@ -57,6 +60,18 @@ pub struct Config {
     pub max_pending_bytes: u64,
     /// Argon2id cost for password verifiers.
     pub password_cost: PasswordCost,
+    /// A session silent this long is closed; it is sent `PING` halfway.
+    pub idle_timeout: Duration,
+    /// Open connections allowed per source address (0: no limit).
+    pub max_connections_per_ip: usize,
+    /// Commands per second per session (0: no limit).
+    pub rate: u32,
+    /// Commands a session may send in a burst above the rate.
+    pub burst: u32,
+    /// Groups one user may belong to.
+    pub max_groups_per_user: usize,
+    /// The first login delay after repeated failures (it doubles up to a minute).
+    pub login_backoff: Duration,
 }
 
 impl Default for Config {
@@ -68,6 +83,12 @@ impl Default for Config {
             data_dir: PathBuf::from("muchat-data"),
             max_pending_bytes: 1024 * 1024 * 1024,
             password_cost: PasswordCost::OWASP,
+            idle_timeout: Duration::from_secs(300),
+            max_connections_per_ip: 16,
+            rate: 20,
+            burst: 50,
+            max_groups_per_user: 100,
+            login_backoff: Duration::from_millis(500),
         }
     }
 }
@@ -84,6 +105,10 @@ pub(crate) struct Shared {
     next_id: AtomicU64,
     /// Every connection past its handshake, so shutdown can close them.
     connections: Mutex<HashMap<SessionId, Outbox>>,
+    /// Open connections per source address.
+    per_address: Arc<ConnectionCounts>,
+    /// Failed logins by account and by address.
+    throttle: LoginThrottle,
 }
 
 impl Shared {
@@ -136,6 +161,7 @@ impl Server {
             Passwords::new(config.password_cost).map_err(|e| io::Error::other(e.to_string()))?;
         let identity = identity::load_or_create(&config.data_dir).map_err(io::Error::other)?;
         let next_id = snapshot.max_message_id + 1;
+        let config_backoff = config.login_backoff;
         let shared = Arc::new(Shared {
             config,
             identity,
@@ -144,6 +170,8 @@ impl Server {
             state: Mutex::new(State::from_snapshot(snapshot)),
             next_id: AtomicU64::new(next_id),
             connections: Mutex::new(HashMap::new()),
+            per_address: Arc::default(),
+            throttle: LoginThrottle::new(config_backoff, Duration::from_secs(60)),
         });
         let stopping = Arc::new(AtomicBool::new(false));
         let accept = {
@@ -234,11 +262,21 @@ fn accept_loop(listener: TcpListener, shared: Arc<Shared>, stopping: Arc<AtomicB
         };
         let id = next_session;
         next_session += 1;
+        let max = shared.config.max_connections_per_ip;
+        let Some(admission) = shared.per_address.admit(peer.ip(), max) else {
+            log!("conn {id} from {peer}: refused: more than {max} connections from this address");
+            let mut s = &stream;
+            handshake::refuse(&mut s, "too many connections from your address");
+            continue;
+        };
         let shared = Arc::clone(&shared);
         let spawned = std::thread::Builder::new()
             .name(format!("conn-{id}"))
             .stack_size(THREAD_STACK)
-            .spawn(move || session::serve(stream, peer, id, shared));
+            .spawn(move || {
+                session::serve(stream, peer, id, shared);
+                drop(admission);
+            });
         if let Err(e) = spawned {
             log!("conn {id} from {peer}: refused: cannot start a thread: {e}");
         }

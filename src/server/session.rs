@@ -6,10 +6,12 @@
 //! the state -> reply to this client and deliveries to others through their
 //! outboxes. Anything a client can send ends, at worst, this one connection.
 
-use std::io::{BufReader, Read};
+use std::io::{BufReader, ErrorKind, Read};
+use std::net::IpAddr;
 use std::net::{SocketAddr, TcpStream};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
+use std::time::Duration;
 use std::time::Instant;
 
 use crate::clock::now_ms;
@@ -21,6 +23,7 @@ use crate::request::{is_unanswered, HistoryTarget, ParseError, Request};
 use crate::store::{dm_key, Content, StoredMessage, UserRecord};
 use crate::{handshake, log};
 
+use super::limits::TokenBucket;
 use super::outbox::{self, Outbox, Outgoing};
 use super::replay::{announce, deliver_pending};
 use super::state::{group_taken, user_taken, Failure, Online, SessionId};
@@ -72,11 +75,16 @@ fn start(
     let keyed = handshake::server(&mut reader, &mut writer, &shared.identity)
         .map_err(|e| format!("handshake failed: {e}"))?;
     reader.get_mut().deadline = None;
-    stream.set_read_timeout(None).map_err(io)?;
+    // From here a read that waits half the idle timeout wakes the session
+    // to send a PING.
+    let ping_after = (shared.config.idle_timeout / 2).max(Duration::from_millis(10));
+    stream.set_read_timeout(Some(ping_after)).map_err(io)?;
     let outbox = outbox::spawn(writer, keyed.sealer, shared.config.outbox).map_err(io)?;
     shared.register(id, outbox.clone());
     let session = Session {
         id,
+        peer: stream.peer_addr().map_err(io)?.ip(),
+        bucket: TokenBucket::new(shared.config.rate, shared.config.burst),
         shared: Arc::clone(shared),
         outbox,
         user: None,
@@ -124,6 +132,10 @@ enum Flow {
 
 struct Session {
     id: SessionId,
+    /// The client's address, for login throttling.
+    peer: IpAddr,
+    /// Commands allowed per second.
+    bucket: TokenBucket,
     shared: Arc<Shared>,
     outbox: Outbox,
     user: Option<Username>,
@@ -136,10 +148,25 @@ struct Session {
 
 impl Session {
     fn run(&mut self, mut reader: FrameReader<BufReader<Timed>>) -> String {
+        // The number of a PING sent and not yet answered by any frame.
+        let mut ping: Option<u64> = None;
+        let mut pings = 0;
         loop {
             let frame = match reader.read_frame() {
                 Ok(Some(f)) => f,
                 Ok(None) => return "client closed the connection".into(),
+                Err(ReadError::Io(e))
+                    if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) =>
+                {
+                    if ping.is_some() {
+                        self.push(&ServerMessage::Bye("idle timeout".into()));
+                        return "idle timeout: no answer to PING".into();
+                    }
+                    pings += 1;
+                    ping = Some(pings);
+                    self.push(&ServerMessage::Ping(pings));
+                    continue;
+                }
                 Err(ReadError::Io(e)) => return format!("read failed: {e}"),
                 Err(e) => {
                     let why = e.to_string();
@@ -147,6 +174,7 @@ impl Session {
                     return format!("protocol error: {why}");
                 }
             };
+            ping = None;
             let unanswered = is_unanswered(&frame.head);
             let flow = match Request::parse(frame) {
                 Ok(request) => self.handle(request),
@@ -244,7 +272,21 @@ impl Session {
     }
 
     fn handle(&mut self, request: Request) -> Flow {
+        let counted = !matches!(
+            request,
+            Request::Chunk { .. } | Request::Ack(_) | Request::Pong(_)
+        );
+        if counted && !self.bucket.take() {
+            let limit = self.shared.config.rate;
+            self.reply(Err(Failure(
+                ErrorCode::RateLimited,
+                format!("slow down: at most {limit} commands per second"),
+            )));
+            return Flow::Continue;
+        }
         let result = match request {
+            // Any frame proves the connection is alive; nothing else to do.
+            Request::Pong(_) => return Flow::Continue,
             Request::Help => Ok(HELP.to_string()),
             Request::Quit => {
                 self.reply(Ok("bye".into()));
@@ -331,6 +373,9 @@ impl Session {
             }
             Request::CreateGroup(g) => {
                 shared.state().check_new_group(&g)?;
+                shared
+                    .state()
+                    .check_group_count(me, shared.config.max_groups_per_user)?;
                 if !shared.store.create_group(&g, me).map_err(storage)? {
                     return Err(group_taken(&g));
                 }
@@ -340,6 +385,11 @@ impl Session {
             Request::Join(ref g) | Request::Leave(ref g) => {
                 let join = matches!(request, Request::Join(_));
                 shared.state().check_membership(me, g, !join)?;
+                if join {
+                    shared
+                        .state()
+                        .check_group_count(me, shared.config.max_groups_per_user)?;
+                }
                 shared.store.set_member(g, me, join).map_err(storage)?;
                 let n = shared.state().set_member(me, g, join);
                 Ok(if join {
@@ -369,6 +419,7 @@ impl Session {
             | Request::Quit
             | Request::Chunk { .. }
             | Request::Ack(_)
+            | Request::Pong(_)
             | Request::Send { .. }
             | Request::SendToGroup { .. }
             | Request::History { .. } => {
@@ -420,14 +471,22 @@ impl Session {
                 "already logged in; LOGOUT first".into(),
             ));
         }
+        // Repeated failures make each further attempt wait (same wait, same
+        // reply, whether or not the account exists).
+        let wait = self.shared.throttle.wait_before(username, self.peer);
+        if !wait.is_zero() {
+            std::thread::sleep(wait);
+        }
         let verifier = self.shared.state().verifier(username);
         if !self.shared.passwords.check(verifier.as_deref(), password) {
+            self.shared.throttle.failed(username, self.peer);
             log!("conn {}: failed login as {username}", self.id);
             return Err(Failure(
                 ErrorCode::LoginFailed,
                 "wrong username or password".into(),
             ));
         }
+        self.shared.throttle.succeeded(username, self.peer);
         self.shared.state().add_session(
             username,
             Online {

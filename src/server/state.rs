@@ -212,6 +212,22 @@ impl State {
             .collect()
     }
 
+    /// Fails if `user` is already in `max` groups.
+    pub fn check_group_count(&self, user: &Username, max: usize) -> Result<(), Failure> {
+        let n = self
+            .groups
+            .values()
+            .filter(|g| g.members.contains(user))
+            .count();
+        if n >= max {
+            return Err(Failure::new(
+                ErrorCode::TooManyGroups,
+                format!("you are in {n} groups, the most this server allows; LEAVE one first"),
+            ));
+        }
+        Ok(())
+    }
+
     /// Whether `user` is in `group`.
     pub fn is_member(&self, user: &Username, group: &GroupName) -> bool {
         self.groups

@@ -25,6 +25,10 @@ pub fn test_config() -> Config {
     Config {
         data_dir: temp_dir("data"),
         password_cost: muchat::password::PasswordCost::TESTING,
+        // Tests run many clients from one address, fast; tests/adversarial.rs
+        // turns these limits back on to test them.
+        rate: 0,
+        max_connections_per_ip: 0,
         ..Config::default()
     }
 }
