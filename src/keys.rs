@@ -111,7 +111,7 @@ impl SessionKeys {
     }
 }
 
-/// The one-way rotation step: `SHA-256("muchat/1 rekey" || 0x00 || old)[..24]`.
+/// The one-way rotation step: `SHA-256("muchat/2 rekey" || 0x00 || old)[..24]`.
 pub fn rotate_enc_key(old: &[u8; tdes::KEY_LEN]) -> [u8; tdes::KEY_LEN] {
     let mut h = Sha256::new();
     h.update(LABEL_REKEY.as_bytes());

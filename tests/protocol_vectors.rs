@@ -21,12 +21,14 @@ use hmac::{KeyInit, Mac};
 use num_bigint::BigUint;
 use sha2::{Digest, Sha256};
 
+use muchat::client::known_servers::{self, Trust};
 use muchat::content::{Body, ContentKey, CONTENT_KEY_B64_LEN};
-use muchat::dh::{self, EphemeralSecret, PublicValue};
+use muchat::dh::{self, EphemeralSecret, PublicValue, StaticSecret};
 use muchat::event::{Delivery, ErrorCode, Reply, ServerMessage};
 use muchat::frame::{Frame, Opener, Sealer, MAX_HEAD_LEN, MAX_LINE_LEN, REKEY_BLOCKS};
-use muchat::handshake::{self, MAX_HANDSHAKE_LINE, PROTOCOL};
-use muchat::keys::{self, SessionKeys};
+use muchat::handshake::{self, HandshakeError, Keyed, MAX_HANDSHAKE_LINE, PROTOCOL};
+use muchat::identity::Fingerprint;
+use muchat::keys::{self, SessionKeys, Transcript};
 use muchat::names::{Conversation, GroupName, Username, MAX_NAME_LEN};
 use muchat::request::{
     Request, DEFAULT_HISTORY, FILE_CHUNK_SIZE, MAX_ACK_IDS, MAX_FIELD_LEN, MAX_HISTORY,
@@ -38,13 +40,15 @@ use muchat::server::Config;
 const DOC: &str = include_str!("../docs/PROTOCOL.md");
 
 const B64: base64::engine::GeneralPurpose = base64::engine::general_purpose::STANDARD;
+const B64_NOPAD: base64::engine::GeneralPurpose = base64::engine::general_purpose::STANDARD_NO_PAD;
 
 type HmacSha256 = hmac::Hmac<Sha256>;
 
 /// The fixed inputs; every other vector is derived from these.
-const INPUTS: [&str; 10] = [
+const INPUTS: [&str; 11] = [
     "client_exponent",
     "server_exponent",
+    "server_static_exponent",
     "frame1_iv",
     "frame1_head",
     "content_key",
@@ -76,6 +80,8 @@ fn all_error_codes() -> Vec<ErrorCode> {
         ErrorCode::NoSuchTransfer,
         ErrorCode::QuotaExceeded,
         ErrorCode::Storage,
+        ErrorCode::RateLimited,
+        ErrorCode::TooManyGroups,
     ];
     for c in all {
         match c {
@@ -94,7 +100,9 @@ fn all_error_codes() -> Vec<ErrorCode> {
             | ErrorCode::TooLarge
             | ErrorCode::NoSuchTransfer
             | ErrorCode::QuotaExceeded
-            | ErrorCode::Storage => {}
+            | ErrorCode::Storage
+            | ErrorCode::RateLimited
+            | ErrorCode::TooManyGroups => {}
         }
     }
     all.to_vec()
@@ -118,7 +126,9 @@ fn constants() -> Vec<(&'static str, String)> {
         ("label_c2s_mac", keys::LABEL_C2S_MAC.to_string()),
         ("label_s2c_enc", keys::LABEL_S2C_ENC.to_string()),
         ("label_s2c_mac", keys::LABEL_S2C_MAC.to_string()),
+        ("label_confirm", keys::LABEL_CONFIRM.to_string()),
         ("label_rekey", keys::LABEL_REKEY.to_string()),
+        ("server_finished", keys::SERVER_FINISHED.to_string()),
         ("max_handshake_line", MAX_HANDSHAKE_LINE.to_string()),
         ("max_line_len", MAX_LINE_LEN.to_string()),
         ("max_head_len", MAX_HEAD_LEN.to_string()),
@@ -244,49 +254,96 @@ fn seal(sealer: &mut Sealer, iv: &[u8; 8], head: &str, body: Option<&Body>) -> S
     String::from_utf8(out).expect("sealed lines are ASCII")
 }
 
+/// The server's static key pair, from the documented exponent.
+fn server_static(doc: &BTreeMap<String, String>) -> StaticSecret {
+    StaticSecret::from_bytes(&unhex(get(doc, "server_static_exponent")))
+        .expect("a 32-byte static exponent above 1")
+}
+
+/// A number mod p as 256 big-endian bytes (for the shared secrets, which the
+/// API does not expose).
+fn element_bytes(n: &BigUint) -> [u8; 256] {
+    let mut out = [0u8; 256];
+    let raw = n.to_bytes_be();
+    out[256 - raw.len()..].copy_from_slice(&raw);
+    out
+}
+
+/// Runs the client's side of the handshake with the documented exponent
+/// against a canned server line; returns what the client sent and the result.
+fn client_against(
+    doc: &BTreeMap<String, String>,
+    server_line: &str,
+) -> (String, Result<Keyed, HandshakeError>) {
+    let mut sent = Vec::new();
+    let result = handshake::client_with_secret(
+        &mut Cursor::new(format!("{server_line}\n").into_bytes()),
+        &mut sent,
+        EphemeralSecret::from_exponent(exponent(doc, "client_exponent")),
+    );
+    (String::from_utf8(sent).unwrap(), result)
+}
+
 /// Every derived vector, computed through the crate's public API.
 fn derive_through_the_crate(doc: &BTreeMap<String, String>) -> Vec<(&'static str, String)> {
     let a = exponent(doc, "client_exponent");
     let client_public = EphemeralSecret::from_exponent(a.clone())
         .public_value()
         .clone();
-    let server = EphemeralSecret::from_exponent(exponent(doc, "server_exponent"));
-    let server_public = server.public_value().clone();
+    let server_public = EphemeralSecret::from_exponent(exponent(doc, "server_exponent"))
+        .public_value()
+        .clone();
+    let identity = server_static(doc);
+    let static_public = identity.public_value().clone();
+    let client_hello = format!("{PROTOCOL} {}\n", client_public.to_hex());
 
-    // The client runs the real handshake against a canned server hello.
-    let hello = format!("{PROTOCOL} {}\n", server_public.to_hex());
-    let mut sent = Vec::new();
-    let mut keyed = handshake::client_with_secret(
-        &mut Cursor::new(hello.into_bytes()),
-        &mut sent,
-        EphemeralSecret::from_exponent(a.clone()),
+    // The server runs the real handshake against the client's hello...
+    let mut server_sent = Vec::new();
+    let mut server_keyed = handshake::server_with_secret(
+        &mut Cursor::new(client_hello.clone().into_bytes()),
+        &mut server_sent,
+        &identity,
+        EphemeralSecret::from_exponent(exponent(doc, "server_exponent")),
     )
-    .expect("handshake");
+    .expect("server handshake");
+    let mut server_hello = String::from_utf8(server_sent).unwrap();
     assert_eq!(
-        String::from_utf8(sent).unwrap(),
-        format!("MUCHAT/1 {}\n", client_public.to_hex())
+        server_hello.pop(),
+        Some('\n'),
+        "the hello ends in a newline"
     );
+    assert!(server_hello.len() <= MAX_HANDSHAKE_LINE);
+    assert_eq!(server_keyed.server_key, static_public);
 
-    let client_keys = SessionKeys::derive(
-        &EphemeralSecret::from_exponent(a.clone()).diffie_hellman(&server_public),
-        &client_public,
-        &server_public,
-    );
+    // ...and the client runs it against the server's answer.
+    let (sent, keyed) = client_against(doc, &server_hello);
+    assert_eq!(sent, client_hello, "the client sends its hello only");
+    let mut keyed = keyed.expect("client handshake");
+    assert_eq!(keyed.server_key, static_public);
+
+    let transcript = Transcript {
+        client: &client_public,
+        server: &server_public,
+        server_static: &static_public,
+    };
+    let (ee, es) = EphemeralSecret::from_exponent(a.clone())
+        .diffie_hellman_twice(&server_public, &static_public);
+    let client_keys = SessionKeys::derive(&ee, &es, &transcript);
     let server_keys = SessionKeys::derive(
-        &server.diffie_hellman(&client_public),
-        &client_public,
-        &server_public,
+        &EphemeralSecret::from_exponent(exponent(doc, "server_exponent"))
+            .diffie_hellman(&client_public),
+        &identity.diffie_hellman(&client_public),
+        &transcript,
     );
     assert_eq!(client_keys, server_keys, "both ends derive the same keys");
     let c2s = &client_keys.client_to_server;
     let s2c = &client_keys.server_to_client;
 
-    // Z is not reachable through the API: compute it with num-bigint; the
-    // independent key derivation below ties it to the crate's keys.
-    let z = BigUint::from_bytes_be(&server_public.to_bytes()).modpow(&a, dh::prime());
-    let mut z_bytes = [0u8; 256];
-    let raw = z.to_bytes_be();
-    z_bytes[256 - raw.len()..].copy_from_slice(&raw);
+    // Zee and Zes are not reachable through the API: compute them with
+    // num-bigint; the independent key derivation below ties them to the
+    // crate's keys.
+    let zee = BigUint::from_bytes_be(&server_public.to_bytes()).modpow(&a, dh::prime());
+    let zes = BigUint::from_bytes_be(&static_public.to_bytes()).modpow(&a, dh::prime());
 
     let content_key = ContentKey::from_bytes(fixed(get(doc, "content_key")));
     let body = content_key.seal_with_iv(
@@ -308,7 +365,7 @@ fn derive_through_the_crate(doc: &BTreeMap<String, String>) -> Vec<(&'static str
         Some(&body),
     );
     let frame3 = seal(
-        &mut Sealer::new(&server_keys.server_to_client),
+        &mut server_keyed.sealer,
         &fixed(get(doc, "frame3_iv")),
         get(doc, "frame3_head"),
         None,
@@ -317,11 +374,19 @@ fn derive_through_the_crate(doc: &BTreeMap<String, String>) -> Vec<(&'static str
     vec![
         ("client_public", client_public.to_hex()),
         ("server_public", server_public.to_hex()),
-        ("shared_secret", hex(&z_bytes)),
+        ("server_static_public", static_public.to_hex()),
+        ("shared_secret_ee", hex(&element_bytes(&zee))),
+        ("shared_secret_es", hex(&element_bytes(&zes))),
         ("c2s_enc_key", hex(&c2s.enc)),
         ("c2s_mac_key", hex(&c2s.mac)),
         ("s2c_enc_key", hex(&s2c.enc)),
         ("s2c_mac_key", hex(&s2c.mac)),
+        ("confirm_key", hex(&client_keys.confirm)),
+        ("server_hello", server_hello),
+        (
+            "server_fingerprint",
+            Fingerprint::of(&static_public).to_string(),
+        ),
         ("c2s_enc_key_rotated", hex(&keys::rotate_enc_key(&c2s.enc))),
         ("content_key_b64", content_key.to_b64()),
         ("content_body", body.as_str().to_string()),
@@ -425,39 +490,84 @@ fn an_independent_implementation_of_the_document_agrees() {
         "the group 14 prime is written out in the document"
     );
     let g = BigUint::from(2u32);
-    let (a, b) = (
+    let (a, b, s) = (
         exponent(&doc, "client_exponent"),
         exponent(&doc, "server_exponent"),
+        exponent(&doc, "server_static_exponent"),
     );
-    for e in [&a, &b] {
+    for name in [
+        "client_exponent",
+        "server_exponent",
+        "server_static_exponent",
+    ] {
+        assert_eq!(unhex(get(&doc, name)).len(), 32, "{name} is 32 bytes");
+    }
+    for e in [&a, &b, &s] {
         assert!(e.bits() <= 256 && *e > BigUint::from(1u32));
     }
     let big_a = g.modpow(&a, p);
     let big_b = g.modpow(&b, p);
+    let big_s = g.modpow(&s, p);
+    let two = BigUint::from(2u32);
+    for v in [&big_a, &big_b, &big_s] {
+        assert!(*v >= two && *v <= p - 2u32, "public values lie in 2..p-2");
+    }
     assert_eq!(format!("{big_a:0>512x}"), get(&doc, "client_public"));
     assert_eq!(format!("{big_b:0>512x}"), get(&doc, "server_public"));
-    let z = big_b.modpow(&a, p);
-    assert_eq!(z, big_a.modpow(&b, p));
-    assert_eq!(format!("{z:0>512x}"), get(&doc, "shared_secret"));
+    assert_eq!(format!("{big_s:0>512x}"), get(&doc, "server_static_public"));
+    let zee = big_b.modpow(&a, p);
+    assert_eq!(zee, big_a.modpow(&b, p));
+    assert_eq!(format!("{zee:0>512x}"), get(&doc, "shared_secret_ee"));
+    let zes = big_s.modpow(&a, p);
+    assert_eq!(zes, big_a.modpow(&s, p));
+    assert_eq!(format!("{zes:0>512x}"), get(&doc, "shared_secret_es"));
 
-    let z = unhex(get(&doc, "shared_secret"));
+    let zee = unhex(get(&doc, "shared_secret_ee"));
+    let zes = unhex(get(&doc, "shared_secret_es"));
     let big_a = unhex(get(&doc, "client_public"));
     let big_b = unhex(get(&doc, "server_public"));
-    assert_eq!((z.len(), big_a.len(), big_b.len()), (256, 256, 256));
-    let kdf = |label| sha256(label, &[&z, &big_a, &big_b]);
+    let big_s = unhex(get(&doc, "server_static_public"));
+    for v in [&zee, &zes, &big_a, &big_b, &big_s] {
+        assert_eq!(v.len(), 256);
+    }
+    let kdf = |label| sha256(label, &[&zee, &zes, &big_a, &big_b, &big_s]);
     assert_eq!(
-        hex(&kdf("muchat/1 c2s enc")[..24]),
+        hex(&kdf("muchat/2 c2s enc")[..24]),
         get(&doc, "c2s_enc_key")
     );
-    assert_eq!(hex(&kdf("muchat/1 c2s mac")), get(&doc, "c2s_mac_key"));
+    assert_eq!(hex(&kdf("muchat/2 c2s mac")), get(&doc, "c2s_mac_key"));
     assert_eq!(
-        hex(&kdf("muchat/1 s2c enc")[..24]),
+        hex(&kdf("muchat/2 s2c enc")[..24]),
         get(&doc, "s2c_enc_key")
     );
-    assert_eq!(hex(&kdf("muchat/1 s2c mac")), get(&doc, "s2c_mac_key"));
+    assert_eq!(hex(&kdf("muchat/2 s2c mac")), get(&doc, "s2c_mac_key"));
+    assert_eq!(hex(&kdf("muchat/2 confirm")), get(&doc, "confirm_key"));
+
+    // The server's hello: B, S and the key confirmation.
+    let confirm_key = unhex(get(&doc, "confirm_key"));
+    let mut mac = <HmacSha256 as KeyInit>::new_from_slice(&confirm_key).unwrap();
+    mac.update(b"muchat/2 server finished");
+    let confirm = B64.encode(mac.finalize().into_bytes());
+    assert_eq!(confirm.len(), 44);
+    let hello = get(&doc, "server_hello");
+    assert_eq!(
+        hello,
+        format!(
+            "MUCHAT/2 {} {} {confirm}",
+            get(&doc, "server_public"),
+            get(&doc, "server_static_public")
+        )
+    );
+    assert!(hello.len() <= get(&doc, "max_handshake_line").parse().unwrap());
+
+    // The fingerprint: SHA-256 over S's 256 bytes, unpadded base64.
+    let fingerprint = format!("SHA256:{}", B64_NOPAD.encode(Sha256::digest(&big_s)));
+    assert_eq!(fingerprint.len(), 7 + 43);
+    assert_eq!(fingerprint, get(&doc, "server_fingerprint"));
+
     let c2s_enc = unhex(get(&doc, "c2s_enc_key"));
     assert_eq!(
-        hex(&sha256("muchat/1 rekey", &[&c2s_enc])[..24]),
+        hex(&sha256("muchat/2 rekey", &[&c2s_enc])[..24]),
         get(&doc, "c2s_enc_key_rotated")
     );
 
@@ -518,10 +628,15 @@ fn documented_keys(doc: &BTreeMap<String, String>) -> SessionKeys {
     let client_public = PublicValue::from_hex(get(doc, "client_public")).unwrap();
     let server = EphemeralSecret::from_exponent(exponent(doc, "server_exponent"));
     let server_public = server.public_value().clone();
+    let identity = server_static(doc);
     SessionKeys::derive(
         &server.diffie_hellman(&client_public),
-        &client_public,
-        &server_public,
+        &identity.diffie_hellman(&client_public),
+        &Transcript {
+            client: &client_public,
+            server: &server_public,
+            server_static: identity.public_value(),
+        },
     )
 }
 
@@ -613,4 +728,162 @@ fn rotation_happens_before_a_head_would_cross_the_limit() {
     let mut opener = Opener::with_rekey_blocks(&keys.client_to_server, 3);
     assert_eq!(opener.open(line1.as_bytes()).unwrap().head, head1);
     assert_eq!(opener.open(line2.as_bytes()).unwrap().head, head);
+}
+
+/// The server hello's three words after the protocol name.
+fn hello_parts(doc: &BTreeMap<String, String>) -> (String, String, String) {
+    let hello = get(doc, "server_hello");
+    let mut words = hello.split(' ');
+    assert_eq!(words.next(), Some(PROTOCOL));
+    let (Some(b), Some(s), Some(confirm), None) =
+        (words.next(), words.next(), words.next(), words.next())
+    else {
+        panic!("server_hello is not `{PROTOCOL} B S confirm`");
+    };
+    (b.to_string(), s.to_string(), confirm.to_string())
+}
+
+/// What the client sends before it reads the server's hello: its own hello.
+fn client_hello(doc: &BTreeMap<String, String>) -> String {
+    format!("{PROTOCOL} {}\n", get(doc, "client_public"))
+}
+
+#[test]
+fn the_client_accepts_the_documented_server_hello() {
+    let doc = documented();
+    let (sent, keyed) = client_against(&doc, get(&doc, "server_hello"));
+    assert_eq!(sent, client_hello(&doc));
+    let mut keyed = keyed.expect("the documented hello is accepted");
+    assert_eq!(keyed.server_key.to_hex(), get(&doc, "server_static_public"));
+    let fp = Fingerprint::of(&keyed.server_key);
+    assert_eq!(fp.to_string(), get(&doc, "server_fingerprint"));
+    let pinned = Fingerprint::parse(get(&doc, "server_fingerprint")).unwrap();
+    assert_eq!(pinned, fp);
+    assert!(known_servers::check(&Trust::Fingerprint(pinned), "127.0.0.1:9000", &fp).is_ok());
+    // The handshake's keys are the documented ones, in both directions.
+    let line1 = seal(
+        &mut keyed.sealer,
+        &fixed(get(&doc, "frame1_iv")),
+        get(&doc, "frame1_head"),
+        None,
+    );
+    assert_eq!(line1, get(&doc, "frame1_line"));
+    let f3 = keyed
+        .opener
+        .open(get(&doc, "frame3_line").as_bytes())
+        .expect("the client opens the server's frame");
+    assert_eq!(f3.head, get(&doc, "frame3_head"));
+}
+
+/// Runs the client against `line` and returns its error, checking that it
+/// sent nothing but its own hello.
+fn refused(doc: &BTreeMap<String, String>, line: &str) -> HandshakeError {
+    let (sent, result) = client_against(doc, line);
+    assert_eq!(sent, client_hello(doc), "nothing after the hello is sent");
+    match result {
+        Ok(_) => panic!("the client accepted {line:?}"),
+        Err(e) => e,
+    }
+}
+
+#[test]
+fn a_hello_with_an_altered_confirmation_is_refused() {
+    let doc = documented();
+    let (b, s, confirm) = hello_parts(&doc);
+    assert!(confirm.ends_with('=') && !confirm.ends_with("=="));
+    // Every significant character, changed to another base64 character
+    // (the last one may then carry non-zero trailing bits, which the
+    // client also refuses).
+    for (i, c) in confirm.char_indices().filter(|&(_, c)| c != '=') {
+        let other = if c == 'A' { 'B' } else { 'A' };
+        let mut altered = confirm.clone();
+        altered.replace_range(i..=i, &other.to_string());
+        let e = refused(&doc, &format!("{PROTOCOL} {b} {s} {altered}"));
+        assert!(
+            matches!(e, HandshakeError::BadConfirmation),
+            "confirm altered at {i}: {e:?}"
+        );
+    }
+    for altered in [
+        "",
+        &confirm[..43],
+        &confirm[..40],
+        &format!("{confirm}AAAA"),
+    ] {
+        let e = refused(&doc, &format!("{PROTOCOL} {b} {s} {altered}"));
+        assert!(matches!(e, HandshakeError::BadConfirmation), "{e:?}");
+    }
+}
+
+#[test]
+fn a_hello_with_other_public_values_and_the_same_confirmation_is_refused() {
+    let doc = documented();
+    let (b, s, confirm) = hello_parts(&doc);
+    // Another server's static value (a man in the middle forwarding the real
+    // confirmation but substituting its own key), another ephemeral value,
+    // and the two swapped: each changes the keys, so the confirmation fails.
+    let other = StaticSecret::from_bytes(&[0x42; 32]).unwrap();
+    let s2 = other.public_value().to_hex();
+    assert_ne!(s2, s);
+    for (b, s) in [(&b, &s2), (&s2, &s), (&s, &b)] {
+        let e = refused(&doc, &format!("{PROTOCOL} {b} {s} {confirm}"));
+        assert!(matches!(e, HandshakeError::BadConfirmation), "{e:?}");
+    }
+}
+
+#[test]
+fn a_man_in_the_middle_with_its_own_key_is_caught_by_the_pin() {
+    let doc = documented();
+    // The impostor runs the real server code with its own static key: its
+    // confirmation is valid, so only the pinned fingerprint can tell.
+    let impostor = StaticSecret::from_bytes(&[0x42; 32]).unwrap();
+    let mut hello = Vec::new();
+    handshake::server_with_secret(
+        &mut Cursor::new(client_hello(&doc).into_bytes()),
+        &mut hello,
+        &impostor,
+        EphemeralSecret::from_exponent(exponent(&doc, "server_exponent")),
+    )
+    .unwrap();
+    let hello = String::from_utf8(hello).unwrap();
+    let (_, keyed) = client_against(&doc, hello.trim_end());
+    let keyed = keyed.expect("the impostor proves its own key");
+    let offered = Fingerprint::of(&keyed.server_key);
+    assert_ne!(offered.to_string(), get(&doc, "server_fingerprint"));
+    let pinned = Fingerprint::parse(get(&doc, "server_fingerprint")).unwrap();
+    assert!(known_servers::check(&Trust::Fingerprint(pinned), "127.0.0.1:9000", &offered).is_err());
+}
+
+#[test]
+fn the_client_validates_the_hello_before_anything_else() {
+    let doc = documented();
+    let (b, s, confirm) = hello_parts(&doc);
+    let one = format!("{:0>512}", "1");
+    let p_minus_1 = format!("{:0>512x}", dh::prime() - 1u32);
+    for (b, s) in [(&one, &s), (&b, &one), (&p_minus_1, &s), (&b, &p_minus_1)] {
+        let e = refused(&doc, &format!("{PROTOCOL} {b} {s} {confirm}"));
+        assert!(
+            matches!(e, HandshakeError::BadPublicValue(dh::DhError::OutOfRange)),
+            "{e:?}"
+        );
+    }
+    for line in [
+        format!("{PROTOCOL} {b} {confirm}"),
+        format!("{PROTOCOL} {b} {s} {confirm} extra"),
+        format!("{PROTOCOL} {b}{s} {confirm}"),
+    ] {
+        let e = refused(&doc, &line);
+        assert!(matches!(e, HandshakeError::BadPublicValue(_)), "{e:?}");
+    }
+    // A MUCHAT/1 server's hello is another version.
+    let e = refused(&doc, &format!("MUCHAT/1 {b}"));
+    assert!(
+        matches!(e, HandshakeError::Version(ref v) if v == "MUCHAT/1"),
+        "{e:?}"
+    );
+    let e = refused(&doc, &format!("{PROTOCOL} ERROR go away"));
+    assert!(
+        matches!(e, HandshakeError::Refused(ref why) if why == "go away"),
+        "{e:?}"
+    );
 }
