@@ -1,0 +1,12 @@
+//! Fuzz target: Opener::open with fixed session keys: raw lines, lines with valid tags
+//! over arbitrary contents, encrypted arbitrary heads, and one-bit flips.
+//! The body is `muchat_fuzz::frame_decoder` (fuzz/src/lib.rs), which
+//! tests/fuzz_parsers.rs also runs.
+
+#![no_main]
+
+use libfuzzer_sys::fuzz_target;
+
+fuzz_target!(|data: &[u8]| {
+    muchat_fuzz::frame_decoder(data);
+});
