@@ -137,6 +137,11 @@ impl<R: BufRead> FrameReader<R> {
     pub fn get_ref(&self) -> &R {
         &self.inner
     }
+
+    /// The underlying reader, mutably (to set deadlines).
+    pub fn get_mut(&mut self) -> &mut R {
+        &mut self.inner
+    }
 }
 
 impl<T: std::io::Read> FrameReader<std::io::BufReader<T>> {

@@ -146,7 +146,9 @@ pub fn client_with_secret(
         return Err(HandshakeError::Version(proto));
     }
     if let Some(why) = rest.strip_prefix("ERROR ") {
-        return Err(HandshakeError::Refused(crate::request::truncate(why, 200)));
+        // Shown to the user before any key is checked: neutralise escapes.
+        let why = crate::text::sanitize(&crate::request::truncate(why, 200)).into_owned();
+        return Err(HandshakeError::Refused(why));
     }
     let mut parts = rest.split(' ');
     let (Some(b), Some(st), Some(confirm), None) =

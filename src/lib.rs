@@ -39,3 +39,4 @@ pub mod request;
 pub mod server;
 pub mod store;
 pub mod tdes;
+pub mod text;

@@ -4,7 +4,7 @@
 use std::process::ExitCode;
 use std::time::Duration;
 
-use muchat::loadgen::{fresh_prefix, run, Mode, Options};
+use muchat::loadgen::{fresh_prefix, run, tdes_mb_per_s, Mode, Options};
 
 const USAGE: &str = "\
 usage: loadgen HOST:PORT [mode] [flags]
@@ -15,7 +15,8 @@ Modes (default: fan-out):
         (defaults 50, 1, 2000, 100; W requests in flight per sender, default 64)
   --idle N          hold N logged-in sessions; report server RSS per session
                     (needs --server-pid) and one probe message's latency
-  --storm N         N clients connect, handshake and log in at once
+    --storm N         N clients connect, handshake and log in at once
+  --cipher          measure the des crate's single-core 3DES-CBC MB/s and exit
   --file BYTES [--to user|group]
                     one file to a user, or to a group of 10 (--to group)
 
@@ -67,6 +68,13 @@ fn main() -> ExitCode {
             "--messages" => value("--messages").map(|v| messages = v as usize),
             "--size" => value("--size").map(|v| size = v as usize),
             "--window" => value("--window").map(|v| window = v as usize),
+            "--cipher" => {
+                println!(
+                    "3DES-CBC (des crate, one core): {:.2} MB/s",
+                    tdes_mb_per_s(32 << 20)
+                );
+                return ExitCode::SUCCESS;
+            }
             "--idle" => value("--idle").map(|v| {
                 mode = Some(Mode::Idle {
                     sessions: v as usize,

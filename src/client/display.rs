@@ -18,37 +18,11 @@
 //! Everything that came from another user passes through [`sanitize`], so a
 //! message cannot move the cursor, change colours or reorder the line.
 
-use std::borrow::Cow;
-use std::fmt::Write as _;
-
 use crate::clock::format_ms;
 use crate::event::Reply;
+pub use crate::text::sanitize;
 
-use super::downloads::is_bidi_control;
 use super::ClientEvent;
-
-/// Replaces control characters (C0, DEL, C1, including newlines) and
-/// bidirectional overrides with visible escapes like `\x1b` or `\u{202e}`.
-pub fn sanitize(text: &str) -> Cow<'_, str> {
-    if !text.chars().any(|c| c.is_control() || is_bidi_control(c)) {
-        return Cow::Borrowed(text);
-    }
-    let mut out = String::with_capacity(text.len() + 8);
-    for c in text.chars() {
-        match c {
-            '\n' => out.push_str("\\n"),
-            '\t' => out.push_str("\\t"),
-            c if (c as u32) < 0x80 && c.is_control() => {
-                let _ = write!(out, "\\x{:02x}", c as u32);
-            }
-            c if c.is_control() || is_bidi_control(c) => {
-                let _ = write!(out, "\\u{{{:x}}}", c as u32);
-            }
-            c => out.push(c),
-        }
-    }
-    Cow::Owned(out)
-}
 
 /// The line for a reply.
 pub fn reply_line(reply: &Reply) -> String {
@@ -128,15 +102,6 @@ pub fn event_line(event: &ClientEvent) -> String {
 mod tests {
     use super::*;
     use crate::names::{Conversation, GroupName, Username};
-
-    #[test]
-    fn escapes_cannot_reach_the_terminal() {
-        assert_eq!(sanitize("plain text"), "plain text");
-        assert_eq!(sanitize("a\x1b[2Jb"), "a\\x1b[2Jb");
-        assert_eq!(sanitize("bell\x07\r\n"), "bell\\x07\\x0d\\n");
-        assert_eq!(sanitize("c1\u{9b}31m"), "c1\\u{9b}31m");
-        assert_eq!(sanitize("rtl\u{202e}txt"), "rtl\\u{202e}txt");
-    }
 
     #[test]
     fn message_line_format() {

@@ -17,6 +17,7 @@ use sha2::{Digest, Sha256};
 
 use crate::content::{Body, ContentKey};
 use crate::event::FileStart;
+use crate::text::is_bidi_control;
 
 use super::ClientEvent;
 
@@ -76,11 +77,9 @@ impl Downloads {
         }
         let temp = self.dir.join(format!(".muchat-{id}.part"));
         let opened = fs::create_dir_all(&self.dir).and_then(|()| {
-            OpenOptions::new()
-                .write(true)
-                .create(true)
-                .truncate(true)
-                .open(&temp)
+            // A fresh file, never through a link someone left at that name.
+            let _ = fs::remove_file(&temp);
+            OpenOptions::new().write(true).create_new(true).open(&temp)
         });
         match opened {
             Ok(file) => {
@@ -296,11 +295,6 @@ pub fn safe_file_name(name: &str, id: u64) -> String {
     } else {
         out
     }
-}
-
-/// Characters that reorder text on screen (Trojan Source style tricks).
-pub(crate) fn is_bidi_control(c: char) -> bool {
-    matches!(c, '\u{202A}'..='\u{202E}' | '\u{2066}'..='\u{2069}' | '\u{200E}' | '\u{200F}' | '\u{061C}')
 }
 
 #[cfg(test)]

@@ -66,14 +66,22 @@ enum Key {
 
 #[derive(Debug, Clone, Copy)]
 struct Failures {
+    /// Attempts counted as failed, including ones still being checked.
     count: u32,
+    /// When the latest throttled attempt was (or will be) checked.
+    slot: Instant,
+    /// The latest activity, for lapsing.
     last: Instant,
 }
 
 /// Login throttling: after [`FREE_LOGIN_FAILURES`] failures for an account
 /// or a source address, each further attempt waits `base`, then twice that,
-/// and so on up to `cap`. A success clears both counts; counts also lapse
-/// once no failure has happened for four times the cap.
+/// and so on up to `cap`. Attempts are scheduled one after another, so
+/// guesses sent in parallel wait in turn instead of sharing one wait.
+/// A success clears the account's count, and takes that account's failures
+/// off the address's count (so logging in to your own account does not
+/// clear the count a password sprayer built up against others). Counts
+/// lapse once nothing has happened for four times the cap.
 pub struct LoginThrottle {
     base: Duration,
     cap: Duration,
@@ -93,52 +101,55 @@ impl LoginThrottle {
         }
     }
 
-    fn delay(&self, f: Option<&Failures>, now: Instant) -> Duration {
-        let Some(f) = f else { return Duration::ZERO };
-        if f.count < FREE_LOGIN_FAILURES || now.duration_since(f.last) > self.cap * 4 {
-            return Duration::ZERO;
-        }
-        let exp = (f.count - FREE_LOGIN_FAILURES).min(20);
-        let delay = self.base.saturating_mul(1 << exp).min(self.cap);
-        (f.last + delay).saturating_duration_since(now)
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<Key, Failures>> {
+        self.failures.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// How long an attempt for `user` from `addr` must wait before it is checked.
-    pub fn wait_before(&self, user: &Username, addr: IpAddr) -> Duration {
+    /// Starts an attempt for `user` from `addr`: counts it as failed until
+    /// [`succeeded`](Self::succeeded) says otherwise, and returns how long
+    /// it must wait before the password is checked.
+    pub fn begin(&self, user: &Username, addr: IpAddr) -> Duration {
         let now = Instant::now();
-        let map = self.failures.lock().unwrap_or_else(|e| e.into_inner());
-        let a = self.delay(map.get(&Key::Account(user.clone())), now);
-        let b = self.delay(map.get(&Key::Address(addr)), now);
-        a.max(b)
-    }
-
-    /// Records a failed attempt.
-    pub fn failed(&self, user: &Username, addr: IpAddr) {
-        let now = Instant::now();
-        let mut map = self.failures.lock().unwrap_or_else(|e| e.into_inner());
+        let lapse = self.cap * 4;
+        let mut map = self.lock();
         if map.len() >= SWEEP_AT {
-            let lapse = self.cap * 4;
             map.retain(|_, f| now.duration_since(f.last) <= lapse);
         }
+        let mut wait = Duration::ZERO;
         for key in [Key::Account(user.clone()), Key::Address(addr)] {
-            let lapsed = self.cap * 4;
             let f = map.entry(key).or_insert(Failures {
                 count: 0,
+                slot: now,
                 last: now,
             });
-            if now.duration_since(f.last) > lapsed {
-                f.count = 0;
+            if now.duration_since(f.last) > lapse {
+                *f = Failures {
+                    count: 0,
+                    slot: now,
+                    last: now,
+                };
             }
             f.count = f.count.saturating_add(1);
             f.last = now;
+            if f.count > FREE_LOGIN_FAILURES {
+                let exp = (f.count - 1 - FREE_LOGIN_FAILURES).min(20);
+                let delay = self.base.saturating_mul(1 << exp).min(self.cap);
+                f.slot = f.slot.max(now) + delay;
+                wait = wait.max(f.slot - now);
+            }
         }
+        wait
     }
 
-    /// Records a successful login: both counts start again.
+    /// The attempt begun for `user` from `addr` succeeded.
     pub fn succeeded(&self, user: &Username, addr: IpAddr) {
-        let mut map = self.failures.lock().unwrap_or_else(|e| e.into_inner());
-        map.remove(&Key::Account(user.clone()));
-        map.remove(&Key::Address(addr));
+        let mut map = self.lock();
+        let against_user = map
+            .remove(&Key::Account(user.clone()))
+            .map_or(1, |f| f.count);
+        if let Some(f) = map.get_mut(&Key::Address(addr)) {
+            f.count = f.count.saturating_sub(against_user);
+        }
     }
 }
 
@@ -199,32 +210,46 @@ mod tests {
     }
 
     #[test]
-    fn logins_back_off_exponentially_and_reset_on_success() {
+    fn logins_back_off_exponentially_in_turn_and_reset_on_success() {
         let t = LoginThrottle::new(Duration::from_millis(100), Duration::from_secs(1));
         let (u, ip) = (
             Username::parse("alice").unwrap(),
             IpAddr::from([10, 0, 0, 1]),
         );
         for _ in 0..FREE_LOGIN_FAILURES {
-            assert_eq!(t.wait_before(&u, ip), Duration::ZERO);
-            t.failed(&u, ip);
+            assert_eq!(t.begin(&u, ip), Duration::ZERO);
         }
-        let first = t.wait_before(&u, ip);
-        assert!(first > Duration::from_millis(50) && first <= Duration::from_millis(100));
-        t.failed(&u, ip);
-        assert!(
-            t.wait_before(&u, ip) > Duration::from_millis(150),
-            "doubles"
-        );
+        let first = t.begin(&u, ip);
+        assert!(first > Duration::from_millis(90) && first <= Duration::from_millis(100));
+        // A second attempt at once waits for the first's slot and then twice as long.
+        let second = t.begin(&u, ip);
+        assert!(second > Duration::from_millis(290), "{second:?}");
         for _ in 0..30 {
-            t.failed(&u, ip);
+            t.begin(&u, ip);
         }
-        assert!(t.wait_before(&u, ip) <= Duration::from_secs(1), "capped");
         // Another account from the same address waits too.
         let bob = Username::parse("bob").unwrap();
-        assert!(t.wait_before(&bob, ip) > Duration::ZERO);
+        assert!(t.begin(&bob, ip) > Duration::ZERO);
         t.succeeded(&u, ip);
-        assert_eq!(t.wait_before(&u, ip), Duration::ZERO);
+        let fresh = IpAddr::from([10, 0, 0, 2]);
+        assert_eq!(
+            t.begin(&u, fresh),
+            Duration::ZERO,
+            "the account count was cleared"
+        );
+    }
+
+    #[test]
+    fn your_own_login_does_not_clear_failures_against_others() {
+        let t = LoginThrottle::new(Duration::from_millis(100), Duration::from_secs(1));
+        let ip = IpAddr::from([10, 0, 0, 9]);
+        for i in 0..4 {
+            t.begin(&Username::parse(&format!("victim{i}")).unwrap(), ip);
+        }
+        let me = Username::parse("mallory").unwrap();
+        t.begin(&me, ip);
+        t.succeeded(&me, ip);
+        assert!(t.begin(&Username::parse("victim9").unwrap(), ip) > Duration::ZERO);
     }
 
     #[test]

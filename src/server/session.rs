@@ -75,10 +75,6 @@ fn start(
     let keyed = handshake::server(&mut reader, &mut writer, &shared.identity)
         .map_err(|e| format!("handshake failed: {e}"))?;
     reader.get_mut().deadline = None;
-    // From here a read that waits half the idle timeout wakes the session
-    // to send a PING.
-    let ping_after = (shared.config.idle_timeout / 2).max(Duration::from_millis(10));
-    stream.set_read_timeout(Some(ping_after)).map_err(io)?;
     let outbox = outbox::spawn(writer, keyed.sealer, shared.config.outbox).map_err(io)?;
     shared.register(id, outbox.clone());
     let session = Session {
@@ -96,7 +92,7 @@ fn start(
 
 /// The socket's read side with an optional overall deadline: each read may
 /// wait only for what is left of it, so a peer trickling one byte at a time
-/// cannot stretch the handshake.
+/// cannot stretch the handshake, or a frame, past its deadline.
 struct Timed {
     stream: TcpStream,
     deadline: Option<Instant>,
@@ -109,13 +105,13 @@ impl Read for Timed {
             if left.is_zero() {
                 return Err(std::io::Error::new(
                     std::io::ErrorKind::TimedOut,
-                    "handshake took too long",
+                    "took too long",
                 ));
             }
             self.stream.set_read_timeout(Some(left))?;
             return self.stream.read(buf).map_err(|e| match e.kind() {
                 std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut => {
-                    std::io::Error::new(std::io::ErrorKind::TimedOut, "handshake took too long")
+                    std::io::Error::new(std::io::ErrorKind::TimedOut, "took too long")
                 }
                 _ => e,
             });
@@ -151,7 +147,12 @@ impl Session {
         // The number of a PING sent and not yet answered by any frame.
         let mut ping: Option<u64> = None;
         let mut pings = 0;
+        // Each frame must arrive whole within half the idle timeout, or the
+        // session is pinged (and closed the second time): a peer trickling
+        // bytes is as idle as a silent one.
+        let ping_after = (self.shared.config.idle_timeout / 2).max(Duration::from_millis(10));
         loop {
+            reader.get_mut().get_mut().deadline = Some(Instant::now() + ping_after);
             let frame = match reader.read_frame() {
                 Ok(Some(f)) => f,
                 Ok(None) => return "client closed the connection".into(),
@@ -473,13 +474,12 @@ impl Session {
         }
         // Repeated failures make each further attempt wait (same wait, same
         // reply, whether or not the account exists).
-        let wait = self.shared.throttle.wait_before(username, self.peer);
+        let wait = self.shared.throttle.begin(username, self.peer);
         if !wait.is_zero() {
             std::thread::sleep(wait);
         }
         let verifier = self.shared.state().verifier(username);
         if !self.shared.passwords.check(verifier.as_deref(), password) {
-            self.shared.throttle.failed(username, self.peer);
             log!("conn {}: failed login as {username}", self.id);
             return Err(Failure(
                 ErrorCode::LoginFailed,

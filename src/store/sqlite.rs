@@ -130,12 +130,23 @@ impl SqliteStore {
     /// naming the path if the directory cannot be created or written, or the
     /// database is corrupt or from a newer version.
     pub fn open(dir: &Path) -> StoreResult<SqliteStore> {
+        let existed = dir.exists();
         std::fs::create_dir_all(dir).map_err(|e| {
             StoreError(format!(
                 "cannot create data directory {}: {e}",
                 dir.display()
             ))
         })?;
+        if !existed {
+            // Messages and their keys live here: only the server's user may read them.
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700)).map_err(|e| {
+                StoreError(format!(
+                    "cannot restrict data directory {}: {e}",
+                    dir.display()
+                ))
+            })?;
+        }
         let path = dir.join(DB_FILE);
         let problem = |e: &dyn std::fmt::Display| StoreError(format!("{}: {e}", path.display()));
         let writer = open_connection(&path).map_err(|e| problem(&e))?;
