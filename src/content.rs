@@ -120,19 +120,49 @@ impl fmt::Debug for ContentKey {
 #[derive(Clone, PartialEq, Eq)]
 pub struct Body(Arc<str>);
 
+/// Checks that `text` is base64 of at least two whole 3DES blocks.
+fn check_ciphertext(text: &str) -> Result<(), ContentError> {
+    let len = base64::decoded_len_estimate(text.len());
+    let mut scratch = vec![0u8; len];
+    let n = B64
+        .decode_slice(text, &mut scratch)
+        .map_err(|_| ContentError::BadBase64)?;
+    if n < 2 * tdes::BLOCK_LEN || !n.is_multiple_of(tdes::BLOCK_LEN) {
+        return Err(ContentError::BadCiphertext);
+    }
+    Ok(())
+}
+
 impl Body {
-    /// Wraps base64 text received on the wire, checking that it decodes to
-    /// at least two whole blocks (an IV and one block of ciphertext).
+    /// Wraps text received on the wire: base64 of at least two whole blocks
+    /// (an IV and one block of ciphertext), or two such parts joined by `:`
+    /// (an envelope and its content, see [`Body::enveloped`]).
     pub fn from_wire(text: &str) -> Result<Self, ContentError> {
-        let len = base64::decoded_len_estimate(text.len());
-        let mut scratch = vec![0u8; len];
-        let n = B64
-            .decode_slice(text, &mut scratch)
-            .map_err(|_| ContentError::BadBase64)?;
-        if n < 2 * tdes::BLOCK_LEN || !n.is_multiple_of(tdes::BLOCK_LEN) {
-            return Err(ContentError::BadCiphertext);
+        match text.split_once(':') {
+            Some((envelope, content)) => {
+                check_ciphertext(envelope)?;
+                check_ciphertext(content)?;
+            }
+            None => check_ciphertext(text)?,
         }
         Ok(Body(text.into()))
+    }
+
+    /// An envelope (sealed once per group message under the group key)
+    /// followed by the sender's content, unchanged: `envelope ":" content`.
+    pub fn enveloped(envelope: &Body, content: &Body) -> Body {
+        Body(format!("{}:{}", envelope.as_str(), content.as_str()).into())
+    }
+
+    /// For an enveloped body, its two parts.
+    pub fn split_envelope(&self) -> Option<(Body, Body)> {
+        let (e, c) = self.0.split_once(':')?;
+        Some((Body(e.into()), Body(c.into())))
+    }
+
+    /// Whether this is plain content (not an envelope and content).
+    pub fn is_plain(&self) -> bool {
+        !self.0.contains(':')
     }
 
     /// The base64 text as it appears on the wire.

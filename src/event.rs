@@ -17,15 +17,22 @@
 //! FILE_ABORT <id> <reason>
 //! HIST <id> <unix-ms> <from> <@user|#group> <content-key>         + body
 //! HIST_FILE <id> <unix-ms> <from> <@user|#group> <size> <sha256-hex> <file name>
+//! GROUP_KEY <group> <key-id> <key>
+//! GMSG <key-id>                                    + envelope ":" content
 //! PING <n>
 //! BYE <reason>
 //! ```
+//!
+//! `GMSG` is how live group messages travel: the server seals the message's
+//! details (`<id> <unix-ms> <from> #<group> <content-key>`) once, under the
+//! group's key (sent to members as `GROUP_KEY`), so each recipient's frame
+//! needs only a one-block head under its session key and its MAC.
 
 use std::fmt;
 
 use crate::content::{Body, ContentKey};
 use crate::frame::Frame;
-use crate::names::{Conversation, Username};
+use crate::names::{Conversation, GroupName, Username};
 use crate::request::{format_sha256, parse_sha256};
 
 /// Machine-readable error codes; the text after the code is for people.
@@ -155,6 +162,55 @@ pub struct Delivery {
     pub body: Body,
 }
 
+impl Delivery {
+    /// The envelope's plaintext: the delivery without its body.
+    fn envelope_text(&self) -> String {
+        let Delivery {
+            id,
+            at_ms,
+            from,
+            to,
+            key,
+            ..
+        } = self;
+        format!("{id} {at_ms} {from} {to} {}", key.to_b64())
+    }
+
+    /// 3DES blocks sealing this delivery's envelope takes (for key limits).
+    pub fn envelope_blocks(&self) -> u64 {
+        (crate::tdes::padded_len(self.envelope_text().len()) / crate::tdes::BLOCK_LEN) as u64
+    }
+
+    /// The `GMSG` body: this delivery's envelope sealed once under the
+    /// group's key, then the sender's content unchanged.
+    pub fn seal_for_group(&self, group_key: &ContentKey) -> Body {
+        let envelope = group_key.seal(self.envelope_text().as_bytes());
+        Body::enveloped(&envelope, &self.body)
+    }
+
+    /// Opens a `GMSG` body with the group key its head named.
+    pub fn open_group(group_key: &ContentKey, body: &Body) -> Result<Delivery, BadServerMessage> {
+        let bad = |what: &str| BadServerMessage(format!("GMSG: {what}"));
+        let (envelope, content) = body.split_envelope().ok_or_else(|| bad("no envelope"))?;
+        let text = group_key
+            .open(&envelope)
+            .map_err(|_| bad("envelope does not decrypt"))?;
+        let text = String::from_utf8(text).map_err(|_| bad("envelope is not text"))?;
+        let mut t = text.split(' ');
+        let mut next = || t.next().ok_or_else(|| bad("short envelope"));
+        let num = |s: &str| s.parse::<u64>().map_err(|_| bad("bad number"));
+        let d = Delivery {
+            id: num(next()?)?,
+            at_ms: num(next()?)?,
+            from: Username::parse(next()?).map_err(|_| bad("bad sender"))?,
+            to: Conversation::parse(next()?).map_err(|_| bad("bad target"))?,
+            key: ContentKey::from_b64(next()?).map_err(|_| bad("bad content key"))?,
+            body: content,
+        };
+        Ok(d)
+    }
+}
+
 /// The start of an incoming file.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct FileStart {
@@ -234,6 +290,22 @@ pub enum ServerMessage {
     HistoryFile(FileStart),
     /// The server checks the connection is alive; answer `PONG <n>`.
     Ping(u64),
+    /// A group's current key, for opening `GMSG` envelopes.
+    GroupKey {
+        /// The group.
+        group: GroupName,
+        /// Identifies the key in `GMSG` heads.
+        key_id: u64,
+        /// The key.
+        key: ContentKey,
+    },
+    /// A live group message: an envelope under a group key, then content.
+    GroupMsg {
+        /// Which group key sealed the envelope.
+        key_id: u64,
+        /// `envelope ":" content`.
+        body: Body,
+    },
     /// The server is closing this connection.
     Bye(String),
 }
@@ -274,6 +346,12 @@ impl ServerMessage {
             ServerMessage::FileAbort(id, why) => (format!("FILE_ABORT {id} {why}"), None),
             ServerMessage::Bye(why) => (format!("BYE {why}"), None),
             ServerMessage::Ping(n) => (format!("PING {n}"), None),
+            ServerMessage::GroupKey { group, key_id, key } => {
+                (format!("GROUP_KEY {group} {key_id} {}", key.to_b64()), None)
+            }
+            ServerMessage::GroupMsg { key_id, body } => {
+                (format!("GMSG {key_id}"), Some(body.clone()))
+            }
         };
         Frame { head, body }
     }
@@ -344,6 +422,21 @@ impl ServerMessage {
             }
             "BYE" => ServerMessage::Bye(args.to_string()),
             "PING" => ServerMessage::Ping(num(args)?),
+            "GROUP_KEY" => ServerMessage::GroupKey {
+                group: GroupName::parse(next()?).map_err(|_| bad())?,
+                key_id: num(next()?)?,
+                key: ContentKey::from_b64(next()?).map_err(|_| bad())?,
+            },
+            "GMSG" => {
+                let body = body()?;
+                if body.is_plain() {
+                    return Err(bad());
+                }
+                ServerMessage::GroupMsg {
+                    key_id: num(args)?,
+                    body,
+                }
+            }
             _ => return Err(bad()),
         })
     }
@@ -407,6 +500,18 @@ mod tests {
             ServerMessage::FileAbort(18, "sender left".into()),
             ServerMessage::Bye("server shutting down".into()),
             ServerMessage::Ping(3),
+            ServerMessage::GroupKey {
+                group: GroupName::parse("g").unwrap(),
+                key_id: 4,
+                key: ContentKey::random(),
+            },
+            ServerMessage::GroupMsg {
+                key_id: 4,
+                body: Body::enveloped(
+                    &ContentKey::random().seal(b"m"),
+                    &ContentKey::random().seal(b"c"),
+                ),
+            },
         ];
         for m in all {
             assert_eq!(ServerMessage::parse(m.to_frame()), Ok(m.clone()));

@@ -5,7 +5,8 @@
 //! To measure the server rather than itself, the generator decrypts only
 //! a sample of message bodies (every `sample`-th per receiver, each of which
 //! is also a latency probe: the sender stamps its send time into the text).
-//! Every frame's MAC is still checked and every head decrypted. Receivers
+//! Every frame's MAC is still checked, every head decrypted, and every
+//! group envelope opened (it carries the id to acknowledge). Receivers
 //! acknowledge what they receive, as real clients do, so the server's
 //! pending queues are exercised too.
 //!
@@ -23,7 +24,7 @@ use crossbeam_channel::{bounded, unbounded, Receiver, Sender};
 use crate::clock::now_ms;
 use crate::connection::{FrameReader, FrameWriter};
 use crate::content::ContentKey;
-use crate::event::{ErrorCode, Reply, ServerMessage};
+use crate::event::{Delivery, ErrorCode, Reply, ServerMessage};
 use crate::frame::Frame;
 use crate::handshake;
 use crate::names::{GroupName, Username};
@@ -332,6 +333,18 @@ struct Received {
     decrypted: u64,
 }
 
+impl Received {
+    /// Decrypts a delivery's body and records its latency.
+    fn sample(&mut self, d: &Delivery) {
+        if let Ok(text) = d.key.open(&d.body) {
+            self.decrypted += 1;
+            if let Some(sent_us) = stamp(&text) {
+                self.latencies_us.push(now_us().saturating_sub(sent_us));
+            }
+        }
+    }
+}
+
 /// Reads deliveries until `expected` arrive or `stop` passes; replies go
 /// to `replies`. Acknowledges in batches, as a real client does.
 fn receive(
@@ -349,6 +362,7 @@ fn receive(
     };
     let mut acks = Vec::new();
     let sample = sample.max(1) as u64;
+    let mut group_keys = std::collections::HashMap::new();
     loop {
         if got.count >= expected && replies.is_none() {
             break;
@@ -358,17 +372,31 @@ fn receive(
             _ => break,
         };
         match ServerMessage::parse(frame) {
+            Ok(ServerMessage::GroupKey { key_id, key, .. }) => {
+                group_keys.insert(key_id, key);
+            }
+            Ok(ServerMessage::GroupMsg { key_id, body }) => {
+                // The envelope holds the id to acknowledge: opening it is
+                // one small decryption per delivery, as for any client.
+                let Some(d) = group_keys
+                    .get(&key_id)
+                    .and_then(|k| Delivery::open_group(k, &body).ok())
+                else {
+                    break;
+                };
+                got.count += 1;
+                total.fetch_add(1, Ordering::Relaxed);
+                acks.push(d.id);
+                if got.count % sample == 1 || sample == 1 {
+                    got.sample(&d);
+                }
+            }
             Ok(ServerMessage::Msg(d)) => {
                 got.count += 1;
                 total.fetch_add(1, Ordering::Relaxed);
                 acks.push(d.id);
                 if got.count % sample == 1 || sample == 1 {
-                    if let Ok(text) = d.key.open(&d.body) {
-                        got.decrypted += 1;
-                        if let Some(sent_us) = stamp(&text) {
-                            got.latencies_us.push(now_us().saturating_sub(sent_us));
-                        }
-                    }
+                    got.sample(&d);
                 }
             }
             Ok(ServerMessage::Reply(r)) => {

@@ -341,6 +341,9 @@ impl Request {
         }
         let needs_body = matches!(verb.as_str(), "SEND" | "SEND_TO_GROUP" | "CHUNK");
         let body = match (needs_body, body) {
+            (true, Some(b)) if !b.is_plain() => {
+                return Err(ParseError::Usage(usage_of(&verb)));
+            }
             (true, Some(b)) => {
                 let max = if verb == "CHUNK" {
                     MAX_CHUNK_BODY_LEN

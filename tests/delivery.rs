@@ -215,3 +215,60 @@ fn chat_interleaves_with_a_transfer() {
         }
     ));
 }
+
+/// Live group messages travel in envelopes under a group key; a member who
+/// leaves makes the key change, so it cannot open what is sent after.
+#[test]
+fn group_keys_change_when_a_member_leaves() {
+    use muchat::event::{Delivery, ServerMessage};
+    let server = start_server();
+    let alice = login(&server, "alice");
+    ok(&alice, "CREATE_GROUP g");
+    let join = |name: &str| {
+        let mut raw = Raw::connect(&server);
+        for line in [
+            format!("CREATE_USER {name} {name} pw"),
+            format!("LOGIN {name} pw"),
+            "JOIN g".to_string(),
+        ] {
+            assert!(
+                matches!(raw.request(&line), muchat::event::Reply::Ok(_)),
+                "{line}"
+            );
+        }
+        raw
+    };
+    let mut bob = join("bob");
+    let mut carol = join("carol");
+    // Reads carol's frames up to the next group message, returning it raw.
+    let mut next_gmsg = |carol: &mut Raw| loop {
+        let f = carol.reader.read_frame().unwrap().unwrap();
+        match ServerMessage::parse(f).unwrap() {
+            ServerMessage::GroupKey { key_id, key, .. } => {
+                carol.group_keys.insert(key_id, key);
+            }
+            ServerMessage::GroupMsg { key_id, body } => return (key_id, body),
+            other => panic!("unexpected {other:?}"),
+        }
+    };
+    ok(&alice, "SEND_TO_GROUP g before");
+    let (k1, body) = next_gmsg(&mut carol);
+    let d = Delivery::open_group(&carol.group_keys[&k1], &body).unwrap();
+    assert_eq!(d.key.open(&d.body).unwrap(), b"before");
+    assert_eq!(bob.recv_message_text(), "before");
+    assert!(bob.group_keys.contains_key(&k1));
+
+    assert!(matches!(
+        bob.request("LEAVE g"),
+        muchat::event::Reply::Ok(_)
+    ));
+    ok(&alice, "SEND_TO_GROUP g after");
+    let (k2, body) = next_gmsg(&mut carol);
+    assert_ne!(k1, k2, "the key changed when bob left");
+    let d = Delivery::open_group(&carol.group_keys[&k2], &body).unwrap();
+    assert_eq!(d.key.open(&d.body).unwrap(), b"after");
+    // Bob's keys, had he captured the frame, do not open it.
+    for k in bob.group_keys.values() {
+        assert!(Delivery::open_group(k, &body).is_err());
+    }
+}

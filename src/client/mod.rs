@@ -39,7 +39,7 @@ use sha2::{Digest, Sha256};
 use crate::command::Command;
 use crate::connection::{FrameReader, FrameWriter, ReadError};
 use crate::content::ContentKey;
-use crate::event::{Reply, ServerMessage};
+use crate::event::{Delivery, Reply, ServerMessage};
 use crate::frame::Frame;
 use crate::handshake::{self, HandshakeError};
 use crate::names::{Conversation, GroupName, Username};
@@ -635,6 +635,33 @@ impl Seen {
     }
 }
 
+/// The group keys this session was given, by id; a few recent ones per
+/// group, so messages sealed just before a key change still open.
+#[derive(Default)]
+struct GroupKeys {
+    by_id: HashMap<u64, ContentKey>,
+    recent: HashMap<GroupName, VecDeque<u64>>,
+}
+
+impl GroupKeys {
+    const KEEP: usize = 4;
+
+    fn insert(&mut self, group: GroupName, id: u64, key: ContentKey) {
+        self.by_id.insert(id, key);
+        let ids = self.recent.entry(group).or_default();
+        ids.push_back(id);
+        if ids.len() > Self::KEEP {
+            if let Some(old) = ids.pop_front() {
+                self.by_id.remove(&old);
+            }
+        }
+    }
+
+    fn get(&self, id: u64) -> Option<&ContentKey> {
+        self.by_id.get(&id)
+    }
+}
+
 /// Decrypts a delivered or historical message.
 fn open_message(d: crate::event::Delivery, history: bool) -> ClientEvent {
     match d.key.open(&d.body) {
@@ -666,6 +693,7 @@ fn read_loop(
         acks,
     } = incoming;
     let mut seen = Seen::new();
+    let mut group_keys = GroupKeys::default();
     let mut to_ack: Vec<u64> = Vec::new();
     let mut bye = None;
     let reason = loop {
@@ -696,6 +724,29 @@ fn read_loop(
                     vec![open_message(d, false)]
                 } else {
                     Vec::new()
+                }
+            }
+            ServerMessage::GroupKey { group, key_id, key } => {
+                group_keys.insert(group, key_id, key);
+                continue;
+            }
+            ServerMessage::GroupMsg { key_id, body } => {
+                let opened = group_keys
+                    .get(key_id)
+                    .ok_or_else(|| format!("no group key {key_id}"))
+                    .and_then(|k| Delivery::open_group(k, &body).map_err(|e| e.to_string()));
+                match opened {
+                    Ok(d) => {
+                        to_ack.push(d.id);
+                        if seen.first(d.id) {
+                            vec![open_message(d, false)]
+                        } else {
+                            Vec::new()
+                        }
+                    }
+                    // Without the envelope there is no id to acknowledge:
+                    // the message stays pending and comes again at login.
+                    Err(e) => break format!("undecodable group message: {e}"),
                 }
             }
             ServerMessage::History(d) => vec![open_message(d, true)],

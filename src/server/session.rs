@@ -563,11 +563,28 @@ impl Session {
         self.commit_then_reply(batch, move |shared, saved| {
             let mut total = 0;
             for (message, members) in saved {
-                // The sender's other sessions see the group message too.
-                let sessions = shared
-                    .state()
-                    .sessions_of(members.iter().chain([&me]), session);
-                total += deliver(&sessions, &Outgoing::from(&announce(message, false)));
+                let ServerMessage::Msg(delivery) = announce(message, false) else {
+                    continue;
+                };
+                let Conversation::Group(group) = &delivery.to else {
+                    continue;
+                };
+                let (sessions, key) = {
+                    let mut state = shared.state();
+                    // The sender's other sessions see the group message too.
+                    let sessions = state.sessions_of(members.iter().chain([&me]), session);
+                    (sessions, state.group_key(group, delivery.envelope_blocks()))
+                };
+                // The envelope is sealed once; each recipient's frame adds
+                // only a one-block head and a MAC.
+                let frame = match key {
+                    Some(k) => ServerMessage::GroupMsg {
+                        key_id: k.id,
+                        body: delivery.seal_for_group(&k.key),
+                    },
+                    None => ServerMessage::Msg(delivery),
+                };
+                total += deliver(&sessions, &Outgoing::from(&frame));
             }
             let ids: Vec<String> = saved.iter().map(|(m, _)| m.id.to_string()).collect();
             format!(

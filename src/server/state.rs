@@ -10,11 +10,12 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
-use crate::event::ErrorCode;
+use crate::content::ContentKey;
+use crate::event::{ErrorCode, ServerMessage};
 use crate::names::{GroupName, Username};
 use crate::store::{GroupRecord, Snapshot, UserRecord};
 
-use super::outbox::Outbox;
+use super::outbox::{Outbox, Outgoing};
 
 /// A refused request: the code and the text of its `ERR` reply.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -45,7 +46,26 @@ struct Group {
     #[allow(dead_code)] // kept for moderation rights later
     owner: Username,
     members: BTreeSet<Username>,
+    /// The key live messages to this group are enveloped under.
+    key: GroupKey,
 }
+
+/// A group's current envelope key. Kept in memory only: members get it
+/// (as `GROUP_KEY`) when they log in, join, or it changes, and pending and
+/// historical messages travel under session keys instead.
+#[derive(Clone)]
+pub struct GroupKey {
+    /// Names the key in `GMSG` heads; unique for the server's run.
+    pub id: u64,
+    /// The 3DES key.
+    pub key: ContentKey,
+    /// Blocks sealed under it so far (it is replaced before 2^20).
+    blocks: u64,
+}
+
+/// Blocks a group key may seal before it is replaced (NIST SP 800-67's
+/// 2^20 limit for one 3DES key, with room for one more envelope).
+const GROUP_KEY_BLOCKS: u64 = (1 << 20) - 64;
 
 /// Accounts, groups and live sessions.
 #[derive(Default)]
@@ -54,6 +74,8 @@ pub struct State {
     accounts: HashMap<Username, String>,
     groups: BTreeMap<GroupName, Group>,
     online: HashMap<Username, Vec<Online>>,
+    /// The last group key id handed out.
+    last_key_id: u64,
 }
 
 impl State {
@@ -70,7 +92,15 @@ impl State {
                 members,
             } = g;
             let members = members.into_iter().collect();
-            state.groups.insert(name, Group { owner, members });
+            let key = state.new_group_key();
+            state.groups.insert(
+                name,
+                Group {
+                    owner,
+                    members,
+                    key,
+                },
+            );
         }
         state
     }
@@ -95,9 +125,54 @@ impl State {
         self.accounts.get(username).cloned()
     }
 
-    /// Marks a session as logged in as `user`.
+    fn new_group_key(&mut self) -> GroupKey {
+        self.last_key_id += 1;
+        GroupKey {
+            id: self.last_key_id,
+            key: ContentKey::random(),
+            blocks: 0,
+        }
+    }
+
+    /// Marks a session as logged in as `user` and hands it the keys of the
+    /// user's groups first, so no group message can reach it before its key.
     pub fn add_session(&mut self, user: &Username, online: Online) {
+        for (name, g) in &self.groups {
+            if g.members.contains(user) {
+                let _ = online.outbox.send(Outgoing::from(&key_event(name, &g.key)));
+            }
+        }
         self.online.entry(user.clone()).or_default().push(online);
+    }
+
+    /// The key to envelope a message of `blocks` blocks for `group`,
+    /// replacing it first (and telling the online members) if it is worn out.
+    pub fn group_key(&mut self, group: &GroupName, blocks: u64) -> Option<GroupKey> {
+        let worn = self.groups.get(group)?.key.blocks + blocks > GROUP_KEY_BLOCKS;
+        if worn {
+            self.rotate_group_key(group);
+        }
+        let g = self.groups.get_mut(group)?;
+        g.key.blocks += blocks;
+        Some(g.key.clone())
+    }
+
+    /// Gives a group a fresh key and sends it to its online members.
+    fn rotate_group_key(&mut self, group: &GroupName) {
+        let key = self.new_group_key();
+        let Some(g) = self.groups.get_mut(group) else {
+            return;
+        };
+        g.key = key;
+        let event = Outgoing::from(&key_event(group, &g.key));
+        for o in g
+            .members
+            .iter()
+            .filter_map(|m| self.online.get(m))
+            .flatten()
+        {
+            let _ = o.outbox.send(event.clone());
+        }
     }
 
     /// Forgets a session; the user goes offline with their last one.
@@ -123,7 +198,23 @@ impl State {
     pub fn add_group(&mut self, creator: &Username, group: &GroupName) {
         let members = BTreeSet::from([creator.clone()]);
         let owner = creator.clone();
-        self.groups.insert(group.clone(), Group { owner, members });
+        let key = self.new_group_key();
+        self.send_key_to_user(creator, group, &key);
+        self.groups.insert(
+            group.clone(),
+            Group {
+                owner,
+                members,
+                key,
+            },
+        );
+    }
+
+    fn send_key_to_user(&self, user: &Username, group: &GroupName, key: &GroupKey) {
+        let event = Outgoing::from(&key_event(group, key));
+        for o in self.online.get(user).into_iter().flatten() {
+            let _ = o.outbox.send(event.clone());
+        }
     }
 
     /// Fails unless the group exists and `user` is (`member`) or is not
@@ -147,18 +238,26 @@ impl State {
 
     /// Records a join or leave the store has committed; returns the new
     /// member count. An emptied group stays, with its history and its name.
+    /// A member who joins gets the group key; one who leaves makes it
+    /// change, so the leaver cannot open later envelopes.
     pub fn set_member(&mut self, user: &Username, group: &GroupName, member: bool) -> usize {
-        match self.groups.get_mut(group) {
-            Some(g) => {
-                if member {
-                    g.members.insert(user.clone());
-                } else {
-                    g.members.remove(user);
-                }
-                g.members.len()
-            }
-            None => 0,
+        let Some(g) = self.groups.get_mut(group) else {
+            return 0;
+        };
+        let n = if member {
+            g.members.insert(user.clone());
+            g.members.len()
+        } else {
+            g.members.remove(user);
+            g.members.len()
+        };
+        if member {
+            let key = g.key.clone();
+            self.send_key_to_user(user, group, &key);
+        } else {
+            self.rotate_group_key(group);
         }
+        n
     }
 
     /// Whether an account exists.
@@ -274,6 +373,15 @@ impl State {
         self.online
             .get(user)
             .is_some_and(|list| list.iter().any(|o| o.session == session))
+    }
+}
+
+/// The `GROUP_KEY` event for a group's key.
+fn key_event(group: &GroupName, key: &GroupKey) -> ServerMessage {
+    ServerMessage::GroupKey {
+        group: group.clone(),
+        key_id: key.id,
+        key: key.key.clone(),
     }
 }
 

@@ -145,6 +145,8 @@ pub struct Raw {
     pub reader: FrameReader<BufReader<TcpStream>>,
     pub writer: FrameWriter<TcpStream>,
     pub stream: TcpStream,
+    /// Group keys received, to open `GMSG`s.
+    pub group_keys: std::collections::HashMap<u64, muchat::content::ContentKey>,
 }
 
 impl Raw {
@@ -158,6 +160,7 @@ impl Raw {
             reader: FrameReader::new(reader, keyed.opener),
             writer: FrameWriter::new(w, keyed.sealer),
             stream,
+            group_keys: Default::default(),
         }
     }
 
@@ -165,9 +168,37 @@ impl Raw {
         self.writer.write_frame(&Frame::head(head)).expect("write");
     }
 
+    /// The next server message. Group keys are kept (not returned), and a
+    /// `GMSG` is opened and returned as the `MSG` it carries, so tests see
+    /// group messages as a client shows them.
     pub fn recv(&mut self) -> ServerMessage {
-        let f = self.reader.read_frame().expect("read").expect("a frame");
-        ServerMessage::parse(f).expect("well-formed server message")
+        loop {
+            let f = self.reader.read_frame().expect("read").expect("a frame");
+            match ServerMessage::parse(f).expect("well-formed server message") {
+                ServerMessage::GroupKey { key_id, key, .. } => {
+                    self.group_keys.insert(key_id, key);
+                }
+                ServerMessage::GroupMsg { key_id, body } => {
+                    let key = self
+                        .group_keys
+                        .get(&key_id)
+                        .expect("group key sent before GMSG");
+                    let d = muchat::event::Delivery::open_group(key, &body).expect("GMSG opens");
+                    return ServerMessage::Msg(d);
+                }
+                other => return other,
+            }
+        }
+    }
+
+    /// The text of the next message (a `MSG`, or a `GMSG` opened).
+    pub fn recv_message_text(&mut self) -> String {
+        match self.recv() {
+            ServerMessage::Msg(d) => {
+                String::from_utf8(d.key.open(&d.body).expect("opens")).unwrap()
+            }
+            other => panic!("expected a message, got {other:?}"),
+        }
     }
 
     /// Sends a head and returns the reply.
