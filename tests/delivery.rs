@@ -241,7 +241,7 @@ fn group_keys_change_when_a_member_leaves() {
     let mut bob = join("bob");
     let mut carol = join("carol");
     // Reads carol's frames up to the next group message, returning it raw.
-    let mut next_gmsg = |carol: &mut Raw| loop {
+    let next_gmsg = |carol: &mut Raw| loop {
         let f = carol.reader.read_frame().unwrap().unwrap();
         match ServerMessage::parse(f).unwrap() {
             ServerMessage::GroupKey { key_id, key, .. } => {
