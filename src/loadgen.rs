@@ -13,6 +13,7 @@
 //! Everything is bounded: a hard deadline ends a run, and a run with
 //! missing deliveries is reported as a failure.
 
+use std::collections::HashMap;
 use std::io::BufReader;
 use std::net::{SocketAddr, TcpStream};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -195,6 +196,8 @@ struct Session {
     writer: Arc<Mutex<FrameWriter<TcpStream>>>,
     reader: FrameReader<BufReader<TcpStream>>,
     stream: TcpStream,
+    /// Group keys the server sent, by id (for opening `GMSG`s).
+    group_keys: HashMap<u64, ContentKey>,
 }
 
 impl Session {
@@ -208,6 +211,7 @@ impl Session {
             writer: Arc::new(Mutex::new(FrameWriter::new(w, keyed.sealer))),
             reader: FrameReader::new(reader, keyed.opener),
             stream,
+            group_keys: HashMap::new(),
         })
     }
 
@@ -229,6 +233,9 @@ impl Session {
             match ServerMessage::parse(f).map_err(fail)? {
                 ServerMessage::Reply(reply) => return Ok(reply),
                 ServerMessage::Msg(d) => self.send(&Request::Ack(vec![d.id]).to_frame())?,
+                ServerMessage::GroupKey { key_id, key, .. } => {
+                    self.group_keys.insert(key_id, key);
+                }
                 _ => {}
             }
         }
@@ -349,6 +356,7 @@ impl Received {
 /// to `replies`. Acknowledges in batches, as a real client does.
 fn receive(
     mut reader: FrameReader<BufReader<TcpStream>>,
+    mut group_keys: HashMap<u64, ContentKey>,
     writer: Arc<Mutex<FrameWriter<TcpStream>>>,
     expected: u64,
     sample: usize,
@@ -362,7 +370,7 @@ fn receive(
     };
     let mut acks = Vec::new();
     let sample = sample.max(1) as u64;
-    let mut group_keys = std::collections::HashMap::new();
+
     loop {
         if got.count >= expected && replies.is_none() {
             break;
@@ -535,6 +543,7 @@ fn fan_out(
             writer,
             reader,
             stream,
+            group_keys,
         } = s;
         let (reply_tx, reply_rx) = if i < senders {
             let (tx, rx) = unbounded();
@@ -550,7 +559,9 @@ fn fan_out(
         );
         receivers.push((
             stream.try_clone().map_err(fail)?,
-            std::thread::spawn(move || receive(reader, w, want, sample, reply_tx, total)),
+            std::thread::spawn(move || {
+                receive(reader, group_keys, w, want, sample, reply_tx, total)
+            }),
         ));
         if let Some(rx) = reply_rx {
             send_jobs.push((writer, rx));

@@ -66,22 +66,36 @@ enum Key {
 
 #[derive(Debug, Clone, Copy)]
 struct Failures {
-    /// Attempts counted as failed, including ones still being checked.
+    /// Failed attempts.
     count: u32,
+    /// Throttled attempts now waiting or being checked.
+    pending: u32,
     /// When the latest throttled attempt was (or will be) checked.
     slot: Instant,
     /// The latest activity, for lapsing.
     last: Instant,
 }
 
+/// An attempt begun with [`LoginThrottle::begin`]: how long to wait, and
+/// which counts it holds a place in. Pass it back to
+/// [`LoginThrottle::failed`] or [`LoginThrottle::succeeded`].
+#[must_use]
+pub struct LoginAttempt {
+    /// Wait this long before checking the password.
+    pub wait: Duration,
+    keys: Vec<Key>,
+}
+
 /// Login throttling: after [`FREE_LOGIN_FAILURES`] failures for an account
 /// or a source address, each further attempt waits `base`, then twice that,
-/// and so on up to `cap`. Attempts are scheduled one after another, so
-/// guesses sent in parallel wait in turn instead of sharing one wait.
-/// A success clears the account's count, and takes that account's failures
-/// off the address's count (so logging in to your own account does not
-/// clear the count a password sprayer built up against others). Counts
-/// lapse once nothing has happened for four times the cap.
+/// and so on up to `cap`. Throttled attempts are scheduled one after
+/// another, each later than the one before, so guesses sent in parallel
+/// wait in turn instead of sharing one wait. A success clears the
+/// account's count and takes that account's failures off the address's
+/// count (so logging in to your own account does not clear the count a
+/// password sprayer built up against others). Counts lapse once nothing
+/// has happened for four times the cap. Successful logins never count, so
+/// many people behind one address log in freely.
 pub struct LoginThrottle {
     base: Duration,
     cap: Duration,
@@ -105,48 +119,70 @@ impl LoginThrottle {
         self.failures.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Starts an attempt for `user` from `addr`: counts it as failed until
-    /// [`succeeded`](Self::succeeded) says otherwise, and returns how long
-    /// it must wait before the password is checked.
-    pub fn begin(&self, user: &Username, addr: IpAddr) -> Duration {
+    /// Starts an attempt for `user` from `addr`.
+    pub fn begin(&self, user: &Username, addr: IpAddr) -> LoginAttempt {
         let now = Instant::now();
         let lapse = self.cap * 4;
         let mut map = self.lock();
         if map.len() >= SWEEP_AT {
-            map.retain(|_, f| now.duration_since(f.last) <= lapse);
+            map.retain(|_, f| f.pending > 0 || now.duration_since(f.last) <= lapse);
         }
-        let mut wait = Duration::ZERO;
+        let mut attempt = LoginAttempt {
+            wait: Duration::ZERO,
+            keys: Vec::new(),
+        };
+        for key in [Key::Account(user.clone()), Key::Address(addr)] {
+            let Some(f) = map.get_mut(&key) else { continue };
+            if f.pending == 0 && now.duration_since(f.last) > lapse {
+                map.remove(&key);
+                continue;
+            }
+            if f.count < FREE_LOGIN_FAILURES {
+                continue;
+            }
+            let exp = (f.count + f.pending - FREE_LOGIN_FAILURES).min(20);
+            let delay = self.base.saturating_mul(1 << exp).min(self.cap);
+            f.slot = f.slot.max(now) + delay;
+            f.pending += 1;
+            f.last = now;
+            attempt.wait = attempt.wait.max(f.slot - now);
+            attempt.keys.push(key);
+        }
+        attempt
+    }
+
+    fn release(map: &mut HashMap<Key, Failures>, attempt: &LoginAttempt) {
+        for key in &attempt.keys {
+            if let Some(f) = map.get_mut(key) {
+                f.pending = f.pending.saturating_sub(1);
+            }
+        }
+    }
+
+    /// The attempt failed: it counts against the account and the address.
+    pub fn failed(&self, user: &Username, addr: IpAddr, attempt: LoginAttempt) {
+        let now = Instant::now();
+        let mut map = self.lock();
+        Self::release(&mut map, &attempt);
         for key in [Key::Account(user.clone()), Key::Address(addr)] {
             let f = map.entry(key).or_insert(Failures {
                 count: 0,
+                pending: 0,
                 slot: now,
                 last: now,
             });
-            if now.duration_since(f.last) > lapse {
-                *f = Failures {
-                    count: 0,
-                    slot: now,
-                    last: now,
-                };
-            }
             f.count = f.count.saturating_add(1);
             f.last = now;
-            if f.count > FREE_LOGIN_FAILURES {
-                let exp = (f.count - 1 - FREE_LOGIN_FAILURES).min(20);
-                let delay = self.base.saturating_mul(1 << exp).min(self.cap);
-                f.slot = f.slot.max(now) + delay;
-                wait = wait.max(f.slot - now);
-            }
         }
-        wait
     }
 
-    /// The attempt begun for `user` from `addr` succeeded.
-    pub fn succeeded(&self, user: &Username, addr: IpAddr) {
+    /// The attempt succeeded.
+    pub fn succeeded(&self, user: &Username, addr: IpAddr, attempt: LoginAttempt) {
         let mut map = self.lock();
+        Self::release(&mut map, &attempt);
         let against_user = map
             .remove(&Key::Account(user.clone()))
-            .map_or(1, |f| f.count);
+            .map_or(0, |f| f.count);
         if let Some(f) = map.get_mut(&Key::Address(addr)) {
             f.count = f.count.saturating_sub(against_user);
         }
@@ -217,39 +253,57 @@ mod tests {
             IpAddr::from([10, 0, 0, 1]),
         );
         for _ in 0..FREE_LOGIN_FAILURES {
-            assert_eq!(t.begin(&u, ip), Duration::ZERO);
+            let a = t.begin(&u, ip);
+            assert_eq!(a.wait, Duration::ZERO);
+            t.failed(&u, ip, a);
         }
         let first = t.begin(&u, ip);
-        assert!(first > Duration::from_millis(90) && first <= Duration::from_millis(100));
+        assert!(first.wait > Duration::from_millis(90) && first.wait <= Duration::from_millis(100));
         // A second attempt at once waits for the first's slot and then twice as long.
         let second = t.begin(&u, ip);
-        assert!(second > Duration::from_millis(290), "{second:?}");
-        for _ in 0..30 {
-            t.begin(&u, ip);
-        }
+        assert!(
+            second.wait > Duration::from_millis(290),
+            "{:?}",
+            second.wait
+        );
+        t.failed(&u, ip, first);
+        t.failed(&u, ip, second);
         // Another account from the same address waits too.
         let bob = Username::parse("bob").unwrap();
-        assert!(t.begin(&bob, ip) > Duration::ZERO);
-        t.succeeded(&u, ip);
+        let b = t.begin(&bob, ip);
+        assert!(b.wait > Duration::ZERO);
+        t.failed(&bob, ip, b);
+        let ok = t.begin(&u, ip);
+        t.succeeded(&u, ip, ok);
         let fresh = IpAddr::from([10, 0, 0, 2]);
         assert_eq!(
-            t.begin(&u, fresh),
+            t.begin(&u, fresh).wait,
             Duration::ZERO,
             "the account count was cleared"
         );
     }
 
     #[test]
-    fn your_own_login_does_not_clear_failures_against_others() {
+    fn successes_never_count_and_your_own_login_does_not_clear_others() {
         let t = LoginThrottle::new(Duration::from_millis(100), Duration::from_secs(1));
         let ip = IpAddr::from([10, 0, 0, 9]);
+        // Many people logging in from one address: never throttled.
+        let attempts: Vec<_> = (0..50)
+            .map(|i| (i, t.begin(&Username::parse(&format!("u{i}")).unwrap(), ip)))
+            .collect();
+        for (i, a) in attempts {
+            assert_eq!(a.wait, Duration::ZERO);
+            t.succeeded(&Username::parse(&format!("u{i}")).unwrap(), ip, a);
+        }
         for i in 0..4 {
-            t.begin(&Username::parse(&format!("victim{i}")).unwrap(), ip);
+            let v = Username::parse(&format!("victim{i}")).unwrap();
+            let a = t.begin(&v, ip);
+            t.failed(&v, ip, a);
         }
         let me = Username::parse("mallory").unwrap();
-        t.begin(&me, ip);
-        t.succeeded(&me, ip);
-        assert!(t.begin(&Username::parse("victim9").unwrap(), ip) > Duration::ZERO);
+        let a = t.begin(&me, ip);
+        t.succeeded(&me, ip, a);
+        assert!(t.begin(&Username::parse("victim9").unwrap(), ip).wait > Duration::ZERO);
     }
 
     #[test]

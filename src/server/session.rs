@@ -474,19 +474,20 @@ impl Session {
         }
         // Repeated failures make each further attempt wait (same wait, same
         // reply, whether or not the account exists).
-        let wait = self.shared.throttle.begin(username, self.peer);
-        if !wait.is_zero() {
-            std::thread::sleep(wait);
+        let attempt = self.shared.throttle.begin(username, self.peer);
+        if !attempt.wait.is_zero() {
+            std::thread::sleep(attempt.wait);
         }
         let verifier = self.shared.state().verifier(username);
         if !self.shared.passwords.check(verifier.as_deref(), password) {
+            self.shared.throttle.failed(username, self.peer, attempt);
             log!("conn {}: failed login as {username}", self.id);
             return Err(Failure(
                 ErrorCode::LoginFailed,
                 "wrong username or password".into(),
             ));
         }
-        self.shared.throttle.succeeded(username, self.peer);
+        self.shared.throttle.succeeded(username, self.peer, attempt);
         self.shared.state().add_session(
             username,
             Online {
