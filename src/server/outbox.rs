@@ -17,10 +17,12 @@
 //!
 //! This module is the only place that knows a writer is a thread: a
 //! different writer (an event loop over many sockets) can replace
-//! [`spawn`] without changing any caller.
+//! [`spawn`] without changing any caller. The thread is started when there
+//! is something to write and exits after half a second with nothing more,
+//! so an idle session costs only its reader thread.
 
 use std::net::{Shutdown, TcpStream};
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -90,6 +92,12 @@ enum Item {
 
 struct Shared {
     stream: TcpStream,
+    /// The sealing half, held by the writer thread while it runs.
+    writer: Mutex<Option<FrameWriter<TcpStream>>>,
+    /// Whether a writer thread is running (or starting).
+    running: AtomicBool,
+    urgent: Receiver<Item>,
+    bulk: Receiver<Item>,
     /// Items in the urgent queue; the writer decrements as it takes them.
     queued: AtomicUsize,
     limit: usize,
@@ -128,13 +136,20 @@ impl Outbox {
         self.urgent.send(Item::Frame(item)).map_err(|_| {
             self.shared.queued.fetch_sub(1, Ordering::AcqRel);
             OutboxError::Closed
-        })
+        })?;
+        self.shared.ensure_writer();
+        Ok(())
     }
 
     /// Queues a file frame, waiting up to the bulk timeout for room.
     pub fn send_bulk(&self, item: Outgoing) -> Result<(), OutboxError> {
+        // A full queue always has a writer draining it (one only stops
+        // with both queues empty), so waiting for room makes progress.
         match self.bulk.send_timeout(Item::Frame(item), self.bulk_timeout) {
-            Ok(()) => Ok(()),
+            Ok(()) => {
+                self.shared.ensure_writer();
+                Ok(())
+            }
             Err(SendTimeoutError::Timeout(_)) => {
                 self.shared
                     .close("file queue stuck: client too slow to read");
@@ -153,6 +168,7 @@ impl Outbox {
         if self.urgent.send(Item::Close).is_err() {
             self.shared.close("closing");
         }
+        self.shared.ensure_writer();
     }
 
     /// Closes the connection now, recording `reason` for the log.
@@ -179,16 +195,11 @@ pub fn spawn(stream: TcpStream, sealer: Sealer, limits: OutboxLimits) -> std::io
         queued: AtomicUsize::new(0),
         limit: limits.urgent,
         close_reason: Mutex::new(None),
+        writer: Mutex::new(Some(FrameWriter::new(stream, sealer))),
+        running: AtomicBool::new(false),
+        urgent: urgent_rx,
+        bulk: bulk_rx,
     });
-    let writer = FrameWriter::new(stream, sealer);
-    let thread_shared = Arc::clone(&shared);
-    std::thread::Builder::new()
-        .name("writer".into())
-        .stack_size(crate::server::THREAD_STACK)
-        .spawn(move || {
-            write_loop(writer, &urgent_rx, &bulk_rx, &thread_shared.queued);
-            thread_shared.close("closing");
-        })?;
     Ok(Outbox {
         urgent: urgent_tx,
         bulk: bulk_tx,
@@ -197,15 +208,75 @@ pub fn spawn(stream: TcpStream, sealer: Sealer, limits: OutboxLimits) -> std::io
     })
 }
 
+/// How long a writer thread waits for more work before it exits (a client
+/// that receives nothing holds no writer thread).
+const IDLE_EXIT: Duration = Duration::from_millis(500);
+
+impl Shared {
+    /// Starts the writer thread unless one is running.
+    fn ensure_writer(self: &Arc<Self>) {
+        if self
+            .running
+            .compare_exchange(false, true, Ordering::SeqCst, Ordering::SeqCst)
+            .is_err()
+        {
+            return;
+        }
+        let me = Arc::clone(self);
+        let spawned = std::thread::Builder::new()
+            .name("writer".into())
+            .stack_size(crate::server::THREAD_STACK)
+            .spawn(move || me.run_writer());
+        if spawned.is_err() {
+            self.running.store(false, Ordering::SeqCst);
+            self.close("cannot start a writer thread");
+        }
+    }
+
+    fn run_writer(self: Arc<Self>) {
+        loop {
+            let Some(w) = self.writer.lock().unwrap_or_else(|e| e.into_inner()).take() else {
+                // The connection is finished.
+                self.running.store(false, Ordering::SeqCst);
+                return;
+            };
+            match write_loop(w, &self.urgent, &self.bulk, &self.queued) {
+                Some(w) => {
+                    // Idle: park the writer, then make sure nothing slipped in
+                    // after the last look (a pusher saw `running` still set).
+                    *self.writer.lock().unwrap_or_else(|e| e.into_inner()) = Some(w);
+                    self.running.store(false, Ordering::SeqCst);
+                    let pending = !self.urgent.is_empty() || !self.bulk.is_empty();
+                    if !pending
+                        || self
+                            .running
+                            .compare_exchange(false, true, Ordering::SeqCst, Ordering::SeqCst)
+                            .is_err()
+                    {
+                        return;
+                    }
+                }
+                None => {
+                    self.running.store(false, Ordering::SeqCst);
+                    self.close("closing");
+                    return;
+                }
+            }
+        }
+    }
+}
+
 /// Flush once this many bytes are sealed, even if more are queued.
 const FLUSH_AT: usize = 256 * 1024;
 
+/// Writes until the queues stay empty for [`IDLE_EXIT`] (returning the
+/// writer for later) or the connection is finished (returning `None`).
 fn write_loop(
     mut w: FrameWriter<TcpStream>,
     urgent: &Receiver<Item>,
     bulk: &Receiver<Item>,
     queued: &AtomicUsize,
-) {
+) -> Option<FrameWriter<TcpStream>> {
     let take_urgent = |m: Item| {
         queued.fetch_sub(1, Ordering::AcqRel);
         m
@@ -214,14 +285,15 @@ fn write_loop(
         let first = select_biased! {
             recv(urgent) -> m => m.map(take_urgent),
             recv(bulk) -> m => m,
+            default(IDLE_EXIT) => return Some(w),
         };
-        let Ok(mut item) = first else { return };
+        let Ok(mut item) = first else { return None };
         loop {
             match item {
                 Item::Frame(o) => w.queue(&o.head, o.body.as_ref()),
                 Item::Close => {
                     let _ = w.flush();
-                    return;
+                    return None;
                 }
             }
             if w.pending() >= FLUSH_AT {
@@ -237,7 +309,7 @@ fn write_loop(
             };
         }
         if w.flush().is_err() {
-            return;
+            return None;
         }
     }
 }
