@@ -11,6 +11,7 @@ use std::fmt;
 
 use argon2::password_hash::{PasswordHasher, PasswordVerifier};
 use argon2::{Algorithm, Argon2, Params, Version};
+use crossbeam_channel::{bounded, unbounded, Sender};
 
 /// Argon2id cost parameters.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -54,15 +55,48 @@ impl fmt::Display for PasswordError {
 
 impl std::error::Error for PasswordError {}
 
-/// Hashes and checks passwords at one cost.
+/// Hashes and checks passwords at one cost, on a small pool of threads.
+///
+/// Argon2id needs 19 MiB per hash. Running hashes only on a few dedicated
+/// threads caps how many run at once (so a crowd of logins cannot exhaust
+/// memory or CPU) and keeps that memory in a few threads' allocators rather
+/// than in every connection thread's.
 pub struct Passwords {
+    jobs: Sender<Job>,
+}
+
+enum Job {
+    Hash(String, Sender<Result<String, PasswordError>>),
+    Check(Option<String>, String, Sender<bool>),
+}
+
+/// The hashing work itself, as done by one pool thread.
+struct Hasher {
     argon: Argon2<'static>,
     /// Checked against when the account does not exist.
     dummy: String,
 }
 
+impl Hasher {
+    fn hash(&self, password: &str) -> Result<String, PasswordError> {
+        self.argon
+            .hash_password(password.as_bytes())
+            .map(|h| h.to_string())
+            .map_err(|e| PasswordError(e.to_string()))
+    }
+
+    fn check(&self, verifier: Option<&str>, password: &str) -> bool {
+        let target = verifier.unwrap_or(&self.dummy);
+        let ok = self
+            .argon
+            .verify_password(password.as_bytes(), target)
+            .is_ok();
+        ok && verifier.is_some()
+    }
+}
+
 impl Passwords {
-    /// A hasher at `cost`.
+    /// A hasher at `cost`, with one pool thread per core (at least two).
     pub fn new(cost: PasswordCost) -> Result<Self, PasswordError> {
         let params = Params::new(cost.memory_kib, cost.iterations, 1, None)
             .map_err(|e| PasswordError(e.to_string()))?;
@@ -71,27 +105,48 @@ impl Passwords {
             .hash_password(b"no such account")
             .map_err(|e| PasswordError(e.to_string()))?
             .to_string();
-        Ok(Passwords { argon, dummy })
+        let hasher = std::sync::Arc::new(Hasher { argon, dummy });
+        let (jobs, queue) = unbounded::<Job>();
+        let threads = std::thread::available_parallelism().map_or(2, |n| n.get().max(2));
+        for _ in 0..threads {
+            let (hasher, queue) = (std::sync::Arc::clone(&hasher), queue.clone());
+            std::thread::Builder::new()
+                .name("argon2".into())
+                .spawn(move || {
+                    for job in queue.iter() {
+                        match job {
+                            Job::Hash(pw, done) => {
+                                let _ = done.send(hasher.hash(&pw));
+                            }
+                            Job::Check(verifier, pw, done) => {
+                                let _ = done.send(hasher.check(verifier.as_deref(), &pw));
+                            }
+                        }
+                    }
+                })
+                .map_err(|e| PasswordError(e.to_string()))?;
+        }
+        Ok(Passwords { jobs })
     }
 
     /// A verifier for a new password, with a fresh salt.
     pub fn hash(&self, password: &str) -> Result<String, PasswordError> {
-        self.argon
-            .hash_password(password.as_bytes())
-            .map(|h| h.to_string())
-            .map_err(|e| PasswordError(e.to_string()))
+        let (done, result) = bounded(1);
+        self.jobs
+            .send(Job::Hash(password.to_string(), done))
+            .map_err(|_| PasswordError("hashing threads stopped".into()))?;
+        result
+            .recv()
+            .map_err(|_| PasswordError("hashing threads stopped".into()))?
     }
 
     /// Whether `password` matches `verifier`; with no verifier (no such
     /// account) it does the same work and answers false. The comparison
     /// inside is constant-time. A verifier that does not parse never matches.
     pub fn check(&self, verifier: Option<&str>, password: &str) -> bool {
-        let target = verifier.unwrap_or(&self.dummy);
-        let ok = self
-            .argon
-            .verify_password(password.as_bytes(), target)
-            .is_ok();
-        ok && verifier.is_some()
+        let (done, result) = bounded(1);
+        let job = Job::Check(verifier.map(str::to_string), password.to_string(), done);
+        self.jobs.send(job).is_ok() && result.recv().unwrap_or(false)
     }
 }
 
