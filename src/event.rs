@@ -163,8 +163,9 @@ pub struct Delivery {
 }
 
 impl Delivery {
-    /// The envelope's plaintext: the delivery without its body.
-    fn envelope_text(&self) -> String {
+    /// The delivery's fields without its body, as they appear after the
+    /// verb of a `MSG` head and inside a `GMSG` envelope.
+    fn fields(&self) -> String {
         let Delivery {
             id,
             at_ms,
@@ -176,15 +177,33 @@ impl Delivery {
         format!("{id} {at_ms} {from} {to} {}", key.to_b64())
     }
 
+    /// Parses [`fields`](Self::fields) text; `None` if malformed.
+    fn parse_fields(text: &str, body: Body) -> Option<Delivery> {
+        let mut t = text.split(' ');
+        let d = Delivery {
+            id: t.next()?.parse().ok()?,
+            at_ms: t.next()?.parse().ok()?,
+            from: Username::parse(t.next()?).ok()?,
+            to: Conversation::parse(t.next()?).ok()?,
+            key: ContentKey::from_b64(t.next()?).ok()?,
+            body,
+        };
+        t.next().is_none().then_some(d)
+    }
+
+    fn head(&self, verb: &str) -> String {
+        format!("{verb} {}", self.fields())
+    }
+
     /// 3DES blocks sealing this delivery's envelope takes (for key limits).
     pub fn envelope_blocks(&self) -> u64 {
-        (crate::tdes::padded_len(self.envelope_text().len()) / crate::tdes::BLOCK_LEN) as u64
+        (crate::tdes::padded_len(self.fields().len()) / crate::tdes::BLOCK_LEN) as u64
     }
 
     /// The `GMSG` body: this delivery's envelope sealed once under the
     /// group's key, then the sender's content unchanged.
     pub fn seal_for_group(&self, group_key: &ContentKey) -> Body {
-        let envelope = group_key.seal(self.envelope_text().as_bytes());
+        let envelope = group_key.seal(self.fields().as_bytes());
         Body::enveloped(&envelope, &self.body)
     }
 
@@ -196,18 +215,7 @@ impl Delivery {
             .open(&envelope)
             .map_err(|_| bad("envelope does not decrypt"))?;
         let text = String::from_utf8(text).map_err(|_| bad("envelope is not text"))?;
-        let mut t = text.split(' ');
-        let mut next = || t.next().ok_or_else(|| bad("short envelope"));
-        let num = |s: &str| s.parse::<u64>().map_err(|_| bad("bad number"));
-        let d = Delivery {
-            id: num(next()?)?,
-            at_ms: num(next()?)?,
-            from: Username::parse(next()?).map_err(|_| bad("bad sender"))?,
-            to: Conversation::parse(next()?).map_err(|_| bad("bad target"))?,
-            key: ContentKey::from_b64(next()?).map_err(|_| bad("bad content key"))?,
-            body: content,
-        };
-        Ok(d)
+        Delivery::parse_fields(&text, content).ok_or_else(|| bad("malformed envelope"))
     }
 }
 
@@ -228,20 +236,6 @@ pub struct FileStart {
     pub sha256: [u8; 32],
     /// The sender's file name: untrusted, to be sanitised.
     pub name: String,
-}
-
-impl Delivery {
-    fn head(&self, verb: &str) -> String {
-        let Delivery {
-            id,
-            at_ms,
-            from,
-            to,
-            key,
-            ..
-        } = self;
-        format!("{verb} {id} {at_ms} {from} {to} {}", key.to_b64())
-    }
 }
 
 impl FileStart {
@@ -373,14 +367,7 @@ impl ServerMessage {
                 ServerMessage::Reply(Reply::Err(code, text.to_string()))
             }
             "MSG" | "HIST" => {
-                let d = Delivery {
-                    id: num(next()?)?,
-                    at_ms: num(next()?)?,
-                    from: Username::parse(next()?).map_err(|_| bad())?,
-                    to: Conversation::parse(next()?).map_err(|_| bad())?,
-                    key: ContentKey::from_b64(next()?).map_err(|_| bad())?,
-                    body: body()?,
-                };
+                let d = Delivery::parse_fields(args, body()?).ok_or_else(bad)?;
                 if verb == "MSG" {
                     ServerMessage::Msg(d)
                 } else {

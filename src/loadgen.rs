@@ -23,7 +23,7 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::{bounded, unbounded, Receiver, Sender};
 
 use crate::clock::now_ms;
-use crate::connection::{FrameReader, FrameWriter};
+use crate::connection::{FrameReader, FrameWriter, SharedStream};
 use crate::content::ContentKey;
 use crate::event::{Delivery, ErrorCode, Reply, ServerMessage};
 use crate::frame::Frame;
@@ -193,19 +193,21 @@ fn fail(e: impl std::fmt::Display) -> LoadError {
 /// One raw session: the writer is shared between a sender and the
 /// receiving thread's acknowledgements.
 struct Session {
-    writer: Arc<Mutex<FrameWriter<TcpStream>>>,
-    reader: FrameReader<BufReader<TcpStream>>,
-    stream: TcpStream,
+    writer: Arc<Mutex<FrameWriter<SharedStream>>>,
+    reader: FrameReader<BufReader<SharedStream>>,
+    stream: Arc<TcpStream>,
     /// Group keys the server sent, by id (for opening `GMSG`s).
     group_keys: HashMap<u64, ContentKey>,
 }
 
 impl Session {
     fn connect(addr: SocketAddr) -> Result<Session, LoadError> {
-        let stream = TcpStream::connect(addr).map_err(fail)?;
+        // One file descriptor per session (shared by both halves), so ten
+        // thousand sessions fit the usual descriptor limit.
+        let stream = Arc::new(TcpStream::connect(addr).map_err(fail)?);
         stream.set_nodelay(true).map_err(fail)?;
-        let mut reader = BufReader::new(stream.try_clone().map_err(fail)?);
-        let mut w = stream.try_clone().map_err(fail)?;
+        let mut reader = BufReader::new(SharedStream(Arc::clone(&stream)));
+        let mut w = SharedStream(Arc::clone(&stream));
         let keyed = handshake::client(&mut reader, &mut w).map_err(fail)?;
         Ok(Session {
             writer: Arc::new(Mutex::new(FrameWriter::new(w, keyed.sealer))),
@@ -355,9 +357,9 @@ impl Received {
 /// Reads deliveries until `expected` arrive or `stop` passes; replies go
 /// to `replies`. Acknowledges in batches, as a real client does.
 fn receive(
-    mut reader: FrameReader<BufReader<TcpStream>>,
+    mut reader: FrameReader<BufReader<SharedStream>>,
     mut group_keys: HashMap<u64, ContentKey>,
-    writer: Arc<Mutex<FrameWriter<TcpStream>>>,
+    writer: Arc<Mutex<FrameWriter<SharedStream>>>,
     expected: u64,
     sample: usize,
     replies: Option<Sender<Reply>>,
@@ -558,7 +560,7 @@ fn fan_out(
             per_receiver(i),
         );
         receivers.push((
-            stream.try_clone().map_err(fail)?,
+            Arc::clone(&stream),
             std::thread::spawn(move || {
                 receive(reader, group_keys, w, want, sample, reply_tx, total)
             }),
@@ -618,7 +620,7 @@ fn fan_out(
 
 /// Sends `messages` group messages keeping `window` requests in flight.
 fn send_loop(
-    writer: &Mutex<FrameWriter<TcpStream>>,
+    writer: &Mutex<FrameWriter<SharedStream>>,
     replies: &Receiver<Reply>,
     group: &GroupName,
     messages: usize,
@@ -761,7 +763,7 @@ fn file(opts: &Options, size: u64, members: usize) -> Result<Report, LoadError> 
         let total = Arc::clone(&total);
         let mut reader = r.reader;
         receivers.push((
-            r.stream.try_clone().map_err(fail)?,
+            Arc::clone(&r.stream),
             std::thread::spawn(move || {
                 // Counts chunk bytes until FILE_END; MACs verified, bodies not decrypted.
                 let mut bytes = 0u64;

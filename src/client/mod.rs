@@ -318,9 +318,7 @@ impl Client {
 
     /// Encrypts `text` under a fresh content key and sends it to a user.
     pub fn send_text(&self, to: &Username, text: &str) -> Result<Reply, ClientError> {
-        check_length(text)?;
-        let key = ContentKey::random();
-        let body = key.seal(text.as_bytes());
+        let (key, body) = seal_text(text)?;
         self.request(&Request::Send {
             to: to.clone(),
             key,
@@ -330,9 +328,7 @@ impl Client {
 
     /// Encrypts `text` once and sends it to one or more groups.
     pub fn send_group_text(&self, groups: &[GroupName], text: &str) -> Result<Reply, ClientError> {
-        check_length(text)?;
-        let key = ContentKey::random();
-        let body = key.seal(text.as_bytes());
+        let (key, body) = seal_text(text)?;
         self.request(&Request::SendToGroup {
             groups: groups.to_vec(),
             key,
@@ -421,13 +417,16 @@ impl Drop for Client {
     }
 }
 
-fn check_length(text: &str) -> Result<(), ClientError> {
+/// Encrypts a message text once, under a fresh content key.
+fn seal_text(text: &str) -> Result<(ContentKey, crate::content::Body), ClientError> {
     if text.len() > MAX_MESSAGE_LEN {
         return Err(ClientError::Refused(format!(
             "message too long: at most {MAX_MESSAGE_LEN} bytes; send a file instead"
         )));
     }
-    Ok(())
+    let key = ContentKey::random();
+    let body = key.seal(text.as_bytes());
+    Ok((key, body))
 }
 
 /// Queues a frame that expects a reply and returns where the reply will land.

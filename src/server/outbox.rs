@@ -21,14 +21,14 @@
 //! is something to write and exits after half a second with nothing more,
 //! so an idle session costs only its reader thread.
 
-use std::net::{Shutdown, TcpStream};
+use std::net::Shutdown;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use crossbeam_channel::{bounded, select_biased, unbounded, Receiver, SendTimeoutError, Sender};
 
-use crate::connection::FrameWriter;
+use crate::connection::{FrameWriter, SharedStream};
 use crate::content::Body;
 use crate::event::ServerMessage;
 use crate::frame::Sealer;
@@ -91,9 +91,9 @@ enum Item {
 }
 
 struct Shared {
-    stream: TcpStream,
+    stream: SharedStream,
     /// The sealing half, held by the writer thread while it runs.
-    writer: Mutex<Option<FrameWriter<TcpStream>>>,
+    writer: Mutex<Option<FrameWriter<SharedStream>>>,
     /// Whether a writer thread is running (or starting).
     running: AtomicBool,
     urgent: Receiver<Item>,
@@ -112,7 +112,7 @@ impl Shared {
             *r = Some(reason.to_string());
         }
         // Wakes the reader blocked in read() and fails any blocked write.
-        let _ = self.stream.shutdown(Shutdown::Both);
+        let _ = self.stream.0.shutdown(Shutdown::Both);
     }
 }
 
@@ -187,11 +187,15 @@ impl Outbox {
 }
 
 /// Starts the writer for a connection and returns its outbox.
-pub fn spawn(stream: TcpStream, sealer: Sealer, limits: OutboxLimits) -> std::io::Result<Outbox> {
+pub fn spawn(
+    stream: SharedStream,
+    sealer: Sealer,
+    limits: OutboxLimits,
+) -> std::io::Result<Outbox> {
     let (urgent_tx, urgent_rx) = unbounded();
     let (bulk_tx, bulk_rx) = bounded(limits.bulk);
     let shared = Arc::new(Shared {
-        stream: stream.try_clone()?,
+        stream: stream.clone(),
         queued: AtomicUsize::new(0),
         limit: limits.urgent,
         close_reason: Mutex::new(None),
@@ -272,11 +276,11 @@ const FLUSH_AT: usize = 256 * 1024;
 /// Writes until the queues stay empty for [`IDLE_EXIT`] (returning the
 /// writer for later) or the connection is finished (returning `None`).
 fn write_loop(
-    mut w: FrameWriter<TcpStream>,
+    mut w: FrameWriter<SharedStream>,
     urgent: &Receiver<Item>,
     bulk: &Receiver<Item>,
     queued: &AtomicUsize,
-) -> Option<FrameWriter<TcpStream>> {
+) -> Option<FrameWriter<SharedStream>> {
     let take_urgent = |m: Item| {
         queued.fetch_sub(1, Ordering::AcqRel);
         m

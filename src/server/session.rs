@@ -15,7 +15,7 @@ use std::time::Duration;
 use std::time::Instant;
 
 use crate::clock::now_ms;
-use crate::connection::{FrameReader, ReadError};
+use crate::connection::{FrameReader, ReadError, SharedStream};
 use crate::content::{Body, ContentKey};
 use crate::event::{ErrorCode, Reply, ServerMessage};
 use crate::names::{Conversation, GroupName, Username};
@@ -43,6 +43,7 @@ const HELP: &str =
 /// Serves one accepted connection until it closes.
 pub(super) fn serve(stream: TcpStream, peer: SocketAddr, id: SessionId, shared: Arc<Shared>) {
     log!("conn {id} from {peer}: connected");
+    let stream = Arc::new(stream);
     let reason = match start(&stream, id, &shared) {
         Ok((reader, mut session)) => {
             let reason = session.run(reader);
@@ -60,7 +61,7 @@ pub(super) fn serve(stream: TcpStream, peer: SocketAddr, id: SessionId, shared: 
 }
 
 fn start(
-    stream: &TcpStream,
+    stream: &Arc<TcpStream>,
     id: SessionId,
     shared: &Arc<Shared>,
 ) -> Result<(FrameReader<BufReader<Timed>>, Session), String> {
@@ -68,14 +69,19 @@ fn start(
     stream.set_nodelay(true).map_err(io)?;
     let deadline = Instant::now() + shared.config.handshake_timeout;
     let mut reader = BufReader::new(Timed {
-        stream: stream.try_clone().map_err(io)?,
+        stream: SharedStream(Arc::clone(stream)),
         deadline: Some(deadline),
     });
-    let mut writer = stream.try_clone().map_err(io)?;
+    let mut writer: &TcpStream = stream;
     let keyed = handshake::server(&mut reader, &mut writer, &shared.identity)
         .map_err(|e| format!("handshake failed: {e}"))?;
     reader.get_mut().deadline = None;
-    let outbox = outbox::spawn(writer, keyed.sealer, shared.config.outbox).map_err(io)?;
+    let outbox = outbox::spawn(
+        SharedStream(Arc::clone(stream)),
+        keyed.sealer,
+        shared.config.outbox,
+    )
+    .map_err(io)?;
     shared.register(id, outbox.clone());
     let session = Session {
         id,
@@ -94,7 +100,7 @@ fn start(
 /// wait only for what is left of it, so a peer trickling one byte at a time
 /// cannot stretch the handshake, or a frame, past its deadline.
 struct Timed {
-    stream: TcpStream,
+    stream: SharedStream,
     deadline: Option<Instant>,
 }
 
@@ -108,7 +114,7 @@ impl Read for Timed {
                     "took too long",
                 ));
             }
-            self.stream.set_read_timeout(Some(left))?;
+            self.stream.0.set_read_timeout(Some(left))?;
             return self.stream.read(buf).map_err(|e| match e.kind() {
                 std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut => {
                     std::io::Error::new(std::io::ErrorKind::TimedOut, "took too long")
