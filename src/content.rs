@@ -9,7 +9,9 @@
 //! server one encryption of a small head per recipient, whatever its size.
 
 use std::fmt;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
+
+use sha2::Digest as _;
 
 use base64::Engine as _;
 use rand::Rng as _;
@@ -90,7 +92,7 @@ impl ContentKey {
         let mut raw = Vec::with_capacity(tdes::BLOCK_LEN + tdes::padded_len(data.len()));
         raw.extend_from_slice(iv);
         TdesKey::new(&self.0).encrypt_into(iv, data, &mut raw);
-        Body(B64.encode(raw).into())
+        Body::from(B64.encode(raw).as_str())
     }
 
     /// Decrypts a body sealed under this key.
@@ -116,9 +118,32 @@ impl fmt::Debug for ContentKey {
     }
 }
 
-/// Encrypted content as base64 text, shared (not copied) between recipients.
-#[derive(Clone, PartialEq, Eq)]
-pub struct Body(Arc<str>);
+/// Encrypted content as base64 text, shared (not copied) between recipients,
+/// with its SHA-256 (what frame MACs cover) computed at most once.
+#[derive(Clone)]
+pub struct Body(Arc<BodyText>);
+
+struct BodyText {
+    text: Box<str>,
+    digest: OnceLock<[u8; 32]>,
+}
+
+impl PartialEq for Body {
+    fn eq(&self, other: &Self) -> bool {
+        self.as_str() == other.as_str()
+    }
+}
+
+impl Eq for Body {}
+
+impl From<&str> for Body {
+    fn from(text: &str) -> Self {
+        Body(Arc::new(BodyText {
+            text: text.into(),
+            digest: OnceLock::new(),
+        }))
+    }
+}
 
 /// Checks that `text` is base64 of at least two whole 3DES blocks.
 fn check_ciphertext(text: &str) -> Result<(), ContentError> {
@@ -145,29 +170,44 @@ impl Body {
             }
             None => check_ciphertext(text)?,
         }
-        Ok(Body(text.into()))
+        Ok(Body::from(text))
+    }
+
+    /// [`from_wire`](Self::from_wire) for text whose SHA-256 is already known.
+    pub fn from_wire_with_digest(text: &str, digest: [u8; 32]) -> Result<Self, ContentError> {
+        let body = Self::from_wire(text)?;
+        let _ = body.0.digest.set(digest);
+        Ok(body)
+    }
+
+    /// SHA-256 of the base64 text: what a frame's MAC covers for its body,
+    /// so each recipient's MAC costs the same whatever the body's size.
+    pub fn digest(&self) -> &[u8; 32] {
+        self.0
+            .digest
+            .get_or_init(|| sha2::Sha256::digest(self.as_str().as_bytes()).into())
     }
 
     /// An envelope (sealed once per group message under the group key)
     /// followed by the sender's content, unchanged: `envelope ":" content`.
     pub fn enveloped(envelope: &Body, content: &Body) -> Body {
-        Body(format!("{}:{}", envelope.as_str(), content.as_str()).into())
+        Body::from(format!("{}:{}", envelope.as_str(), content.as_str()).as_str())
     }
 
     /// For an enveloped body, its two parts.
     pub fn split_envelope(&self) -> Option<(Body, Body)> {
-        let (e, c) = self.0.split_once(':')?;
-        Some((Body(e.into()), Body(c.into())))
+        let (e, c) = self.as_str().split_once(':')?;
+        Some((Body::from(e), Body::from(c)))
     }
 
     /// Whether this is plain content (not an envelope and content).
     pub fn is_plain(&self) -> bool {
-        !self.0.contains(':')
+        !self.as_str().contains(':')
     }
 
     /// The base64 text as it appears on the wire.
     pub fn as_str(&self) -> &str {
-        &self.0
+        &self.0.text
     }
 
     /// Length of the encrypted content in bytes (IV included).
@@ -180,7 +220,7 @@ impl Body {
 
 impl fmt::Debug for Body {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "Body({} base64 chars)", self.0.len())
+        write!(f, "Body({} base64 chars)", self.as_str().len())
     }
 }
 

@@ -6,15 +6,19 @@
 //! line  = head "." body "." tag "\n"
 //! head  = base64( IV[8] || 3DES-CBC(session enc key, IV, PKCS7(head text)) )
 //! body  = "" | base64( content ciphertext )        ; see crate::content
-//! tag   = base64( HMAC-SHA256(session mac key, seq[8, big-endian] || head "." body) )
+//! tag   = base64( HMAC-SHA256(session mac key,
+//!                   seq[8, big-endian] || head "." [ SHA-256(body) ]) )
 //! ```
 //!
 //! The head text is a UTF-8 command, reply or event (see [`crate::request`],
 //! [`crate::event`]). The MAC covers the line's own characters (encrypt-then-
-//! MAC) and an implicit per-direction sequence number starting at 0, so a
-//! tampered, replayed, reordered or dropped line fails verification. Because
-//! the MAC is over the base64 text, a relay verifies a body without decoding
-//! it and forwards the very same characters.
+//! MAC; a body through the SHA-256 of its characters, omitted when the body
+//! is empty) and an implicit per-direction sequence number starting at 0, so
+//! a tampered, replayed, reordered or dropped line fails verification.
+//! Because the MAC is over the base64 text, a relay verifies a body without
+//! decoding it and forwards the very same characters; because it covers the
+//! body's digest, which is computed once, a body relayed to many recipients
+//! costs each of them a MAC over a few dozen bytes, whatever its size.
 //!
 //! Each direction counts the 3DES blocks it has encrypted (receivers count
 //! the blocks they decrypt, so both ends agree). Before a head would take the
@@ -27,6 +31,7 @@ use std::fmt;
 use base64::Engine as _;
 use hmac::{KeyInit, Mac};
 use rand::Rng as _;
+use sha2::Digest as _;
 
 use crate::content::{Body, ContentError, B64};
 use crate::keys::{self, DirectionKeys};
@@ -137,10 +142,15 @@ impl DirectionState {
         self.blocks += n;
     }
 
-    fn tag(&self, covered: &[u8]) -> HmacSha256 {
+    /// The MAC over `seq || head "." [digest]`.
+    fn tag(&self, head_b64: &[u8], body_digest: Option<&[u8; 32]>) -> HmacSha256 {
         let mut mac = self.mac.clone();
         mac.update(&self.seq.to_be_bytes());
-        mac.update(covered);
+        mac.update(head_b64);
+        mac.update(b".");
+        if let Some(d) = body_digest {
+            mac.update(d);
+        }
         mac
     }
 }
@@ -181,15 +191,17 @@ impl Sealer {
         raw.extend_from_slice(iv);
         st.cipher.encrypt_into(iv, head.as_bytes(), &mut raw);
 
-        let start = out.len();
         let mut text = String::with_capacity(raw.len() * 4 / 3 + 4);
         B64.encode_string(&raw, &mut text);
+        let tag = st
+            .tag(text.as_bytes(), body.map(Body::digest))
+            .finalize()
+            .into_bytes();
         out.extend_from_slice(text.as_bytes());
         out.push(b'.');
         if let Some(body) = body {
             out.extend_from_slice(body.as_str().as_bytes());
         }
-        let tag = st.tag(&out[start..]).finalize().into_bytes();
         out.push(b'.');
         let mut tag_b64 = [0u8; TAG_B64_LEN];
         // 32 bytes always encode to exactly 44 characters.
@@ -239,7 +251,9 @@ impl Opener {
             Ok(32) => {}
             _ => return Err(FrameError::BadBase64),
         }
-        st.tag(covered)
+        let digest: Option<[u8; 32]> =
+            (!body_b64.is_empty()).then(|| sha2::Sha256::digest(body_b64).into());
+        st.tag(head_b64, digest.as_ref())
             .verify_slice(&tag[..32])
             .map_err(|_| FrameError::BadMac)?;
         st.seq += 1;
@@ -266,7 +280,9 @@ impl Opener {
         } else {
             // Valid base64 is ASCII, so a non-UTF-8 body is bad base64.
             let text = std::str::from_utf8(body_b64).map_err(|_| FrameError::BadBase64)?;
-            Some(Body::from_wire(text).map_err(FrameError::BadBody)?)
+            // The digest just computed for the MAC is kept for relaying.
+            let digest = digest.expect("computed for a non-empty body");
+            Some(Body::from_wire_with_digest(text, digest).map_err(FrameError::BadBody)?)
         };
         Ok(Frame { head, body })
     }

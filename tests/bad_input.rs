@@ -297,7 +297,11 @@ impl Forger {
         let covered = format!("{head_b64}.{body}");
         let mut mac = <HmacSha256 as KeyInit>::new_from_slice(&self.c2s.mac).unwrap();
         mac.update(&self.seq.to_be_bytes());
-        mac.update(covered.as_bytes());
+        // The MAC covers the head, the dot, and the body's SHA-256 (if any).
+        mac.update(format!("{head_b64}.").as_bytes());
+        if !body.is_empty() {
+            mac.update(&<sha2::Sha256 as sha2::Digest>::digest(body.as_bytes()));
+        }
         self.seq += 1;
         let mut out = covered.into_bytes();
         out.push(b'.');

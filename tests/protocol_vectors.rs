@@ -472,7 +472,11 @@ fn open_by_hand(
     assert_eq!(tag.len(), 44);
     let mut mac = <HmacSha256 as KeyInit>::new_from_slice(mac_key).unwrap();
     mac.update(&seq.to_be_bytes());
-    mac.update(covered.as_bytes());
+    // head "." and, for a non-empty body, the SHA-256 of its characters.
+    mac.update(format!("{head}.").as_bytes());
+    if !body.is_empty() {
+        mac.update(&Sha256::digest(body.as_bytes()));
+    }
     assert_eq!(B64.encode(mac.finalize().into_bytes()), tag, "tag");
     let raw = B64.decode(head).expect("head base64");
     assert_eq!(hex(&raw[..8]), iv, "the head starts with its IV");

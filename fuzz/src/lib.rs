@@ -48,12 +48,23 @@ pub fn server_identity() -> &'static StaticSecret {
     ID.get_or_init(|| StaticSecret::from_bytes(&[7u8; 32]).expect("valid fixed exponent"))
 }
 
-/// The tag a line with these covered characters needs at sequence number
-/// `seq` under [`keys`]: lets a target get past the MAC on purpose.
+/// The tag a line with these covered characters (`head "." body`) needs
+/// at sequence number `seq` under [`keys`]: lets a target get past the MAC
+/// on purpose. The MAC covers the head, the dot after it, and the SHA-256
+/// of the body when there is one.
 pub fn tag_b64(seq: u64, covered: &[u8]) -> String {
     let mut mac = HmacSha256::new_from_slice(&keys().mac).expect("HMAC key");
     mac.update(&seq.to_be_bytes());
-    mac.update(covered);
+    match covered.iter().position(|&b| b == b'.') {
+        Some(dot) => {
+            mac.update(&covered[..=dot]);
+            let body = &covered[dot + 1..];
+            if !body.is_empty() {
+                mac.update(&<sha2::Sha256 as sha2::Digest>::digest(body));
+            }
+        }
+        None => mac.update(covered),
+    }
     B64.encode(mac.finalize().into_bytes())
 }
 
