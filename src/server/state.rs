@@ -41,10 +41,9 @@ pub struct Online {
     pub outbox: Outbox,
 }
 
+/// A group in memory. (Its owner is kept in the store, for moderation
+/// commands to come; nothing here needs it yet.)
 struct Group {
-    /// The creator.
-    #[allow(dead_code)] // kept for moderation rights later
-    owner: Username,
     members: BTreeSet<Username>,
     /// The key live messages to this group are enveloped under.
     key: GroupKey,
@@ -86,21 +85,10 @@ impl State {
             state.add_account(&u);
         }
         for g in snapshot.groups {
-            let GroupRecord {
-                name,
-                owner,
-                members,
-            } = g;
+            let GroupRecord { name, members, .. } = g;
             let members = members.into_iter().collect();
             let key = state.new_group_key();
-            state.groups.insert(
-                name,
-                Group {
-                    owner,
-                    members,
-                    key,
-                },
-            );
+            state.groups.insert(name, Group { members, key });
         }
         state
     }
@@ -197,17 +185,9 @@ impl State {
     /// and first member.
     pub fn add_group(&mut self, creator: &Username, group: &GroupName) {
         let members = BTreeSet::from([creator.clone()]);
-        let owner = creator.clone();
         let key = self.new_group_key();
         self.send_key_to_user(creator, group, &key);
-        self.groups.insert(
-            group.clone(),
-            Group {
-                owner,
-                members,
-                key,
-            },
-        );
+        self.groups.insert(group.clone(), Group { members, key });
     }
 
     fn send_key_to_user(&self, user: &Username, group: &GroupName, key: &GroupKey) {
