@@ -184,6 +184,8 @@ pub struct FrameWriter<W> {
     inner: W,
     sealer: Sealer,
     buf: Vec<u8>,
+    /// How much of `buf` is already written (after a partial write).
+    written: usize,
 }
 
 impl<W: Write> FrameWriter<W> {
@@ -193,6 +195,7 @@ impl<W: Write> FrameWriter<W> {
             inner,
             sealer,
             buf: Vec::new(),
+            written: 0,
         }
     }
 
@@ -203,20 +206,52 @@ impl<W: Write> FrameWriter<W> {
 
     /// Bytes sealed but not yet written.
     pub fn pending(&self) -> usize {
-        self.buf.len()
+        self.buf.len() - self.written
+    }
+
+    fn reset_buffer(&mut self) {
+        self.buf.clear();
+        self.written = 0;
+        if self.buf.capacity() > 4 * MAX_LINE_LEN {
+            self.buf = Vec::new();
+        }
     }
 
     /// Writes everything queued.
     pub fn flush(&mut self) -> io::Result<()> {
         let result = self
             .inner
-            .write_all(&self.buf)
+            .write_all(&self.buf[self.written..])
             .and_then(|()| self.inner.flush());
-        self.buf.clear();
-        if self.buf.capacity() > 4 * MAX_LINE_LEN {
-            self.buf = Vec::new();
-        }
+        self.reset_buffer();
         result
+    }
+
+    /// Writes as much as the writer takes without waiting past its write
+    /// timeout; returns how many bytes are still to write. Used by writers
+    /// that serve many connections and must not wait on one slow reader.
+    pub fn write_some(&mut self) -> io::Result<usize> {
+        while self.written < self.buf.len() {
+            match self.inner.write(&self.buf[self.written..]) {
+                Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+                Ok(n) => self.written += n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+                    ) =>
+                {
+                    break
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        let left = self.pending();
+        if left == 0 {
+            self.reset_buffer();
+        }
+        Ok(left)
     }
 
     /// Seals and writes one frame.

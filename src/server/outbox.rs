@@ -15,18 +15,21 @@
 //! being relayed, and seals everything already queued before one `write`
 //! call, so a backlog costs one syscall rather than one per line.
 //!
-//! This module is the only place that knows a writer is a thread: a
-//! different writer (an event loop over many sockets) can replace
-//! [`spawn`] without changing any caller. The thread is started when there
-//! is something to write and exits after half a second with nothing more,
-//! so an idle session costs only its reader thread.
+//! Writing is done by a small pool of threads shared by every connection:
+//! pushing to an idle outbox puts it on the pool's queue once (a flag keeps
+//! it from being queued twice), a pool thread seals and writes what it
+//! holds, and a socket that is full is retried a few milliseconds later
+//! instead of holding the thread. So a group message wakes at most a few
+//! threads rather than one per recipient, and an idle session costs only
+//! its reader thread. This module is the only place that knows how writing
+//! is scheduled; callers see only [`Outbox`].
 
 use std::net::Shutdown;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Duration, Instant};
 
-use crossbeam_channel::{bounded, select_biased, unbounded, Receiver, SendTimeoutError, Sender};
+use crossbeam_channel::{bounded, unbounded, Receiver, SendTimeoutError, Sender};
 
 use crate::connection::{FrameWriter, SharedStream};
 use crate::content::Body;
@@ -94,8 +97,10 @@ struct Shared {
     stream: SharedStream,
     /// The sealing half, held by the writer thread while it runs.
     writer: Mutex<Option<FrameWriter<SharedStream>>>,
-    /// Whether a writer thread is running (or starting).
-    running: AtomicBool,
+    /// Whether this outbox is on the writers' queue or being written.
+    scheduled: AtomicBool,
+    /// The current wait before retrying a full socket.
+    backoff: Mutex<Duration>,
     urgent: Receiver<Item>,
     bulk: Receiver<Item>,
     /// Items in the urgent queue; the writer decrements as it takes them.
@@ -194,13 +199,16 @@ pub fn spawn(
 ) -> std::io::Result<Outbox> {
     let (urgent_tx, urgent_rx) = unbounded();
     let (bulk_tx, bulk_rx) = bounded(limits.bulk);
+    // A writer serves many connections: it never waits long on one.
+    stream.0.set_write_timeout(Some(WRITE_WAIT))?;
     let shared = Arc::new(Shared {
         stream: stream.clone(),
         queued: AtomicUsize::new(0),
         limit: limits.urgent,
         close_reason: Mutex::new(None),
         writer: Mutex::new(Some(FrameWriter::new(stream, sealer))),
-        running: AtomicBool::new(false),
+        scheduled: AtomicBool::new(false),
+        backoff: Mutex::new(RETRY_AFTER),
         urgent: urgent_rx,
         bulk: bulk_rx,
     });
@@ -212,58 +220,157 @@ pub fn spawn(
     })
 }
 
-/// How long a writer thread waits for more work before it exits (a client
-/// that receives nothing holds no writer thread).
-const IDLE_EXIT: Duration = Duration::from_millis(500);
+/// Threads that write for every connection.
+const POOL_THREADS: usize = 4;
+
+/// How long one write may wait for a client's socket before the writer
+/// moves on to other connections (the rest is retried shortly).
+const WRITE_WAIT: Duration = Duration::from_millis(2);
+
+/// How soon a connection whose socket was full is tried again; the wait
+/// doubles while the client takes nothing, up to [`RETRY_MAX`], so a stuck
+/// client costs the writers almost nothing until its queue overflows.
+const RETRY_AFTER: Duration = Duration::from_millis(2);
+
+/// The longest wait between tries for a client that takes nothing.
+const RETRY_MAX: Duration = Duration::from_millis(500);
+
+/// The writers shared by all connections: a queue of outboxes with work,
+/// served by [`POOL_THREADS`] threads, and a retry queue for outboxes whose
+/// client is not reading fast enough.
+struct Pool {
+    ready: Sender<Arc<Shared>>,
+}
+
+fn pool() -> &'static Pool {
+    static POOL: OnceLock<Pool> = OnceLock::new();
+    POOL.get_or_init(|| {
+        let (ready, ready_rx) = unbounded::<Arc<Shared>>();
+        let (retry, retry_rx) = unbounded::<(Instant, Arc<Shared>)>();
+        for _ in 0..POOL_THREADS {
+            let (rx, again) = (ready_rx.clone(), ready.clone());
+            let retry = retry.clone();
+            // Without writers nothing is ever sent: failing to start them is fatal.
+            std::thread::Builder::new()
+                .name("writer".into())
+                .spawn(move || {
+                    for shared in rx.iter() {
+                        match shared.serve() {
+                            Served::MoreQueued => {
+                                let _ = again.send(shared);
+                            }
+                            Served::SocketFull(wait) => {
+                                let _ = retry.send((Instant::now() + wait, shared));
+                            }
+                            Served::Idle => shared.unschedule(),
+                            Served::Finished => {}
+                        }
+                    }
+                })
+                .expect("start the writer threads");
+        }
+        let again = ready.clone();
+        std::thread::Builder::new()
+            .name("writer-retry".into())
+            .spawn(move || {
+                for (at, shared) in retry_rx.iter() {
+                    std::thread::sleep(at.saturating_duration_since(Instant::now()));
+                    let _ = again.send(shared);
+                }
+            })
+            .expect("start the writer retry thread");
+        Pool { ready }
+    })
+}
+
+/// What one turn of writing for a connection left.
+enum Served {
+    /// More items are queued: go again (after others waiting).
+    MoreQueued,
+    /// The client's socket is full: try again after this long.
+    SocketFull(Duration),
+    /// Nothing left to do.
+    Idle,
+    /// The connection is closed.
+    Finished,
+}
 
 impl Shared {
-    /// Starts the writer thread unless one is running.
+    /// Puts this outbox on the writers' queue unless it is there (or being
+    /// written) already.
     fn ensure_writer(self: &Arc<Self>) {
         if self
-            .running
+            .scheduled
             .compare_exchange(false, true, Ordering::SeqCst, Ordering::SeqCst)
-            .is_err()
+            .is_ok()
         {
-            return;
-        }
-        let me = Arc::clone(self);
-        let spawned = std::thread::Builder::new()
-            .name("writer".into())
-            .stack_size(crate::server::THREAD_STACK)
-            .spawn(move || me.run_writer());
-        if spawned.is_err() {
-            self.running.store(false, Ordering::SeqCst);
-            self.close("cannot start a writer thread");
+            let _ = pool().ready.send(Arc::clone(self));
         }
     }
 
-    fn run_writer(self: Arc<Self>) {
-        loop {
-            let Some(w) = self.writer.lock().unwrap_or_else(|e| e.into_inner()).take() else {
-                // The connection is finished.
-                self.running.store(false, Ordering::SeqCst);
-                return;
-            };
-            match write_loop(w, &self.urgent, &self.bulk, &self.queued) {
-                Some(w) => {
-                    // Idle: park the writer, then make sure nothing slipped in
-                    // after the last look (a pusher saw `running` still set).
-                    *self.writer.lock().unwrap_or_else(|e| e.into_inner()) = Some(w);
-                    self.running.store(false, Ordering::SeqCst);
-                    let pending = !self.urgent.is_empty() || !self.bulk.is_empty();
-                    if !pending
-                        || self
-                            .running
-                            .compare_exchange(false, true, Ordering::SeqCst, Ordering::SeqCst)
-                            .is_err()
-                    {
-                        return;
-                    }
+    /// After an idle turn: unless something slipped in while the flag was
+    /// still set, leave the queue.
+    fn unschedule(self: Arc<Self>) {
+        self.scheduled.store(false, Ordering::SeqCst);
+        if !self.urgent.is_empty() || !self.bulk.is_empty() {
+            self.ensure_writer();
+        }
+    }
+
+    /// One turn: seal what is queued (up to [`FLUSH_AT`] bytes, urgent
+    /// items first) and write as much as the socket takes.
+    fn serve(&self) -> Served {
+        let Some(mut w) = self.writer.lock().unwrap_or_else(|e| e.into_inner()).take() else {
+            return Served::Finished;
+        };
+        let mut closing = false;
+        while w.pending() < FLUSH_AT {
+            let next = self
+                .urgent
+                .try_recv()
+                .inspect(|_| {
+                    self.queued.fetch_sub(1, Ordering::AcqRel);
+                })
+                .or_else(|_| self.bulk.try_recv());
+            match next {
+                Ok(Item::Frame(o)) => w.queue(&o.head, o.body.as_ref()),
+                Ok(Item::Close) => {
+                    closing = true;
+                    break;
                 }
-                None => {
-                    self.running.store(false, Ordering::SeqCst);
-                    self.close("closing");
-                    return;
+                Err(_) => break,
+            }
+        }
+        if closing {
+            // Last words (a reply or BYE) get a bounded chance, then close.
+            for _ in 0..50 {
+                if !matches!(w.write_some(), Ok(left) if left > 0) {
+                    break;
+                }
+            }
+            self.close("closing");
+            return Served::Finished;
+        }
+        let before = w.pending();
+        match w.write_some() {
+            Err(_) => {
+                self.close("write failed");
+                Served::Finished
+            }
+            Ok(left) => {
+                *self.writer.lock().unwrap_or_else(|e| e.into_inner()) = Some(w);
+                let mut backoff = self.backoff.lock().unwrap_or_else(|e| e.into_inner());
+                if left == before && left > 0 {
+                    *backoff = (*backoff * 2).clamp(RETRY_AFTER, RETRY_MAX);
+                } else {
+                    *backoff = RETRY_AFTER;
+                }
+                if left > 0 {
+                    Served::SocketFull(*backoff)
+                } else if !self.urgent.is_empty() || !self.bulk.is_empty() {
+                    Served::MoreQueued
+                } else {
+                    Served::Idle
                 }
             }
         }
@@ -272,48 +379,3 @@ impl Shared {
 
 /// Flush once this many bytes are sealed, even if more are queued.
 const FLUSH_AT: usize = 256 * 1024;
-
-/// Writes until the queues stay empty for [`IDLE_EXIT`] (returning the
-/// writer for later) or the connection is finished (returning `None`).
-fn write_loop(
-    mut w: FrameWriter<SharedStream>,
-    urgent: &Receiver<Item>,
-    bulk: &Receiver<Item>,
-    queued: &AtomicUsize,
-) -> Option<FrameWriter<SharedStream>> {
-    let take_urgent = |m: Item| {
-        queued.fetch_sub(1, Ordering::AcqRel);
-        m
-    };
-    loop {
-        let first = select_biased! {
-            recv(urgent) -> m => m.map(take_urgent),
-            recv(bulk) -> m => m,
-            default(IDLE_EXIT) => return Some(w),
-        };
-        let Ok(mut item) = first else { return None };
-        loop {
-            match item {
-                Item::Frame(o) => w.queue(&o.head, o.body.as_ref()),
-                Item::Close => {
-                    let _ = w.flush();
-                    return None;
-                }
-            }
-            if w.pending() >= FLUSH_AT {
-                break;
-            }
-            item = match urgent
-                .try_recv()
-                .map(take_urgent)
-                .or_else(|_| bulk.try_recv())
-            {
-                Ok(next) => next,
-                Err(_) => break,
-            };
-        }
-        if w.flush().is_err() {
-            return None;
-        }
-    }
-}
