@@ -2,14 +2,16 @@
 //!
 //! [`Server::start`] (used by the `server` binary and by every test) takes a
 //! bound listener and spawns the accept loop. Each accepted connection gets
-//! a reader thread ([`session::serve`]) and an outbox with its writer
-//! ([`outbox`]); the account, group and presence tables live in one
+//! a reader thread ([`session::serve`]) and an outbox ([`outbox`]) drained
+//! by a small pool of writer threads shared by all connections; messages
+//! are committed by the store's writer thread ([`crate::store`]), which then
+//! delivers them; the account, group and presence tables live in one
 //! [`state::State`] behind a mutex.
 //!
 //! ```text
 //! socket -> FrameReader -> Request::parse -> State (locked briefly)
-//!        -> Outgoing (shared head + body) -> each recipient's Outbox
-//!        -> writer: seal per recipient -> socket
+//!        -> Store (group commit) -> Outgoing (shared head + body)
+//!        -> each recipient's Outbox -> writer pool: seal per recipient -> socket
 //! ```
 
 pub mod limits;
