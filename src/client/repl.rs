@@ -109,7 +109,9 @@ pub fn run(client: Client) -> i32 {
                 Err(_) => return,
             },
         };
-        if printer.print(line).is_err() || last {
+        // Outside raw mode (while a command runs) rustyline writes the text
+        // as is, so the line needs its own newline.
+        if printer.print(format!("{line}\n")).is_err() || last {
             return;
         }
     });
