@@ -10,7 +10,7 @@ use std::path::PathBuf;
 
 use crate::frame::Frame;
 use crate::names::{parse_group_list, GroupName, NameError, Username};
-use crate::request::{FileTarget, ParseError, Request, MAX_MESSAGE_LEN};
+use crate::request::{message_too_long, FileTarget, ParseError, Request, MAX_MESSAGE_LEN};
 
 /// The text `HELP` prints.
 pub const HELP: &str = "\
@@ -93,12 +93,7 @@ impl fmt::Display for CommandError {
             CommandError::Unknown(w) => write!(f, "unknown command {w:?}; type HELP for the list"),
             CommandError::Usage(u) => write!(f, "usage: {u}"),
             CommandError::BadName(e) => write!(f, "{e}"),
-            CommandError::TooLong => {
-                write!(
-                    f,
-                    "message too long: at most {MAX_MESSAGE_LEN} bytes; send a file instead"
-                )
-            }
+            CommandError::TooLong => f.write_str(&message_too_long()),
         }
     }
 }

@@ -381,26 +381,25 @@ fn receive(
             Ok(Some(f)) => f,
             _ => break,
         };
-        match ServerMessage::parse(frame) {
+        // A group envelope opens into the message it carries (the envelope
+        // holds the id to acknowledge), then counts like any delivery.
+        let message = match ServerMessage::parse(frame) {
+            Ok(ServerMessage::GroupMsg { key_id, body }) => {
+                match group_keys
+                    .get(&key_id)
+                    .and_then(|k| Delivery::open_group(k, &body).ok())
+                {
+                    Some(d) => Ok(ServerMessage::Msg(d)),
+                    None => break,
+                }
+            }
+            other => other,
+        };
+        match message {
             Ok(ServerMessage::GroupKey { key_id, key, .. }) => {
                 group_keys.insert(key_id, key);
             }
-            Ok(ServerMessage::GroupMsg { key_id, body }) => {
-                // The envelope holds the id to acknowledge: opening it is
-                // one small decryption per delivery, as for any client.
-                let Some(d) = group_keys
-                    .get(&key_id)
-                    .and_then(|k| Delivery::open_group(k, &body).ok())
-                else {
-                    break;
-                };
-                got.count += 1;
-                total.fetch_add(1, Ordering::Relaxed);
-                acks.push(d.id);
-                if got.count % sample == 1 || sample == 1 {
-                    got.sample(&d);
-                }
-            }
+
             Ok(ServerMessage::Msg(d)) => {
                 got.count += 1;
                 total.fetch_add(1, Ordering::Relaxed);

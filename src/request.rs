@@ -53,6 +53,12 @@ pub const fn body_b64_len(plain: usize) -> usize {
     (crate::tdes::BLOCK_LEN + crate::tdes::padded_len(plain)).div_ceil(3) * 4
 }
 
+/// What a person is told about a message over [`MAX_MESSAGE_LEN`] (by the
+/// client before sending, or by the server).
+pub fn message_too_long() -> String {
+    format!("message too long: at most {MAX_MESSAGE_LEN} bytes of text; send a file instead")
+}
+
 /// The longest display name, password, or file name, in bytes.
 pub const MAX_FIELD_LEN: usize = 255;
 
@@ -218,10 +224,7 @@ impl fmt::Display for ParseError {
             ParseError::Usage(u) => write!(f, "usage: {u}"),
             ParseError::BadName(e) => write!(f, "{e}"),
             ParseError::BadContent(e) => write!(f, "{e}"),
-            ParseError::TooLarge { chunk: false } => write!(
-                f,
-                "message too large: at most {MAX_MESSAGE_LEN} bytes of text; send a file instead"
-            ),
+            ParseError::TooLarge { chunk: false } => f.write_str(&message_too_long()),
             ParseError::TooLarge { chunk: true } => {
                 write!(
                     f,
@@ -336,13 +339,13 @@ impl Request {
             return Err(ParseError::Empty);
         }
         let verb = verb.to_ascii_uppercase();
-        if !VERBS.contains(&verb.as_str()) {
+        let Some(usage) = usage_of(&verb) else {
             return Err(ParseError::UnknownCommand(truncate(&verb, 32)));
-        }
+        };
         let needs_body = matches!(verb.as_str(), "SEND" | "SEND_TO_GROUP" | "CHUNK");
         let body = match (needs_body, body) {
             (true, Some(b)) if !b.is_plain() => {
-                return Err(ParseError::Usage(usage_of(&verb)));
+                return Err(ParseError::Usage(usage));
             }
             (true, Some(b)) => {
                 let max = if verb == "CHUNK" {
@@ -359,14 +362,14 @@ impl Request {
             }
             (false, None) => None,
             (true, None) | (false, Some(_)) => {
-                return Err(ParseError::Usage(usage_of(&verb)));
+                return Err(ParseError::Usage(usage));
             }
         };
         let no_args = |r: Request| {
             if args.is_empty() {
                 Ok(r)
             } else {
-                Err(ParseError::Usage(usage_of(&verb)))
+                Err(ParseError::Usage(usage))
             }
         };
         match verb.as_str() {
@@ -399,7 +402,6 @@ impl Request {
             "LOGOUT" => no_args(Request::Logout),
             "QUIT" => no_args(Request::Quit),
             "SEND" | "SEND_TO_GROUP" => {
-                let usage = usage_of(&verb);
                 let t = exactly(args, 2, usage)?;
                 let key = ContentKey::from_b64(t[1])?;
                 // needs_body guaranteed a body for these verbs.
@@ -419,7 +421,6 @@ impl Request {
                 }
             }
             "SEND_FILE" | "SEND_TO_GROUP_FILE" => {
-                let usage = usage_of(&verb);
                 let (t, name) = split_n(args, 3).ok_or(ParseError::Usage(usage))?;
                 let target = if verb == "SEND_FILE" {
                     FileTarget::User(Username::parse(t[0])?)
@@ -559,29 +560,6 @@ impl Request {
     }
 }
 
-/// Every request verb.
-const VERBS: [&str; 19] = [
-    "CREATE_USER",
-    "LOGIN",
-    "CREATE_GROUP",
-    "JOIN",
-    "LEAVE",
-    "LIST",
-    "HELP",
-    "LOGOUT",
-    "QUIT",
-    "SEND",
-    "SEND_TO_GROUP",
-    "SEND_FILE",
-    "SEND_TO_GROUP_FILE",
-    "CHUNK",
-    "FILE_END",
-    "FILE_ABORT",
-    "ACK",
-    "HISTORY",
-    "PONG",
-];
-
 /// Whether a head is a request that gets no reply (a file chunk, an
 /// acknowledgement or a pong). A malformed one cannot be answered, so it
 /// ends the connection instead.
@@ -592,8 +570,9 @@ pub fn is_unanswered(head: &str) -> bool {
         .any(|v| verb.eq_ignore_ascii_case(v))
 }
 
-fn usage_of(verb: &str) -> &'static str {
-    match verb {
+/// The usage line of a request verb; `None` for a word that is not one.
+fn usage_of(verb: &str) -> Option<&'static str> {
+    Some(match verb {
         "CREATE_USER" => U_CREATE_USER,
         "LOGIN" => U_LOGIN,
         "CREATE_GROUP" => U_CREATE_GROUP,
@@ -613,8 +592,8 @@ fn usage_of(verb: &str) -> &'static str {
         "ACK" => U_ACK,
         "HISTORY" => U_HISTORY,
         "PONG" => U_PONG,
-        _ => "HELP",
-    }
+        _ => return None,
+    })
 }
 
 /// At most `max` characters of untrusted text, for error messages.

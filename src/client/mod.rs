@@ -420,9 +420,7 @@ impl Drop for Client {
 /// Encrypts a message text once, under a fresh content key.
 fn seal_text(text: &str) -> Result<(ContentKey, crate::content::Body), ClientError> {
     if text.len() > MAX_MESSAGE_LEN {
-        return Err(ClientError::Refused(format!(
-            "message too long: at most {MAX_MESSAGE_LEN} bytes; send a file instead"
-        )));
+        return Err(ClientError::Refused(crate::request::message_too_long()));
     }
     let key = ContentKey::random();
     let body = key.seal(text.as_bytes());
@@ -703,6 +701,20 @@ fn read_loop(
             Err(e) => break format!("protocol error from server: {e}"),
         };
         let message = match ServerMessage::parse(frame) {
+            // A group envelope opens into the message it carries, handled
+            // below like any other delivery.
+            Ok(ServerMessage::GroupMsg { key_id, body }) => {
+                let opened = group_keys
+                    .get(key_id)
+                    .ok_or_else(|| format!("no group key {key_id}"))
+                    .and_then(|k| Delivery::open_group(k, &body).map_err(|e| e.to_string()));
+                match opened {
+                    Ok(d) => ServerMessage::Msg(d),
+                    // Without the envelope there is no id to acknowledge:
+                    // the message stays pending and comes again at login.
+                    Err(e) => break format!("undecodable group message: {e}"),
+                }
+            }
             Ok(m) => m,
             Err(e) => break e.to_string(),
         };
@@ -729,25 +741,9 @@ fn read_loop(
                 group_keys.insert(group, key_id, key);
                 continue;
             }
-            ServerMessage::GroupMsg { key_id, body } => {
-                let opened = group_keys
-                    .get(key_id)
-                    .ok_or_else(|| format!("no group key {key_id}"))
-                    .and_then(|k| Delivery::open_group(k, &body).map_err(|e| e.to_string()));
-                match opened {
-                    Ok(d) => {
-                        to_ack.push(d.id);
-                        if seen.first(d.id) {
-                            vec![open_message(d, false)]
-                        } else {
-                            Vec::new()
-                        }
-                    }
-                    // Without the envelope there is no id to acknowledge:
-                    // the message stays pending and comes again at login.
-                    Err(e) => break format!("undecodable group message: {e}"),
-                }
-            }
+            // Opened into a MSG above; nothing left to do here.
+            ServerMessage::GroupMsg { .. } => continue,
+
             ServerMessage::History(d) => vec![open_message(d, true)],
             ServerMessage::HistoryFile(f) => vec![ClientEvent::HistoryFile {
                 id: f.id,

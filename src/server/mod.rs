@@ -275,10 +275,7 @@ fn accept_loop(listener: TcpListener, shared: Arc<Shared>, stopping: Arc<AtomicB
         let spawned = std::thread::Builder::new()
             .name(format!("conn-{id}"))
             .stack_size(THREAD_STACK)
-            .spawn(move || {
-                session::serve(stream, peer, id, shared);
-                drop(admission);
-            });
+            .spawn(move || session::serve(stream, peer, id, shared, admission));
         if let Err(e) = spawned {
             log!("conn {id} from {peer}: refused: cannot start a thread: {e}");
         }

@@ -23,7 +23,7 @@ use crate::request::{is_unanswered, HistoryTarget, ParseError, Request};
 use crate::store::{dm_key, Content, StoredMessage, UserRecord};
 use crate::{handshake, log};
 
-use super::limits::TokenBucket;
+use super::limits::{Admission, TokenBucket};
 use super::outbox::{self, Outbox, Outgoing};
 use super::replay::{announce, deliver_pending};
 use super::state::{group_taken, user_taken, Failure, Online, SessionId};
@@ -41,12 +41,23 @@ const HELP: &str =
 | ACK <id>[,<id>...] | HISTORY <username|group> [<count>]";
 
 /// Serves one accepted connection until it closes.
-pub(super) fn serve(stream: TcpStream, peer: SocketAddr, id: SessionId, shared: Arc<Shared>) {
+///
+/// The connection's place among its address's connections (`admission`) is
+/// given back before the socket is closed, so a client that sees the close
+/// can connect again at once.
+pub(super) fn serve(
+    stream: TcpStream,
+    peer: SocketAddr,
+    id: SessionId,
+    shared: Arc<Shared>,
+    admission: Admission,
+) {
     log!("conn {id} from {peer}: connected");
     let stream = Arc::new(stream);
     let reason = match start(&stream, id, &shared) {
         Ok((reader, mut session)) => {
             let reason = session.run(reader);
+            drop(admission);
             session.end();
             // Prefer the outbox's reason: a slow reader is closed from outside.
             session
@@ -55,7 +66,10 @@ pub(super) fn serve(stream: TcpStream, peer: SocketAddr, id: SessionId, shared: 
                 .filter(|r| r != "closing")
                 .unwrap_or(reason)
         }
-        Err(reason) => reason,
+        Err(reason) => {
+            drop(admission);
+            reason
+        }
     };
     log!("conn {id} from {peer}: closed: {reason}");
 }
