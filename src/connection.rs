@@ -204,6 +204,11 @@ impl<W: Write> FrameWriter<W> {
         self.sealer.seal_into(head, body, &mut self.buf);
     }
 
+    /// Seals a frame whose head travels in clear (see [`crate::frame`]).
+    pub fn queue_clear(&mut self, head: &str, body: Option<&Body>) {
+        self.sealer.seal_clear_into(head, body, &mut self.buf);
+    }
+
     /// Bytes sealed but not yet written.
     pub fn pending(&self) -> usize {
         self.buf.len() - self.written
@@ -254,9 +259,14 @@ impl<W: Write> FrameWriter<W> {
         Ok(left)
     }
 
+    /// Seals a frame into the write buffer, its head in clear if it says so.
+    pub fn queue_frame(&mut self, frame: &Frame) {
+        self.sealer.seal_frame_into(frame, &mut self.buf);
+    }
+
     /// Seals and writes one frame.
     pub fn write_frame(&mut self, frame: &Frame) -> io::Result<()> {
-        self.queue(&frame.head, frame.body.as_ref());
+        self.queue_frame(frame);
         self.flush()
     }
 

@@ -5,6 +5,7 @@
 //! ```text
 //! line  = head "." body "." tag "\n"
 //! head  = base64( IV[8] || 3DES-CBC(session enc key, IV, PKCS7(head text)) )
+//!       | "=" head text                             ; a clear head (GMSG only)
 //! body  = "" | base64( content ciphertext )        ; see crate::content
 //! tag   = base64( HMAC-SHA256(session mac key,
 //!                   seq[8, big-endian] || head "." [ SHA-256(body) ]) )
@@ -19,6 +20,14 @@
 //! decoding it and forwards the very same characters; because it covers the
 //! body's digest, which is computed once, a body relayed to many recipients
 //! costs each of them a MAC over a few dozen bytes, whatever its size.
+//!
+//! A clear head is MACed like any other but not encrypted. The server uses
+//! it only for `GMSG`, whose head (a group key id and a sequence number)
+//! hides nothing the identical body sent to every member does not already
+//! show an eavesdropper; everything secret in a `GMSG` is in its body. It
+//! saves a 3DES encryption per recipient of every group message. A
+//! receiver reports a clear head ([`Frame::clear`]) so the layer above can
+//! refuse it anywhere else.
 //!
 //! Each direction counts the 3DES blocks it has encrypted (receivers count
 //! the blocks they decrypt, so both ends agree). Before a head would take the
@@ -59,16 +68,34 @@ pub struct Frame {
     pub head: String,
     /// Content encrypted by its original sender, if any.
     pub body: Option<Body>,
+    /// Whether the head travelled in clear (MACed, not encrypted).
+    pub clear: bool,
 }
 
 impl Frame {
-    /// A frame with no body.
+    /// A frame with no body and an encrypted head.
     pub fn head(text: impl Into<String>) -> Self {
         Frame {
             head: text.into(),
             body: None,
+            clear: false,
         }
     }
+
+    /// A frame with a body and an encrypted head.
+    pub fn with_body(text: impl Into<String>, body: Body) -> Self {
+        Frame {
+            head: text.into(),
+            body: Some(body),
+            clear: false,
+        }
+    }
+}
+
+/// Whether `head` may travel as a clear head: printable ASCII, without the
+/// `.` that separates a line's segments.
+pub fn clear_head_allowed(head: &str) -> bool {
+    !head.is_empty() && head.bytes().all(|b| (0x20..0x7f).contains(&b) && b != b'.')
 }
 
 /// Why a received line was refused. Any of these ends the connection: after
@@ -176,6 +203,46 @@ impl Sealer {
         self.seal_with_iv(&iv, head, body, out)
     }
 
+    /// Appends a line whose head travels in clear (MACed, not encrypted).
+    /// The head must pass [`clear_head_allowed`]; the caller guarantees it.
+    pub fn seal_clear_into(&mut self, head: &str, body: Option<&Body>, out: &mut Vec<u8>) {
+        debug_assert!(clear_head_allowed(head), "not a clear head: {head:?}");
+        let st = &mut self.0;
+        let start = out.len();
+        out.push(b'=');
+        out.extend_from_slice(head.as_bytes());
+        let tag = st
+            .tag(&out[start..], body.map(Body::digest))
+            .finalize()
+            .into_bytes();
+        Self::finish_line(tag.into(), body, out);
+        st.seq += 1;
+    }
+
+    /// Seals a frame, its head in clear if the frame says so.
+    pub fn seal_frame_into(&mut self, frame: &Frame, out: &mut Vec<u8>) {
+        if frame.clear {
+            self.seal_clear_into(&frame.head, frame.body.as_ref(), out)
+        } else {
+            self.seal_into(&frame.head, frame.body.as_ref(), out)
+        }
+    }
+
+    /// Appends `"." body "." base64(tag) "\n"` after a head segment.
+    fn finish_line(tag: [u8; 32], body: Option<&Body>, out: &mut Vec<u8>) {
+        out.push(b'.');
+        if let Some(body) = body {
+            out.extend_from_slice(body.as_str().as_bytes());
+        }
+        out.push(b'.');
+        let mut tag_b64 = [0u8; TAG_B64_LEN];
+        // 32 bytes always encode to exactly 44 characters.
+        B64.encode_slice(tag, &mut tag_b64)
+            .expect("44-byte tag buffer");
+        out.extend_from_slice(&tag_b64);
+        out.push(b'\n');
+    }
+
     /// [`seal_into`](Self::seal_into) with a chosen IV: for test vectors.
     pub fn seal_with_iv(
         &mut self,
@@ -198,17 +265,7 @@ impl Sealer {
             .finalize()
             .into_bytes();
         out.extend_from_slice(text.as_bytes());
-        out.push(b'.');
-        if let Some(body) = body {
-            out.extend_from_slice(body.as_str().as_bytes());
-        }
-        out.push(b'.');
-        let mut tag_b64 = [0u8; TAG_B64_LEN];
-        // 32 bytes always encode to exactly 44 characters.
-        B64.encode_slice(tag, &mut tag_b64)
-            .expect("44-byte tag buffer");
-        out.extend_from_slice(&tag_b64);
-        out.push(b'\n');
+        Self::finish_line(tag.into(), body, out);
         st.seq += 1;
     }
 }
@@ -259,6 +316,18 @@ impl Opener {
         st.seq += 1;
 
         // Authentic from here on: what follows can only fail for a buggy peer.
+        let body = Self::body(body_b64, digest)?;
+        if let Some(clear) = head_b64.strip_prefix(b"=") {
+            let head = std::str::from_utf8(clear).map_err(|_| FrameError::BadHead)?;
+            if !clear_head_allowed(head) || head.len() > MAX_HEAD_LEN {
+                return Err(FrameError::BadHead);
+            }
+            return Ok(Frame {
+                head: head.to_string(),
+                body,
+                clear: true,
+            });
+        }
         let raw = B64.decode(head_b64).map_err(|_| FrameError::BadBase64)?;
         if raw.len() < 2 * tdes::BLOCK_LEN || !raw.len().is_multiple_of(tdes::BLOCK_LEN) {
             return Err(FrameError::BadPadding);
@@ -275,16 +344,24 @@ impl Opener {
             return Err(FrameError::BadHead);
         }
         let head = String::from_utf8(head).map_err(|_| FrameError::BadHead)?;
-        let body = if body_b64.is_empty() {
-            None
-        } else {
-            // Valid base64 is ASCII, so a non-UTF-8 body is bad base64.
-            let text = std::str::from_utf8(body_b64).map_err(|_| FrameError::BadBase64)?;
-            // The digest just computed for the MAC is kept for relaying.
-            let digest = digest.expect("computed for a non-empty body");
-            Some(Body::from_wire_with_digest(text, digest).map_err(FrameError::BadBody)?)
+        Ok(Frame {
+            head,
+            body,
+            clear: false,
+        })
+    }
+
+    /// The body segment, checked; `digest` is the SHA-256 the MAC check
+    /// computed for it (kept, so relaying it costs no second hash).
+    fn body(body_b64: &[u8], digest: Option<[u8; 32]>) -> Result<Option<Body>, FrameError> {
+        let (false, Some(digest)) = (body_b64.is_empty(), digest) else {
+            return Ok(None);
         };
-        Ok(Frame { head, body })
+        // Valid base64 is ASCII, so a non-UTF-8 body is bad base64.
+        let text = std::str::from_utf8(body_b64).map_err(|_| FrameError::BadBase64)?;
+        Body::from_wire_with_digest(text, digest)
+            .map(Some)
+            .map_err(FrameError::BadBody)
     }
 }
 
@@ -369,6 +446,27 @@ mod tests {
             o.open(&vec![b'A'; MAX_LINE_LEN + 1]),
             Err(FrameError::TooLong)
         );
+    }
+
+    #[test]
+    fn clear_heads_are_authenticated_but_not_encrypted() {
+        let (mut s, mut o) = pair();
+        let body = ContentKey::random().seal(b"x");
+        let mut line = Vec::new();
+        s.seal_clear_into("GMSG 3 41", Some(&body), &mut line);
+        assert!(line.starts_with(b"=GMSG 3 41."));
+        line.pop();
+        let f = o.open(&line).unwrap();
+        assert_eq!((f.head.as_str(), f.clear), ("GMSG 3 41", true));
+        // Changing the clear text breaks the MAC.
+        let (mut s, mut o) = pair();
+        let mut line = Vec::new();
+        s.seal_clear_into("GMSG 3 41", Some(&body), &mut line);
+        line[7] = b'9';
+        line.pop();
+        assert_eq!(o.open(&line), Err(FrameError::BadMac));
+        assert!(!clear_head_allowed("a.b"));
+        assert!(!clear_head_allowed("caf\u{e9}"));
     }
 
     #[test]

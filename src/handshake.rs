@@ -5,9 +5,9 @@
 //! # Format
 //!
 //! ```text
-//! client -> server:  MUCHAT/2 <A: client ephemeral value, 512 hex digits>\n
-//! server -> client:  MUCHAT/2 <B: server ephemeral value> <S: server static value> <confirm>\n
-//!               or:  MUCHAT/2 ERROR <reason>\n   (and the server closes)
+//! client -> server:  MUCHAT/3 <A: client ephemeral value, 512 hex digits>\n
+//! server -> client:  MUCHAT/3 <B: server ephemeral value> <S: server static value> <confirm>\n
+//!               or:  MUCHAT/3 ERROR <reason>\n   (and the server closes)
 //! ```
 //!
 //! Both sides compute `Zee = g^(ab)` and `Zes = g^(as)` and derive
@@ -34,7 +34,7 @@ type HmacSha256 = hmac::Hmac<sha2::Sha256>;
 const B64: base64::engine::GeneralPurpose = base64::engine::general_purpose::STANDARD;
 
 /// The protocol name and version that open every handshake line.
-pub const PROTOCOL: &str = "MUCHAT/2";
+pub const PROTOCOL: &str = "MUCHAT/3";
 
 /// The longest handshake line accepted (the server's carries two values).
 pub const MAX_HANDSHAKE_LINE: usize = 2048;

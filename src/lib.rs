@@ -31,8 +31,6 @@ pub mod frame;
 pub mod handshake;
 pub mod identity;
 pub mod keys;
-pub mod loadgen;
-pub mod log;
 pub mod names;
 pub mod password;
 pub mod request;

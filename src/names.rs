@@ -87,13 +87,14 @@ name_type!(
     GroupName
 );
 
-/// Where a delivered message was addressed: a user (for direct messages,
-/// the recipient) or a group. Written `@name` or `#name`.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+/// A conversation as one of its members sees it: a group (`#name`), or the
+/// direct conversation with another user (`@name`; a user's notes to
+/// themselves are `@` their own name).
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Conversation {
-    /// A direct message to this user.
+    /// The direct conversation with this user.
     User(Username),
-    /// A message to this group.
+    /// This group.
     Group(GroupName),
 }
 
@@ -116,6 +117,52 @@ impl fmt::Display for Conversation {
             Conversation::User(u) => write!(f, "@{u}"),
             Conversation::Group(g) => write!(f, "#{g}"),
         }
+    }
+}
+
+/// One message in a conversation's log: the conversation and the
+/// message's sequence number in it. Written `<conversation>:<seq>`, e.g.
+/// `#ops:17` or `@alice:3`.
+///
+/// Sequence numbers start at 1 and have no gaps: every member of a
+/// conversation sees its messages in the same order, and "everything up to
+/// `#ops:17`" is a well-defined point to acknowledge or resume from.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct MessageRef {
+    /// The conversation, as the reader sees it.
+    pub conv: Conversation,
+    /// Position in the conversation's log.
+    pub seq: u64,
+}
+
+impl MessageRef {
+    /// Parses `<conversation>:<seq>`.
+    pub fn parse(s: &str) -> Option<MessageRef> {
+        let (conv, seq) = s.rsplit_once(':')?;
+        if seq.is_empty() || !seq.bytes().all(|b| b.is_ascii_digit()) {
+            return None;
+        }
+        Some(MessageRef {
+            conv: Conversation::parse(conv).ok()?,
+            seq: seq.parse().ok()?,
+        })
+    }
+
+    /// Parses a comma-separated list of references.
+    pub fn parse_list(s: &str) -> Option<Vec<MessageRef>> {
+        s.split(',').map(MessageRef::parse).collect()
+    }
+
+    /// Writes a list in its comma-separated wire form.
+    pub fn format_list(refs: &[MessageRef]) -> String {
+        let items: Vec<String> = refs.iter().map(MessageRef::to_string).collect();
+        items.join(",")
+    }
+}
+
+impl fmt::Display for MessageRef {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}:{}", self.conv, self.seq)
     }
 }
 
@@ -166,5 +213,18 @@ mod tests {
         let gs = parse_group_list("a,b,a").unwrap();
         assert_eq!(format_group_list(&gs), "a,b");
         assert!(parse_group_list("a,,b").is_err());
+    }
+
+    #[test]
+    fn message_refs() {
+        let r = MessageRef::parse("#ops:17").unwrap();
+        assert_eq!(r.to_string(), "#ops:17");
+        assert_eq!(MessageRef::parse("@bob:3").unwrap().seq, 3);
+        for bad in ["#ops", "#ops:", "ops:1", "#ops:-1", "#ops:1x", "#:1", "@a:99999999999999999999999"] {
+            assert!(MessageRef::parse(bad).is_none(), "{bad}");
+        }
+        let list = MessageRef::parse_list("#a:1,@b:2").unwrap();
+        assert_eq!(MessageRef::format_list(&list), "#a:1,@b:2");
+        assert!(MessageRef::parse_list("#a:1,,@b:2").is_none());
     }
 }

@@ -1,36 +1,45 @@
-//! Requests: what a client sends the server, as frame heads (plus bodies).
+//! Requests: what a client sends the server, as frame heads (plus bodies),
+//! and the one table of verbs that says how each is treated.
 //!
 //! This is the wire form, not what a person types: the client turns a typed
 //! [`crate::command::Command`] into one of these, encrypting message text
 //! into a body and reading files into chunks. The server parses each frame
 //! with [`Request::parse`] before touching any state.
 //!
+//! Everything the rest of the program needs to know about a verb (its
+//! usage line, whether it needs a login, whether it carries a body, what
+//! kind of reply it gets, whether it counts toward the rate limit, and how
+//! a person types it) is in [`Verb::spec`]. Adding a verb means a row there,
+//! its variant and parse arm below, one handler in the server, and the docs.
+//!
 //! # Format
 //!
-//! Tokens are separated by single spaces; command words match in any case.
+//! Tokens are separated by single spaces; verbs match in any case.
 //!
 //! ```text
-//! CREATE_USER <name> <username> <password>
+//! CREATE_USER <username> <password> <display name>
 //! LOGIN <username> <password>
 //! CREATE_GROUP <group> | JOIN <group> | LEAVE <group>
 //! LIST | HELP | LOGOUT | QUIT
-//! SEND <username> <content-key>                      + body
-//! SEND_TO_GROUP <group>[,<group>...] <content-key>   + body
-//! SEND_FILE <username> <size> <sha256-hex> <file name>
-//! SEND_TO_GROUP_FILE <group>[,...] <size> <sha256-hex> <file name>
-//! CHUNK <transfer-id> <offset> <content-key>         + body
+//! SEND <username> <send-id> <content-key>                      + body
+//! SEND_TO_GROUP <group>[,<group>...] <send-id> <content-key>   + body
+//! SEND_FILE <username> <send-id> <size> <sha256-hex> <file name>
+//! SEND_TO_GROUP_FILE <group>[,...] <send-id> <size> <sha256-hex> <file name>
+//! CHUNK <transfer-id> <offset> <content-key>                   + body
 //! FILE_END <transfer-id>
 //! FILE_ABORT <transfer-id>
-//! ACK <id>[,<id>...]
+//! ACK <conversation>:<seq>[,<conversation>:<seq>...]
 //! PONG <n>
-//! HISTORY <username|group|@username|#group> [<count>]
+//! HISTORY <@username|#group|name> [<count>]
 //! ```
 
 use std::fmt;
 
 use crate::content::{Body, ContentError, ContentKey};
 use crate::frame::Frame;
-use crate::names::{format_group_list, parse_group_list, GroupName, NameError, Username};
+use crate::names::{
+    format_group_list, parse_group_list, GroupName, MessageRef, NameError, Username,
+};
 
 /// The most plaintext bytes in one file chunk. Every chunk but the last is
 /// exactly this long.
@@ -62,6 +71,333 @@ pub fn message_too_long() -> String {
 /// The longest display name, password, or file name, in bytes.
 pub const MAX_FIELD_LEN: usize = 255;
 
+/// The longest send id.
+pub const MAX_SEND_ID_LEN: usize = 32;
+
+/// How many messages `HISTORY` returns when no count is given.
+pub const DEFAULT_HISTORY: usize = 20;
+
+/// The most messages one `HISTORY` returns; larger counts are capped.
+pub const MAX_HISTORY: usize = 500;
+
+/// The most references in one `ACK`.
+pub const MAX_ACK_REFS: usize = 256;
+
+/// Who may send a verb.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Access {
+    /// Before or after logging in.
+    Anyone,
+    /// Only before logging in (`ERR ALREADY_LOGGED_IN` after).
+    LoggedOut,
+    /// Only after logging in (`ERR NOT_LOGGED_IN` before).
+    LoggedIn,
+}
+
+/// What the server sends back for a verb.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReplyKind {
+    /// Nothing: a malformed one cannot be answered, so it ends the
+    /// connection instead.
+    Unanswered,
+    /// `OK <text>` or `ERR`.
+    Text,
+    /// `OK <ref>[,<ref>...] <text>`: where the message went.
+    Sent,
+    /// `OK <transfer-id> <text>` for a new upload, or `OK <ref>[,...]
+    /// <text>` for a repeated send id whose file is already stored.
+    Upload,
+}
+
+/// Everything about one verb, in one place.
+#[derive(Debug)]
+pub struct VerbSpec {
+    /// The word on the wire.
+    pub word: &'static str,
+    /// The wire usage line (sent back with `ERR USAGE`).
+    pub usage: &'static str,
+    /// Who may send it.
+    pub access: Access,
+    /// Whether the frame carries a body (and must).
+    pub body: bool,
+    /// What comes back.
+    pub reply: ReplyKind,
+    /// Whether it counts toward the per-session command rate.
+    pub rated: bool,
+    /// How a person types it, with what it does, for the client's `HELP`
+    /// (`None`: people never type it).
+    pub typed: Option<(&'static str, &'static str)>,
+}
+
+macro_rules! verbs {
+    ($($(#[$doc:meta])* $variant:ident => $spec:expr,)*) => {
+        /// A request verb. [`Verb::spec`] says everything about it.
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+        pub enum Verb {
+            $($(#[$doc])* $variant,)*
+        }
+
+        impl Verb {
+            /// Every verb, in the order `HELP` lists them.
+            pub const ALL: &'static [Verb] = &[$(Verb::$variant,)*];
+
+            /// The verb's row in the table.
+            pub fn spec(self) -> &'static VerbSpec {
+                match self {
+                    $(Verb::$variant => &$spec,)*
+                }
+            }
+        }
+    };
+}
+
+verbs! {
+    /// Create an account.
+    CreateUser => VerbSpec {
+        word: "CREATE_USER",
+        usage: "CREATE_USER <username> <password> <display name>",
+        access: Access::LoggedOut,
+        body: false,
+        reply: ReplyKind::Text,
+        rated: true,
+        typed: Some(("CREATE_USER <name> <username> [<password>]", "create an account (quote a name with spaces)")),
+    },
+    /// Log in.
+    Login => VerbSpec {
+        word: "LOGIN",
+        usage: "LOGIN <username> <password>",
+        access: Access::LoggedOut,
+        body: false,
+        reply: ReplyKind::Text,
+        rated: true,
+        typed: Some(("LOGIN <username> [<password>]", "log in (asks for the password if left out)")),
+    },
+    /// Create a group and join it.
+    CreateGroup => VerbSpec {
+        word: "CREATE_GROUP",
+        usage: "CREATE_GROUP <group>",
+        access: Access::LoggedIn,
+        body: false,
+        reply: ReplyKind::Text,
+        rated: true,
+        typed: Some(("CREATE_GROUP <group>", "create a group and join it")),
+    },
+    /// Join a group.
+    Join => VerbSpec {
+        word: "JOIN",
+        usage: "JOIN <group>",
+        access: Access::LoggedIn,
+        body: false,
+        reply: ReplyKind::Text,
+        rated: true,
+        typed: Some(("JOIN <group>", "join a group")),
+    },
+    /// Leave a group.
+    Leave => VerbSpec {
+        word: "LEAVE",
+        usage: "LEAVE <group>",
+        access: Access::LoggedIn,
+        body: false,
+        reply: ReplyKind::Text,
+        rated: true,
+        typed: Some(("LEAVE <group>", "leave a group")),
+    },
+    /// Groups and who is online.
+    List => VerbSpec {
+        word: "LIST",
+        usage: "LIST",
+        access: Access::LoggedIn,
+        body: false,
+        reply: ReplyKind::Text,
+        rated: true,
+        typed: Some(("LIST", "groups, members, who is online")),
+    },
+    /// The wire syntax.
+    Help => VerbSpec {
+        word: "HELP",
+        usage: "HELP",
+        access: Access::Anyone,
+        body: false,
+        reply: ReplyKind::Text,
+        rated: true,
+        typed: None,
+    },
+    /// Log out, keeping the connection.
+    Logout => VerbSpec {
+        word: "LOGOUT",
+        usage: "LOGOUT",
+        access: Access::LoggedIn,
+        body: false,
+        reply: ReplyKind::Text,
+        rated: true,
+        typed: Some(("LOGOUT", "log out, staying connected")),
+    },
+    /// Close the connection.
+    Quit => VerbSpec {
+        word: "QUIT",
+        usage: "QUIT",
+        access: Access::Anyone,
+        body: false,
+        reply: ReplyKind::Text,
+        rated: false,
+        typed: Some(("QUIT", "leave")),
+    },
+    /// A direct message.
+    Send => VerbSpec {
+        word: "SEND",
+        usage: "SEND <username> <send-id> <content-key> + body",
+        access: Access::LoggedIn,
+        body: true,
+        reply: ReplyKind::Sent,
+        rated: true,
+        typed: Some(("SEND <username> <message>", "direct message")),
+    },
+    /// A message to one or more groups.
+    SendToGroup => VerbSpec {
+        word: "SEND_TO_GROUP",
+        usage: "SEND_TO_GROUP <group>[,<group>...] <send-id> <content-key> + body",
+        access: Access::LoggedIn,
+        body: true,
+        reply: ReplyKind::Sent,
+        rated: true,
+        typed: Some(("SEND_TO_GROUP <group>[,<group>...] <message>", "group message")),
+    },
+    /// Announce a file for a user.
+    SendFile => VerbSpec {
+        word: "SEND_FILE",
+        usage: "SEND_FILE <username> <send-id> <size> <sha256> <file name>",
+        access: Access::LoggedIn,
+        body: false,
+        reply: ReplyKind::Upload,
+        rated: true,
+        typed: Some(("SEND FILE <username> <path>", "send a file")),
+    },
+    /// Announce a file for groups.
+    SendToGroupFile => VerbSpec {
+        word: "SEND_TO_GROUP_FILE",
+        usage: "SEND_TO_GROUP_FILE <group>[,...] <send-id> <size> <sha256> <file name>",
+        access: Access::LoggedIn,
+        body: false,
+        reply: ReplyKind::Upload,
+        rated: true,
+        typed: Some(("SEND_TO_GROUP FILE <group>[,<group>...] <path>", "send a file to groups")),
+    },
+    /// One piece of an announced file.
+    Chunk => VerbSpec {
+        word: "CHUNK",
+        usage: "CHUNK <transfer-id> <offset> <content-key> + body",
+        access: Access::LoggedIn,
+        body: true,
+        reply: ReplyKind::Unanswered,
+        rated: false,
+        typed: None,
+    },
+    /// Every chunk sent.
+    FileEnd => VerbSpec {
+        word: "FILE_END",
+        usage: "FILE_END <transfer-id>",
+        access: Access::LoggedIn,
+        body: false,
+        reply: ReplyKind::Sent,
+        rated: false,
+        typed: None,
+    },
+    /// Give up on an upload.
+    FileAbort => VerbSpec {
+        word: "FILE_ABORT",
+        usage: "FILE_ABORT <transfer-id>",
+        access: Access::LoggedIn,
+        body: false,
+        reply: ReplyKind::Text,
+        rated: false,
+        typed: None,
+    },
+    /// Everything up to these messages was handled.
+    Ack => VerbSpec {
+        word: "ACK",
+        usage: "ACK <conversation>:<seq>[,<conversation>:<seq>...]",
+        access: Access::LoggedIn,
+        body: false,
+        reply: ReplyKind::Unanswered,
+        rated: false,
+        typed: None,
+    },
+    /// The answer to `PING`.
+    Pong => VerbSpec {
+        word: "PONG",
+        usage: "PONG <n>",
+        access: Access::Anyone,
+        body: false,
+        reply: ReplyKind::Unanswered,
+        rated: false,
+        typed: None,
+    },
+    /// The last messages of a conversation.
+    History => VerbSpec {
+        word: "HISTORY",
+        usage: "HISTORY <@username|#group|name> [<count>]",
+        access: Access::LoggedIn,
+        body: false,
+        reply: ReplyKind::Text,
+        rated: true,
+        typed: Some(("HISTORY <@user|#group> [N]", "the last N (default 20, at most 500) messages")),
+    },
+}
+
+impl Verb {
+    /// The verb for a word on the wire, in any case.
+    pub fn from_word(word: &str) -> Option<Verb> {
+        Verb::ALL
+            .iter()
+            .copied()
+            .find(|v| v.spec().word.eq_ignore_ascii_case(word))
+    }
+
+    /// The verb a head starts with, if any.
+    pub fn of_head(head: &str) -> Option<Verb> {
+        Verb::from_word(head.split(' ').next().unwrap_or(""))
+    }
+}
+
+impl fmt::Display for Verb {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.spec().word)
+    }
+}
+
+/// A client-chosen id that makes a send idempotent: a repeat of a send id
+/// the server has already stored gets the original reply and changes
+/// nothing. 1 to [`MAX_SEND_ID_LEN`] characters from `[A-Za-z0-9_-]`.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct SendId(String);
+
+impl SendId {
+    /// Validates a send id.
+    pub fn parse(s: &str) -> Option<SendId> {
+        let ok = !s.is_empty()
+            && s.len() <= MAX_SEND_ID_LEN
+            && s.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
+        ok.then(|| SendId(s.to_string()))
+    }
+
+    /// A fresh random id (64 bits, as 16 hex digits).
+    pub fn random() -> SendId {
+        use rand::Rng as _;
+        SendId(format!("{:016x}", rand::rng().next_u64()))
+    }
+
+    /// The id as text.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for SendId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
 /// Where a file goes.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum FileTarget {
@@ -76,6 +412,8 @@ pub enum FileTarget {
 pub struct FileOffer {
     /// The recipients.
     pub target: FileTarget,
+    /// Makes a retried announcement recognisable.
+    pub send_id: SendId,
     /// Plaintext size in bytes.
     pub size: u64,
     /// SHA-256 of the plaintext.
@@ -84,17 +422,38 @@ pub struct FileOffer {
     pub name: String,
 }
 
+/// The conversation a `HISTORY` request names.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HistoryTarget {
+    /// `@name`: the direct conversation with this user.
+    User(Username),
+    /// `#name`: this group.
+    Group(GroupName),
+    /// A bare name: the user of that name if there is one, else the group.
+    Either(String),
+}
+
+impl fmt::Display for HistoryTarget {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            HistoryTarget::User(u) => write!(f, "@{u}"),
+            HistoryTarget::Group(g) => write!(f, "#{g}"),
+            HistoryTarget::Either(n) => f.write_str(n),
+        }
+    }
+}
+
 /// One client-to-server request.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Request {
-    /// `CREATE_USER <name> <username> <password>`
+    /// `CREATE_USER <username> <password> <display name>`
     CreateUser {
-        /// Display name.
-        name: String,
         /// Login name.
         username: Username,
         /// Password (never logged).
         password: String,
+        /// Display name (may contain spaces).
+        name: String,
     },
     /// `LOGIN <username> <password>`
     Login {
@@ -121,6 +480,8 @@ pub enum Request {
     Send {
         /// Recipient.
         to: Username,
+        /// Makes a retry recognisable.
+        send_id: SendId,
         /// The content key.
         key: ContentKey,
         /// The encrypted text.
@@ -130,6 +491,8 @@ pub enum Request {
     SendToGroup {
         /// Recipient groups, without repeats.
         groups: Vec<GroupName>,
+        /// Makes a retry recognisable.
+        send_id: SendId,
         /// The content key.
         key: ContentKey,
         /// The encrypted text.
@@ -152,146 +515,137 @@ pub enum Request {
     FileEnd(u64),
     /// The sender gives up on a transfer.
     FileAbort(u64),
-    /// Messages and files received and handled: drop them from the
-    /// pending queue. Gets no reply.
-    Ack(Vec<u64>),
+    /// Everything up to each of these messages, in its conversation, has
+    /// been handled (cumulative). Gets no reply.
+    Ack(Vec<MessageRef>),
     /// The answer to the server's `PING <n>`. Gets no reply.
     Pong(u64),
     /// The last messages of a conversation.
     History {
         /// Whose conversation.
         with: HistoryTarget,
-        /// How many messages at most.
+        /// How many messages at most (1 to [`MAX_HISTORY`]).
         limit: usize,
     },
 }
 
-/// The conversation a `HISTORY` request names.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum HistoryTarget {
-    /// `@name`: the direct conversation with this user.
-    User(Username),
-    /// `#name`: this group.
-    Group(GroupName),
-    /// A bare name: the group if the caller is in one of that name, else the user.
-    Either(String),
-}
-
-impl fmt::Display for HistoryTarget {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            HistoryTarget::User(u) => write!(f, "@{u}"),
-            HistoryTarget::Group(g) => write!(f, "#{g}"),
-            HistoryTarget::Either(n) => f.write_str(n),
-        }
-    }
-}
-
-/// How many messages `HISTORY` returns when no count is given.
-pub const DEFAULT_HISTORY: usize = 20;
-
-/// The most messages one `HISTORY` returns.
-pub const MAX_HISTORY: usize = 500;
-
-/// The most ids in one `ACK`.
-pub const MAX_ACK_IDS: usize = 1024;
-
 /// Why a request was refused before reaching the server's state.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ParseError {
     /// An empty head.
+    #[error("empty command")]
     Empty,
-    /// The first word is not a command.
+    /// The first word is not a verb.
+    #[error("unknown command {0:?}; try HELP")]
     UnknownCommand(String),
-    /// Wrong arguments; carries the command's usage line.
-    Usage(&'static str),
+    /// Wrong arguments, a missing body, or a body where none belongs.
+    #[error("usage: {}", .0.spec().usage)]
+    Usage(Verb),
     /// A user or group name broke the naming rules.
-    BadName(NameError),
+    #[error(transparent)]
+    BadName(#[from] NameError),
     /// A content key or body is malformed.
-    BadContent(ContentError),
-    /// A body longer than the message (false) or chunk (true) limit.
-    TooLarge {
-        /// Whether the body was a file chunk's.
-        chunk: bool,
-    },
+    #[error(transparent)]
+    BadContent(#[from] ContentError),
+    /// A body longer than the message (`Send`...) or chunk limit.
+    #[error("{}", too_large_text(*.0))]
+    TooLarge(Verb),
 }
 
-impl fmt::Display for ParseError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+fn too_large_text(verb: Verb) -> String {
+    if verb == Verb::Chunk {
+        format!("chunk too large: at most {FILE_CHUNK_SIZE} bytes of content")
+    } else {
+        message_too_long()
+    }
+}
+
+impl ParseError {
+    /// The verb the head started with, if it was one.
+    pub fn verb(&self) -> Option<Verb> {
         match self {
-            ParseError::Empty => f.write_str("empty command"),
-            ParseError::UnknownCommand(c) => write!(f, "unknown command {c:?}; try HELP"),
-            ParseError::Usage(u) => write!(f, "usage: {u}"),
-            ParseError::BadName(e) => write!(f, "{e}"),
-            ParseError::BadContent(e) => write!(f, "{e}"),
-            ParseError::TooLarge { chunk: false } => f.write_str(&message_too_long()),
-            ParseError::TooLarge { chunk: true } => {
-                write!(
-                    f,
-                    "chunk too large: at most {FILE_CHUNK_SIZE} bytes of content"
-                )
-            }
+            ParseError::Usage(v) | ParseError::TooLarge(v) => Some(*v),
+            _ => None,
         }
     }
 }
 
-impl std::error::Error for ParseError {}
-
-impl From<NameError> for ParseError {
-    fn from(e: NameError) -> Self {
-        ParseError::BadName(e)
-    }
+/// The space-separated arguments of one head, taken left to right.
+struct Args<'a> {
+    rest: &'a str,
+    verb: Verb,
 }
 
-impl From<ContentError> for ParseError {
-    fn from(e: ContentError) -> Self {
-        ParseError::BadContent(e)
+impl<'a> Args<'a> {
+    fn usage(&self) -> ParseError {
+        ParseError::Usage(self.verb)
     }
-}
 
-/// Splits off the first `n` space-separated tokens and returns them with the rest.
-fn split_n(s: &str, n: usize) -> Option<(Vec<&str>, &str)> {
-    let mut tokens = Vec::with_capacity(n);
-    let mut rest = s;
-    for _ in 0..n {
-        let (tok, r) = match rest.find(' ') {
-            Some(i) => (&rest[..i], &rest[i + 1..]),
-            None => (rest, ""),
+    /// The next token (non-empty: a doubled space is a usage error).
+    fn next(&mut self) -> Result<&'a str, ParseError> {
+        let (tok, rest) = match self.rest.find(' ') {
+            Some(i) => (&self.rest[..i], &self.rest[i + 1..]),
+            None => (self.rest, ""),
         };
         if tok.is_empty() {
-            return None;
+            return Err(self.usage());
         }
-        tokens.push(tok);
-        rest = r;
+        self.rest = rest;
+        Ok(tok)
     }
-    Some((tokens, rest))
+
+    /// The next token, if any remain.
+    fn optional(&mut self) -> Result<Option<&'a str>, ParseError> {
+        if self.rest.is_empty() {
+            Ok(None)
+        } else {
+            self.next().map(Some)
+        }
+    }
+
+    fn number(&mut self) -> Result<u64, ParseError> {
+        let t = self.next()?;
+        parse_number(t).ok_or_else(|| self.usage())
+    }
+
+    /// Everything left, as a display name, password or file name:
+    /// printable, bounded, and free of spaces unless `spaces`.
+    fn field(&mut self, spaces: bool) -> Result<String, ParseError> {
+        let s = if spaces {
+            std::mem::take(&mut self.rest)
+        } else {
+            self.next()?
+        };
+        let ok = !s.is_empty()
+            && s.len() <= MAX_FIELD_LEN
+            && !s.chars().any(|c| c.is_control() || (!spaces && c == ' '));
+        if ok {
+            Ok(s.to_string())
+        } else {
+            Err(self.usage())
+        }
+    }
+
+    fn send_id(&mut self) -> Result<SendId, ParseError> {
+        let t = self.next()?;
+        SendId::parse(t).ok_or_else(|| self.usage())
+    }
+
+    /// Fails unless every argument was used.
+    fn end(self) -> Result<(), ParseError> {
+        if self.rest.is_empty() {
+            Ok(())
+        } else {
+            Err(self.usage())
+        }
+    }
 }
 
-/// Exactly `n` tokens, no more.
-fn exactly<'a>(s: &'a str, n: usize, usage: &'static str) -> Result<Vec<&'a str>, ParseError> {
-    match split_n(s, n) {
-        Some((t, "")) => Ok(t),
-        _ => Err(ParseError::Usage(usage)),
-    }
-}
-
-/// A display name, password or file name: printable, bounded, no spaces unless `spaces`.
-fn field(s: &str, spaces: bool, usage: &'static str) -> Result<String, ParseError> {
-    let ok = !s.is_empty()
-        && s.len() <= MAX_FIELD_LEN
-        && !s.chars().any(|c| c.is_control() || (!spaces && c == ' '));
-    if ok {
-        Ok(s.to_string())
-    } else {
-        Err(ParseError::Usage(usage))
-    }
-}
-
-fn number(s: &str, usage: &'static str) -> Result<u64, ParseError> {
+fn parse_number(s: &str) -> Option<u64> {
     if s.is_empty() || !s.bytes().all(|b| b.is_ascii_digit()) {
-        return Err(ParseError::Usage(usage));
+        return None;
     }
-    s.parse().map_err(|_| ParseError::Usage(usage))
+    s.parse().ok()
 }
 
 /// Parses 64 hex digits into a SHA-256 digest.
@@ -311,221 +665,195 @@ pub fn format_sha256(d: &[u8; 32]) -> String {
     d.iter().map(|b| format!("{b:02x}")).collect()
 }
 
-const U_CREATE_USER: &str = "CREATE_USER <name> <username> <password>";
-const U_LOGIN: &str = "LOGIN <username> <password>";
-const U_CREATE_GROUP: &str = "CREATE_GROUP <group>";
-const U_JOIN: &str = "JOIN <group>";
-const U_LEAVE: &str = "LEAVE <group>";
-const U_SEND: &str = "SEND <username> <content-key> + body";
-const U_SEND_GROUP: &str = "SEND_TO_GROUP <group>[,<group>...] <content-key> + body";
-const U_SEND_FILE: &str = "SEND_FILE <username> <size> <sha256> <file name>";
-const U_SEND_GROUP_FILE: &str = "SEND_TO_GROUP_FILE <group>[,...] <size> <sha256> <file name>";
-const U_CHUNK: &str = "CHUNK <transfer-id> <offset> <content-key> + body";
-const U_FILE_END: &str = "FILE_END <transfer-id>";
-const U_FILE_ABORT: &str = "FILE_ABORT <transfer-id>";
-const U_ACK: &str = "ACK <id>[,<id>...]";
-const U_PONG: &str = "PONG <n>";
-const U_HISTORY: &str = "HISTORY <username|group> [<count>]";
-
 impl Request {
     /// Parses a received frame.
     pub fn parse(frame: Frame) -> Result<Request, ParseError> {
-        let Frame { head, body } = frame;
-        let (verb, args) = match head.split_once(' ') {
-            Some((v, a)) => (v, a),
-            None => (head.as_str(), ""),
-        };
-        if verb.is_empty() {
+        let Frame { head, body, .. } = frame;
+        let (word, rest) = head.split_once(' ').unwrap_or((head.as_str(), ""));
+        if word.is_empty() {
             return Err(ParseError::Empty);
         }
-        let verb = verb.to_ascii_uppercase();
-        let Some(usage) = usage_of(&verb) else {
-            return Err(ParseError::UnknownCommand(truncate(&verb, 32)));
-        };
-        let needs_body = matches!(verb.as_str(), "SEND" | "SEND_TO_GROUP" | "CHUNK");
-        let body = match (needs_body, body) {
-            (true, Some(b)) if !b.is_plain() => {
-                return Err(ParseError::Usage(usage));
-            }
-            (true, Some(b)) => {
-                let max = if verb == "CHUNK" {
+        let verb =
+            Verb::from_word(word).ok_or_else(|| ParseError::UnknownCommand(truncate(word, 32)))?;
+        let spec = verb.spec();
+        let body = match (spec.body, body) {
+            (true, Some(b)) if b.is_plain() => {
+                let max = if verb == Verb::Chunk {
                     MAX_CHUNK_BODY_LEN
                 } else {
                     MAX_MESSAGE_BODY_LEN
                 };
                 if b.as_str().len() > max {
-                    return Err(ParseError::TooLarge {
-                        chunk: verb == "CHUNK",
-                    });
+                    return Err(ParseError::TooLarge(verb));
                 }
                 Some(b)
             }
             (false, None) => None,
-            (true, None) | (false, Some(_)) => {
-                return Err(ParseError::Usage(usage));
-            }
+            _ => return Err(ParseError::Usage(verb)),
         };
-        let no_args = |r: Request| {
-            if args.is_empty() {
-                Ok(r)
-            } else {
-                Err(ParseError::Usage(usage))
-            }
-        };
-        match verb.as_str() {
-            "CREATE_USER" => {
-                let t = exactly(args, 3, U_CREATE_USER)?;
-                Ok(Request::CreateUser {
-                    name: field(t[0], false, U_CREATE_USER)?,
-                    username: Username::parse(t[1])?,
-                    password: field(t[2], false, U_CREATE_USER)?,
-                })
-            }
-            "LOGIN" => {
-                let t = exactly(args, 2, U_LOGIN)?;
-                Ok(Request::Login {
-                    username: Username::parse(t[0])?,
-                    password: field(t[1], false, U_LOGIN)?,
-                })
-            }
-            "CREATE_GROUP" => Ok(Request::CreateGroup(GroupName::parse(
-                exactly(args, 1, U_CREATE_GROUP)?[0],
-            )?)),
-            "JOIN" => Ok(Request::Join(GroupName::parse(
-                exactly(args, 1, U_JOIN)?[0],
-            )?)),
-            "LEAVE" => Ok(Request::Leave(GroupName::parse(
-                exactly(args, 1, U_LEAVE)?[0],
-            )?)),
-            "LIST" => no_args(Request::List),
-            "HELP" => no_args(Request::Help),
-            "LOGOUT" => no_args(Request::Logout),
-            "QUIT" => no_args(Request::Quit),
-            "SEND" | "SEND_TO_GROUP" => {
-                let t = exactly(args, 2, usage)?;
-                let key = ContentKey::from_b64(t[1])?;
-                // needs_body guaranteed a body for these verbs.
-                let body = body.expect("body checked above");
-                if verb == "SEND" {
-                    Ok(Request::Send {
-                        to: Username::parse(t[0])?,
-                        key,
-                        body,
-                    })
+        // The table said whether a body comes; these verbs have one.
+        let body = || body.clone().ok_or(ParseError::Usage(verb));
+        let mut a = Args { rest, verb };
+        let request = match verb {
+            Verb::CreateUser => Request::CreateUser {
+                username: Username::parse(a.next()?)?,
+                password: a.field(false)?,
+                name: a.field(true)?,
+            },
+            Verb::Login => Request::Login {
+                username: Username::parse(a.next()?)?,
+                password: a.field(false)?,
+            },
+            Verb::CreateGroup => Request::CreateGroup(GroupName::parse(a.next()?)?),
+            Verb::Join => Request::Join(GroupName::parse(a.next()?)?),
+            Verb::Leave => Request::Leave(GroupName::parse(a.next()?)?),
+            Verb::List => Request::List,
+            Verb::Help => Request::Help,
+            Verb::Logout => Request::Logout,
+            Verb::Quit => Request::Quit,
+            Verb::Send => Request::Send {
+                to: Username::parse(a.next()?)?,
+                send_id: a.send_id()?,
+                key: ContentKey::from_b64(a.next()?)?,
+                body: body()?,
+            },
+            Verb::SendToGroup => Request::SendToGroup {
+                groups: parse_group_list(a.next()?)?,
+                send_id: a.send_id()?,
+                key: ContentKey::from_b64(a.next()?)?,
+                body: body()?,
+            },
+            Verb::SendFile | Verb::SendToGroupFile => {
+                let to = a.next()?;
+                let target = if verb == Verb::SendFile {
+                    FileTarget::User(Username::parse(to)?)
                 } else {
-                    Ok(Request::SendToGroup {
-                        groups: parse_group_list(t[0])?,
-                        key,
-                        body,
-                    })
-                }
-            }
-            "SEND_FILE" | "SEND_TO_GROUP_FILE" => {
-                let (t, name) = split_n(args, 3).ok_or(ParseError::Usage(usage))?;
-                let target = if verb == "SEND_FILE" {
-                    FileTarget::User(Username::parse(t[0])?)
-                } else {
-                    FileTarget::Groups(parse_group_list(t[0])?)
+                    FileTarget::Groups(parse_group_list(to)?)
                 };
-                Ok(Request::SendFile(FileOffer {
+                let send_id = a.send_id()?;
+                let size = a.number()?;
+                let sha256 = parse_sha256(a.next()?).ok_or(ParseError::Usage(verb))?;
+                Request::SendFile(FileOffer {
                     target,
-                    size: number(t[1], usage)?,
-                    sha256: parse_sha256(t[2]).ok_or(ParseError::Usage(usage))?,
-                    name: field(name, true, usage)?,
-                }))
-            }
-            "CHUNK" => {
-                let t = exactly(args, 3, U_CHUNK)?;
-                Ok(Request::Chunk {
-                    transfer: number(t[0], U_CHUNK)?,
-                    offset: number(t[1], U_CHUNK)?,
-                    key: ContentKey::from_b64(t[2])?,
-                    body: body.expect("body checked above"),
+                    send_id,
+                    size,
+                    sha256,
+                    name: a.field(true)?,
                 })
             }
-            "FILE_END" => Ok(Request::FileEnd(number(
-                exactly(args, 1, U_FILE_END)?[0],
-                U_FILE_END,
-            )?)),
-            "FILE_ABORT" => Ok(Request::FileAbort(number(
-                exactly(args, 1, U_FILE_ABORT)?[0],
-                U_FILE_ABORT,
-            )?)),
-            "ACK" => {
-                let list = exactly(args, 1, U_ACK)?[0];
-                let ids = list
-                    .split(',')
-                    .map(|id| number(id, U_ACK))
-                    .collect::<Result<Vec<u64>, _>>()?;
-                if ids.len() > MAX_ACK_IDS {
-                    return Err(ParseError::Usage(U_ACK));
+            Verb::Chunk => Request::Chunk {
+                transfer: a.number()?,
+                offset: a.number()?,
+                key: ContentKey::from_b64(a.next()?)?,
+                body: body()?,
+            },
+            Verb::FileEnd => Request::FileEnd(a.number()?),
+            Verb::FileAbort => Request::FileAbort(a.number()?),
+            Verb::Ack => {
+                let refs = MessageRef::parse_list(a.next()?).ok_or(ParseError::Usage(verb))?;
+                if refs.len() > MAX_ACK_REFS {
+                    return Err(ParseError::Usage(verb));
                 }
-                Ok(Request::Ack(ids))
+                Request::Ack(refs)
             }
-            "PONG" => Ok(Request::Pong(number(exactly(args, 1, U_PONG)?[0], U_PONG)?)),
-            "HISTORY" => {
-                let t = match split_n(args, 2) {
-                    Some((t, "")) => t,
-                    _ => exactly(args, 1, U_HISTORY)?,
-                };
-                let with = if let Some(u) = t[0].strip_prefix('@') {
+            Verb::Pong => Request::Pong(a.number()?),
+            Verb::History => {
+                let name = a.next()?;
+                let with = if let Some(u) = name.strip_prefix('@') {
                     HistoryTarget::User(Username::parse(u)?)
-                } else if let Some(g) = t[0].strip_prefix('#') {
+                } else if let Some(g) = name.strip_prefix('#') {
                     HistoryTarget::Group(GroupName::parse(g)?)
                 } else {
                     // Valid as a user or a group name (the rules are the same).
-                    HistoryTarget::Either(Username::parse(t[0])?.to_string())
+                    HistoryTarget::Either(Username::parse(name)?.to_string())
                 };
-                let limit = match t.get(1) {
-                    Some(n) => number(n, U_HISTORY)?,
+                let limit = match a.optional()? {
                     None => DEFAULT_HISTORY as u64,
+                    Some(n) => parse_number(n).ok_or(ParseError::Usage(verb))?,
                 };
-                if limit == 0 || limit > MAX_HISTORY as u64 {
-                    return Err(ParseError::Usage(U_HISTORY));
+                if limit == 0 {
+                    return Err(ParseError::Usage(verb));
                 }
-                Ok(Request::History {
+                Request::History {
                     with,
-                    limit: limit as usize,
-                })
+                    limit: limit.min(MAX_HISTORY as u64) as usize,
+                }
             }
-            _ => Err(ParseError::UnknownCommand(truncate(&verb, 32))),
+        };
+        a.end()?;
+        Ok(request)
+    }
+
+    /// The request's verb.
+    pub fn verb(&self) -> Verb {
+        match self {
+            Request::CreateUser { .. } => Verb::CreateUser,
+            Request::Login { .. } => Verb::Login,
+            Request::CreateGroup(_) => Verb::CreateGroup,
+            Request::Join(_) => Verb::Join,
+            Request::Leave(_) => Verb::Leave,
+            Request::List => Verb::List,
+            Request::Help => Verb::Help,
+            Request::Logout => Verb::Logout,
+            Request::Quit => Verb::Quit,
+            Request::Send { .. } => Verb::Send,
+            Request::SendToGroup { .. } => Verb::SendToGroup,
+            Request::SendFile(FileOffer {
+                target: FileTarget::User(_),
+                ..
+            }) => Verb::SendFile,
+            Request::SendFile(_) => Verb::SendToGroupFile,
+            Request::Chunk { .. } => Verb::Chunk,
+            Request::FileEnd(_) => Verb::FileEnd,
+            Request::FileAbort(_) => Verb::FileAbort,
+            Request::Ack(_) => Verb::Ack,
+            Request::Pong(_) => Verb::Pong,
+            Request::History { .. } => Verb::History,
         }
     }
 
     /// The frame that carries this request.
     pub fn to_frame(&self) -> Frame {
-        let (head, body) = match self {
+        let word = self.verb().spec().word;
+        let (args, body) = match self {
             Request::CreateUser {
-                name,
                 username,
                 password,
-            } => (format!("CREATE_USER {name} {username} {password}"), None),
-            Request::Login { username, password } => (format!("LOGIN {username} {password}"), None),
-            Request::CreateGroup(g) => (format!("CREATE_GROUP {g}"), None),
-            Request::Join(g) => (format!("JOIN {g}"), None),
-            Request::Leave(g) => (format!("LEAVE {g}"), None),
-            Request::List => ("LIST".into(), None),
-            Request::Help => ("HELP".into(), None),
-            Request::Logout => ("LOGOUT".into(), None),
-            Request::Quit => ("QUIT".into(), None),
-            Request::Send { to, key, body } => {
-                (format!("SEND {to} {}", key.to_b64()), Some(body.clone()))
+                name,
+            } => (format!("{username} {password} {name}"), None),
+            Request::Login { username, password } => (format!("{username} {password}"), None),
+            Request::CreateGroup(g) | Request::Join(g) | Request::Leave(g) => (g.to_string(), None),
+            Request::List | Request::Help | Request::Logout | Request::Quit => {
+                (String::new(), None)
             }
-            Request::SendToGroup { groups, key, body } => (
-                format!(
-                    "SEND_TO_GROUP {} {}",
-                    format_group_list(groups),
-                    key.to_b64()
-                ),
+            Request::Send {
+                to,
+                send_id,
+                key,
+                body,
+            } => (
+                format!("{to} {send_id} {}", key.to_b64()),
+                Some(body.clone()),
+            ),
+            Request::SendToGroup {
+                groups,
+                send_id,
+                key,
+                body,
+            } => (
+                format!("{} {send_id} {}", format_group_list(groups), key.to_b64()),
                 Some(body.clone()),
             ),
             Request::SendFile(o) => {
-                let (verb, target) = match &o.target {
-                    FileTarget::User(u) => ("SEND_FILE", u.to_string()),
-                    FileTarget::Groups(g) => ("SEND_TO_GROUP_FILE", format_group_list(g)),
+                let target = match &o.target {
+                    FileTarget::User(u) => u.to_string(),
+                    FileTarget::Groups(g) => format_group_list(g),
                 };
                 let sha = format_sha256(&o.sha256);
-                (format!("{verb} {target} {} {sha} {}", o.size, o.name), None)
+                (
+                    format!("{target} {} {} {sha} {}", o.send_id, o.size, o.name),
+                    None,
+                )
             }
             Request::Chunk {
                 transfer,
@@ -533,67 +861,36 @@ impl Request {
                 key,
                 body,
             } => (
-                format!("CHUNK {transfer} {offset} {}", key.to_b64()),
+                format!("{transfer} {offset} {}", key.to_b64()),
                 Some(body.clone()),
             ),
-            Request::FileEnd(t) => (format!("FILE_END {t}"), None),
-            Request::FileAbort(t) => (format!("FILE_ABORT {t}"), None),
-            Request::Ack(ids) => {
-                let ids: Vec<String> = ids.iter().map(u64::to_string).collect();
-                (format!("ACK {}", ids.join(",")), None)
-            }
-            Request::History { with, limit } => (format!("HISTORY {with} {limit}"), None),
-            Request::Pong(n) => (format!("PONG {n}"), None),
+            Request::FileEnd(t) | Request::FileAbort(t) => (t.to_string(), None),
+            Request::Ack(refs) => (MessageRef::format_list(refs), None),
+            Request::Pong(n) => (n.to_string(), None),
+            Request::History { with, limit } => (format!("{with} {limit}"), None),
         };
-        Frame { head, body }
+        let head = if args.is_empty() {
+            word.to_string()
+        } else {
+            format!("{word} {args}")
+        };
+        Frame {
+            head,
+            body,
+            clear: false,
+        }
     }
 
     /// The head with any password replaced, for logs.
     pub fn redacted(&self) -> String {
         match self {
-            Request::CreateUser { name, username, .. } => {
-                format!("CREATE_USER {name} {username} <password>")
+            Request::CreateUser { username, name, .. } => {
+                format!("CREATE_USER {username} <password> {name}")
             }
             Request::Login { username, .. } => format!("LOGIN {username} <password>"),
             other => other.to_frame().head,
         }
     }
-}
-
-/// Whether a head is a request that gets no reply (a file chunk, an
-/// acknowledgement or a pong). A malformed one cannot be answered, so it
-/// ends the connection instead.
-pub fn is_unanswered(head: &str) -> bool {
-    let verb = head.split(' ').next().unwrap_or("");
-    ["CHUNK", "ACK", "PONG"]
-        .iter()
-        .any(|v| verb.eq_ignore_ascii_case(v))
-}
-
-/// The usage line of a request verb; `None` for a word that is not one.
-fn usage_of(verb: &str) -> Option<&'static str> {
-    Some(match verb {
-        "CREATE_USER" => U_CREATE_USER,
-        "LOGIN" => U_LOGIN,
-        "CREATE_GROUP" => U_CREATE_GROUP,
-        "JOIN" => U_JOIN,
-        "LEAVE" => U_LEAVE,
-        "LIST" => "LIST",
-        "HELP" => "HELP",
-        "LOGOUT" => "LOGOUT",
-        "QUIT" => "QUIT",
-        "SEND" => U_SEND,
-        "SEND_TO_GROUP" => U_SEND_GROUP,
-        "SEND_FILE" => U_SEND_FILE,
-        "SEND_TO_GROUP_FILE" => U_SEND_GROUP_FILE,
-        "CHUNK" => U_CHUNK,
-        "FILE_END" => U_FILE_END,
-        "FILE_ABORT" => U_FILE_ABORT,
-        "ACK" => U_ACK,
-        "HISTORY" => U_HISTORY,
-        "PONG" => U_PONG,
-        _ => return None,
-    })
 }
 
 /// At most `max` characters of untrusted text, for error messages.
@@ -604,6 +901,7 @@ pub(crate) fn truncate(s: &str, max: usize) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::names::Conversation;
 
     fn parse(head: &str) -> Result<Request, ParseError> {
         Request::parse(Frame::head(head))
@@ -621,9 +919,23 @@ mod tests {
             })
         );
         assert_eq!(
-            parse("CREATE_GROUP devs"),
-            Ok(Request::CreateGroup(GroupName::parse("devs").unwrap()))
+            parse("CREATE_USER alice pw Alice Smith"),
+            Ok(Request::CreateUser {
+                username: Username::parse("alice").unwrap(),
+                password: "pw".into(),
+                name: "Alice Smith".into()
+            })
         );
+    }
+
+    #[test]
+    fn every_verb_has_one_word_and_a_usage_starting_with_it() {
+        for v in Verb::ALL {
+            assert_eq!(Verb::from_word(v.spec().word), Some(*v));
+            assert!(v.spec().usage.starts_with(v.spec().word), "{v}");
+            let unanswered = v.spec().reply == ReplyKind::Unanswered;
+            assert!(!(unanswered && v.spec().rated), "{v}: unanswered verbs are not rated");
+        }
     }
 
     #[test]
@@ -633,34 +945,36 @@ mod tests {
             parse("FLY away"),
             Err(ParseError::UnknownCommand("FLY".into()))
         );
-        assert_eq!(parse("LOGIN alice"), Err(ParseError::Usage(U_LOGIN)));
+        assert_eq!(parse("LOGIN alice"), Err(ParseError::Usage(Verb::Login)));
         assert_eq!(
             parse("LOGIN alice pw extra"),
-            Err(ParseError::Usage(U_LOGIN))
+            Err(ParseError::Usage(Verb::Login))
         );
-        assert_eq!(parse("LIST now"), Err(ParseError::Usage("LIST")));
+        assert_eq!(parse("LIST now"), Err(ParseError::Usage(Verb::List)));
         assert_eq!(
             parse("JOIN ../etc"),
             Err(ParseError::BadName(NameError::Characters))
         );
         assert_eq!(
-            parse("SEND bob key"),
-            Err(ParseError::Usage(U_SEND)),
+            parse("SEND bob id1 key"),
+            Err(ParseError::Usage(Verb::Send)),
             "no body"
         );
-        assert_eq!(parse("LOGIN  alice pw"), Err(ParseError::Usage(U_LOGIN)));
+        assert_eq!(parse("LOGIN  alice pw"), Err(ParseError::Usage(Verb::Login)));
         let body = ContentKey::random().seal(b"x");
         let with_body = |h: &str| {
-            Request::parse(Frame {
-                head: h.into(),
-                body: Some(body.clone()),
-            })
+            Request::parse(Frame::with_body(h, body.clone()))
         };
         assert_eq!(
             with_body("FLY x"),
             Err(ParseError::UnknownCommand("FLY".into()))
         );
-        assert_eq!(with_body("LIST"), Err(ParseError::Usage("LIST")));
+        assert_eq!(with_body("LIST"), Err(ParseError::Usage(Verb::List)));
+        let key = ContentKey::random().to_b64();
+        assert_eq!(
+            with_body(&format!("SEND bob bad!id {key}")),
+            Err(ParseError::Usage(Verb::Send))
+        );
         assert!(parse_sha256(&"+f".repeat(32)).is_none());
     }
 
@@ -670,27 +984,24 @@ mod tests {
         let fits = key.seal(&vec![b'a'; MAX_MESSAGE_LEN]);
         assert_eq!(fits.as_str().len(), MAX_MESSAGE_BODY_LEN);
         let big = key.seal(&vec![b'a'; MAX_MESSAGE_LEN + 8]);
-        let head = format!("SEND bob {}", key.to_b64());
-        let frame = |b: &Body| Frame {
-            head: head.clone(),
-            body: Some(b.clone()),
-        };
+        let head = format!("SEND bob x1 {}", key.to_b64());
+        let frame = |b: &Body| Frame::with_body(head.clone(), b.clone());
         assert!(Request::parse(frame(&fits)).is_ok());
         assert_eq!(
             Request::parse(frame(&big)),
-            Err(ParseError::TooLarge { chunk: false })
+            Err(ParseError::TooLarge(Verb::Send))
         );
         let chunk = key.seal(&vec![0; FILE_CHUNK_SIZE + 8]);
         let head = format!("CHUNK 1 0 {}", key.to_b64());
         assert_eq!(
-            Request::parse(Frame {
-                head,
-                body: Some(chunk)
-            }),
-            Err(ParseError::TooLarge { chunk: true })
+            Request::parse(Frame::with_body(head, chunk)),
+            Err(ParseError::TooLarge(Verb::Chunk))
         );
-        assert!(is_unanswered("chunk 1 2 3"));
-        assert!(!is_unanswered("CHUNKY"));
+        assert_eq!(
+            Verb::of_head("chunk 1 2 3").map(|v| v.spec().reply),
+            Some(ReplyKind::Unanswered)
+        );
+        assert_eq!(Verb::of_head("CHUNKY"), None);
     }
 
     #[test]
@@ -699,11 +1010,12 @@ mod tests {
         let body = key.seal(b"hi there");
         let u = Username::parse("bob").unwrap();
         let gs = parse_group_list("a,b").unwrap();
+        let id = SendId::parse("c0ffee").unwrap();
         let all = vec![
             Request::CreateUser {
-                name: "Bob".into(),
                 username: u.clone(),
                 password: "s3cret!".into(),
+                name: "Bob the Builder".into(),
             },
             Request::Login {
                 username: u.clone(),
@@ -718,22 +1030,26 @@ mod tests {
             Request::Quit,
             Request::Send {
                 to: u.clone(),
+                send_id: id.clone(),
                 key: key.clone(),
                 body: body.clone(),
             },
             Request::SendToGroup {
                 groups: gs.clone(),
+                send_id: id.clone(),
                 key: key.clone(),
                 body: body.clone(),
             },
             Request::SendFile(FileOffer {
                 target: FileTarget::User(u.clone()),
+                send_id: id.clone(),
                 size: 12,
                 sha256: [0xab; 32],
                 name: "my report.pdf".into(),
             }),
             Request::SendFile(FileOffer {
                 target: FileTarget::Groups(gs.clone()),
+                send_id: SendId::random(),
                 size: 0,
                 sha256: [1; 32],
                 name: "x".into(),
@@ -746,7 +1062,16 @@ mod tests {
             },
             Request::FileEnd(7),
             Request::FileAbort(8),
-            Request::Ack(vec![1, 22, 333]),
+            Request::Ack(vec![
+                MessageRef {
+                    conv: Conversation::Group(gs[0].clone()),
+                    seq: 4,
+                },
+                MessageRef {
+                    conv: Conversation::User(u.clone()),
+                    seq: 9,
+                },
+            ]),
             Request::Pong(9),
             Request::History {
                 with: HistoryTarget::Group(gs[0].clone()),
@@ -767,7 +1092,7 @@ mod tests {
     }
 
     #[test]
-    fn history_and_ack_forms() {
+    fn history_counts_are_capped_and_acks_bounded() {
         assert_eq!(
             parse("history devs"),
             Ok(Request::History {
@@ -775,16 +1100,26 @@ mod tests {
                 limit: DEFAULT_HISTORY
             })
         );
-        assert_eq!(parse("HISTORY devs 0"), Err(ParseError::Usage(U_HISTORY)));
-        assert_eq!(parse("HISTORY devs 501"), Err(ParseError::Usage(U_HISTORY)));
-        assert_eq!(parse("HISTORY devs 5 6"), Err(ParseError::Usage(U_HISTORY)));
+        assert_eq!(
+            parse("HISTORY devs 9999"),
+            Ok(Request::History {
+                with: HistoryTarget::Either("devs".into()),
+                limit: MAX_HISTORY
+            })
+        );
+        assert_eq!(parse("HISTORY devs 0"), Err(ParseError::Usage(Verb::History)));
+        assert_eq!(
+            parse("HISTORY devs 5 6"),
+            Err(ParseError::Usage(Verb::History))
+        );
         assert!(matches!(parse("HISTORY ../x"), Err(ParseError::BadName(_))));
-        assert_eq!(parse("ACK 1,,2"), Err(ParseError::Usage(U_ACK)));
-        assert_eq!(parse("ACK"), Err(ParseError::Usage(U_ACK)));
-        let many: Vec<String> = (0..=MAX_ACK_IDS).map(|i| i.to_string()).collect();
+        assert_eq!(parse("ACK #a:1,,#a:2"), Err(ParseError::Usage(Verb::Ack)));
+        assert_eq!(parse("ACK 17"), Err(ParseError::Usage(Verb::Ack)));
+        assert_eq!(parse("ACK"), Err(ParseError::Usage(Verb::Ack)));
+        let many: Vec<String> = (0..=MAX_ACK_REFS).map(|i| format!("#g:{i}")).collect();
         assert_eq!(
             parse(&format!("ACK {}", many.join(","))),
-            Err(ParseError::Usage(U_ACK))
+            Err(ParseError::Usage(Verb::Ack))
         );
     }
 
@@ -792,14 +1127,17 @@ mod tests {
     fn passwords_are_redacted() {
         let r = parse("LOGIN alice hunter2").unwrap();
         assert!(!r.redacted().contains("hunter2"));
+        let r = parse("CREATE_USER alice hunter2 Alice").unwrap();
+        assert!(!r.redacted().contains("hunter2"));
     }
 
     #[test]
     fn file_names_reject_control_characters() {
         let sha = "00".repeat(32);
-        assert!(parse(&format!("SEND_FILE bob 1 {sha} a\u{1b}[2J")).is_err());
-        assert!(parse(&format!("SEND_FILE bob 1 {sha} ")).is_err());
-        assert!(parse(&format!("SEND_FILE bob -1 {sha} a")).is_err());
-        assert!(parse(&format!("SEND_FILE bob 99999999999999999999999 {sha} a")).is_err());
+        assert!(parse(&format!("SEND_FILE bob s1 1 {sha} a\u{1b}[2J")).is_err());
+        assert!(parse(&format!("SEND_FILE bob s1 1 {sha} ")).is_err());
+        assert!(parse(&format!("SEND_FILE bob s1 -1 {sha} a")).is_err());
+        assert!(parse(&format!("SEND_FILE bob s1 99999999999999999999999 {sha} a")).is_err());
+        assert!(parse(&format!("SEND_FILE bob s1 1 {sha} a b.txt")).is_ok());
     }
 }

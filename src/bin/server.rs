@@ -1,39 +1,33 @@
-//! `server [ADDR] [--data-dir DIR] [--max-file-size BYTES] [--max-pending-bytes BYTES]`:
-//! runs the muchat server.
+//! `server [ADDR] [flags]`: runs the muchat server. Every flag is also read
+//! from the environment variable `--help` names.
 
 use std::net::TcpListener;
 use std::process::ExitCode;
-use std::time::Duration;
 
-use muchat::log;
+use clap::Parser;
 use muchat::server::{Config, Server};
 
-const USAGE: &str = "\
-usage: server [ADDR] [--data-dir DIR] [--max-file-size BYTES] [--max-pending-bytes BYTES]
-       server --fingerprint [--data-dir DIR]
+/// Runs the muchat chat server.
+///
+/// Logs connections, logins, failed logins (with the client's address) and
+/// closes to standard error; RUST_LOG sets the level (default: info), e.g.
+/// RUST_LOG=debug or RUST_LOG=muchat=warn.
+#[derive(Parser)]
+#[command(version)]
+struct Args {
+    /// Address to listen on (0.0.0.0:9000 for every interface, port 0 for
+    /// any free port)
+    #[arg(env = "MUCHAT_LISTEN", default_value = "127.0.0.1:9000")]
+    addr: String,
 
-Runs the muchat chat server.
+    /// Print this server's key fingerprint (creating the key in the data
+    /// directory if needed) and exit
+    #[arg(long)]
+    fingerprint: bool,
 
-  ADDR                        address to listen on (default 127.0.0.1:9000;
-                              0.0.0.0:9000 for every interface, port 0 for any free port)
-  --data-dir DIR              where accounts, groups and messages are stored
-                              (default ./muchat-data, created if missing)
-  --max-file-size BYTES       largest file accepted (default 104857600 = 100 MiB)
-  --max-pending-bytes BYTES   most bytes of undelivered files kept per user
-                              (default 1073741824 = 1 GiB)
-    --handshake-timeout SECS    time a new connection has to finish the handshake (10)
-  --idle-timeout SECS         close a session silent this long; PING it halfway (300)
-  --max-connections-per-ip N  open connections allowed per source address (16; 0: no limit)
-  --rate N                    commands per second per session (20; 0: no limit)
-  --burst N                   commands a session may send at once above the rate (50)
-  --max-groups-per-user N     groups one user may belong to (100)
-  --login-backoff-ms MS       after 3 failed logins for an account or address, each
-                              further attempt waits this long, doubling up to 60 s (500)
-  --fingerprint               print this server's key fingerprint (creating the
-                              key in the data directory if needed) and exit
-  -h, --help                  show this help
-
-Logs connections, logins and closes (with reasons) to standard error.";
+    #[command(flatten)]
+    config: Config,
+}
 
 /// glibc raises its mmap threshold after the first large block is freed,
 /// so Argon2's 19 MiB working memory then comes from, and stays in, the
@@ -57,63 +51,18 @@ fn keep_large_allocations_in_mmap() {}
 
 fn main() -> ExitCode {
     keep_large_allocations_in_mmap();
-    let mut addr = "127.0.0.1:9000".to_string();
-    let mut config = Config::default();
-    let mut fingerprint = false;
-    let mut args = std::env::args().skip(1);
-    while let Some(arg) = args.next() {
-        match arg.as_str() {
-            "-h" | "--help" => {
-                println!("{USAGE}");
-                return ExitCode::SUCCESS;
-            }
-            "--max-file-size" => match args.next().and_then(|v| v.parse().ok()) {
-                Some(n) => config.max_file_size = n,
-                None => return usage_error("--max-file-size needs a number of bytes"),
-            },
-            "--max-pending-bytes" => match args.next().and_then(|v| v.parse().ok()) {
-                Some(n) => config.max_pending_bytes = n,
-                None => return usage_error("--max-pending-bytes needs a number of bytes"),
-            },
-            "--fingerprint" => fingerprint = true,
-            "--handshake-timeout" => match number(&mut args) {
-                Some(n) => config.handshake_timeout = Duration::from_secs(n),
-                None => return usage_error("--handshake-timeout needs seconds"),
-            },
-            "--idle-timeout" => match number(&mut args) {
-                Some(n) => config.idle_timeout = Duration::from_secs(n.max(1)),
-                None => return usage_error("--idle-timeout needs seconds"),
-            },
-            "--max-connections-per-ip" => match number(&mut args) {
-                Some(n) => config.max_connections_per_ip = n as usize,
-                None => return usage_error("--max-connections-per-ip needs a number"),
-            },
-            "--rate" => match number(&mut args).and_then(|n| u32::try_from(n).ok()) {
-                Some(n) => config.rate = n,
-                None => return usage_error("--rate needs a number"),
-            },
-            "--burst" => match number(&mut args).and_then(|n| u32::try_from(n).ok()) {
-                Some(n) => config.burst = n,
-                None => return usage_error("--burst needs a number"),
-            },
-            "--max-groups-per-user" => match number(&mut args) {
-                Some(n) => config.max_groups_per_user = n as usize,
-                None => return usage_error("--max-groups-per-user needs a number"),
-            },
-            "--login-backoff-ms" => match number(&mut args) {
-                Some(n) => config.login_backoff = Duration::from_millis(n),
-                None => return usage_error("--login-backoff-ms needs milliseconds"),
-            },
-            "--data-dir" => match args.next() {
-                Some(d) => config.data_dir = d.into(),
-                None => return usage_error("--data-dir needs a directory"),
-            },
-            a if a.starts_with('-') => return usage_error(&format!("unknown option {a}")),
-            a => addr = a.to_string(),
-        }
-    }
-    if fingerprint {
-        return match muchat::identity::load_or_create(&config.data_dir) {
+    let args = Args::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .with_target(false)
+        .init();
+    if args.fingerprint {
+        return match muchat::identity::load_or_create(&args.config.data_dir) {
             Ok(key) => {
                 println!("{}", muchat::identity::Fingerprint::of(key.public_value()));
                 ExitCode::SUCCESS
@@ -124,32 +73,22 @@ fn main() -> ExitCode {
             }
         };
     }
-    let listener = match TcpListener::bind(&addr) {
+    let listener = match TcpListener::bind(&args.addr) {
         Ok(l) => l,
         Err(e) => {
-            eprintln!("server: cannot listen on {addr}: {e}");
+            eprintln!("server: cannot listen on {}: {e}", args.addr);
             return ExitCode::FAILURE;
         }
     };
-    let server = match Server::start(listener, config) {
+    let server = match Server::start(listener, args.config) {
         Ok(s) => s,
         Err(e) => {
             eprintln!("server: cannot start: {e}");
             return ExitCode::FAILURE;
         }
     };
-    log!("key fingerprint {}", server.fingerprint());
-    log!("listening on {}", server.local_addr());
+    tracing::info!(fingerprint = %server.fingerprint(), "key");
+    tracing::info!(addr = %server.local_addr(), "listening");
     server.wait();
     ExitCode::SUCCESS
-}
-
-/// The next argument as a number.
-fn number(args: &mut impl Iterator<Item = String>) -> Option<u64> {
-    args.next().and_then(|v| v.parse().ok())
-}
-
-fn usage_error(msg: &str) -> ExitCode {
-    eprintln!("server: {msg}\n\n{USAGE}");
-    ExitCode::from(2)
 }

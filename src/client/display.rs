@@ -5,18 +5,22 @@
 //! ```text
 //! OK <text>
 //! ERR <CODE> <text>
-//! MSG <id> <time> <from> -> <@you|#group>: <text>
-//! FILE <id> <time> <from> -> <@you|#group>: saved <path> (<size> bytes)
-//! PROGRESS <id> <name> <received>/<size> bytes (<percent>%)
-//! FILE_FAILED <id>: <reason>
+//! MSG <conv>:<seq> <time> <from>: <text>
+//! FILE <conv>:<seq> <time> <from>: saved <path> (<size> bytes)
+//! PROGRESS <conv>:<seq> <name> <received>/<size> bytes (<percent>%)
+//! FILE_FAILED <conv>:<seq>: <reason>
 //! FILE_SENT <id> <path>: <server reply>
 //! FILE_SEND_FAILED <id> <path>: <reason>
-//! MSG_FAILED <id> from <from>: <reason>
+//! MSG_FAILED <conv>:<seq> from <from>: <reason>
+//! CONNECTION_LOST <reason>; retrying in <n> s
+//! RECONNECTED
 //! DISCONNECTED <reason>
 //! ```
 //!
-//! Everything that came from another user passes through [`sanitize`], so a
-//! message cannot move the cursor, change colours or reorder the line.
+//! `<conv>` is `#group` or `@user` (for a direct conversation, the other
+//! user). Everything that came from another user passes through
+//! [`sanitize`], so a message cannot move the cursor, change colours or
+//! reorder the line.
 
 use crate::clock::format_ms;
 use crate::event::Reply;
@@ -27,9 +31,9 @@ use super::ClientEvent;
 /// The line for a reply.
 pub fn reply_line(reply: &Reply) -> String {
     match reply {
-        Reply::Ok(t) if t.is_empty() => "OK".to_string(),
-        Reply::Ok(t) => format!("OK {}", sanitize(t)),
-        Reply::Err(code, t) => format!("ERR {code} {}", sanitize(t)),
+        Reply::Ok { text, .. } if text.is_empty() => "OK".to_string(),
+        Reply::Ok { text, .. } => format!("OK {}", sanitize(text)),
+        Reply::Err { code, text } => format!("ERR {code} {}", sanitize(text)),
     }
 }
 
@@ -37,56 +41,50 @@ pub fn reply_line(reply: &Reply) -> String {
 pub fn event_line(event: &ClientEvent) -> String {
     match event {
         ClientEvent::Message {
-            id,
+            at,
             at_ms,
             from,
-            to,
             text,
             ..
-        } => format!(
-            "MSG {id} {} {from} -> {to}: {}",
-            format_ms(*at_ms),
-            sanitize(text)
-        ),
+        } => format!("MSG {at} {} {from}: {}", format_ms(*at_ms), sanitize(text)),
         ClientEvent::HistoryFile {
-            id,
+            at,
             at_ms,
             from,
-            to,
             name,
             size,
         } => format!(
-            "FILE {id} {} {from} -> {to}: {} ({size} bytes)",
+            "FILE {at} {} {from}: {} ({size} bytes)",
             format_ms(*at_ms),
             sanitize(name)
         ),
-        ClientEvent::BadMessage { id, from, reason } => {
-            format!("MSG_FAILED {id} from {from}: {reason}")
+        ClientEvent::BadMessage { at, from, reason } => {
+            format!("MSG_FAILED {at} from {from}: {reason}")
         }
         ClientEvent::FileProgress {
-            id,
+            at,
             name,
             received,
             size,
         } => format!(
-            "PROGRESS {id} {} {received}/{size} bytes ({}%)",
+            "PROGRESS {at} {} {received}/{size} bytes ({}%)",
             sanitize(name),
             received * 100 / (*size).max(1)
         ),
         ClientEvent::FileReceived {
-            id,
+            at,
             at_ms,
             from,
-            to,
             path,
             size,
+            ..
         } => format!(
-            "FILE {id} {} {from} -> {to}: saved {} ({size} bytes)",
+            "FILE {at} {} {from}: saved {} ({size} bytes)",
             format_ms(*at_ms),
             sanitize(&path.display().to_string())
         ),
-        ClientEvent::FileFailed { id, reason } => {
-            format!("FILE_FAILED {id}: {}", sanitize(reason))
+        ClientEvent::FileFailed { at, reason } => {
+            format!("FILE_FAILED {at}: {}", sanitize(reason))
         }
         ClientEvent::FileSent { id, path, reply } => {
             format!("FILE_SENT {id} {}: {}", path.display(), reply_line(reply))
@@ -94,6 +92,12 @@ pub fn event_line(event: &ClientEvent) -> String {
         ClientEvent::FileSendFailed { id, path, reason } => {
             format!("FILE_SEND_FAILED {id} {}: {reason}", path.display())
         }
+        ClientEvent::ConnectionLost { reason, retry_in } => format!(
+            "CONNECTION_LOST {}; retrying in {:.1} s",
+            sanitize(reason),
+            retry_in.as_secs_f64()
+        ),
+        ClientEvent::Reconnected => "RECONNECTED".to_string(),
         ClientEvent::Disconnected(why) => format!("DISCONNECTED {}", sanitize(why)),
     }
 }
@@ -101,21 +105,20 @@ pub fn event_line(event: &ClientEvent) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::names::{Conversation, GroupName, Username};
+    use crate::names::{MessageRef, Username};
 
     #[test]
     fn message_line_format() {
         let e = ClientEvent::Message {
-            id: 42,
+            at: MessageRef::parse("#devs:42").unwrap(),
             at_ms: 0,
             from: Username::parse("alice").unwrap(),
-            to: Conversation::Group(GroupName::parse("devs").unwrap()),
             text: "hi\x1b]0;pwned\x07".into(),
             history: false,
         };
         assert_eq!(
             event_line(&e),
-            "MSG 42 1970-01-01T00:00:00.000Z alice -> #devs: hi\\x1b]0;pwned\\x07"
+            "MSG #devs:42 1970-01-01T00:00:00.000Z alice: hi\\x1b]0;pwned\\x07"
         );
     }
 }

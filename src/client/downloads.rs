@@ -17,6 +17,7 @@ use sha2::{Digest, Sha256};
 
 use crate::content::{Body, ContentKey};
 use crate::event::FileStart;
+use crate::names::MessageRef;
 use crate::text::is_bidi_control;
 
 use super::ClientEvent;
@@ -40,12 +41,9 @@ struct Incoming {
 /// The files being received on one connection.
 pub struct Downloads {
     dir: PathBuf,
-    active: HashMap<u64, Incoming>,
+    active: HashMap<MessageRef, Incoming>,
     /// Files finished for good (saved, or refused as corrupt), to acknowledge.
-    acks: Vec<u64>,
-    /// Files that failed for a local reason (disk full...): not acknowledged,
-    /// so the server offers them again, and they must not count as seen.
-    retries: Vec<u64>,
+    done: Vec<MessageRef>,
 }
 
 impl Downloads {
@@ -54,28 +52,24 @@ impl Downloads {
         Downloads {
             dir,
             active: HashMap::new(),
-            acks: Vec::new(),
-            retries: Vec::new(),
+            done: Vec::new(),
         }
     }
 
-    /// Ids of files finished for good since the last call.
-    pub fn take_acks(&mut self) -> Vec<u64> {
-        std::mem::take(&mut self.acks)
-    }
-
-    /// Ids of files that failed locally since the last call (to accept again).
-    pub fn take_retries(&mut self) -> Vec<u64> {
-        std::mem::take(&mut self.retries)
+    /// Files finished for good (saved, or refused as corrupt) since the
+    /// last call: handled, to acknowledge. A file that failed for a local
+    /// reason (disk full...) is not among them, so it comes again.
+    pub fn take_done(&mut self) -> Vec<MessageRef> {
+        std::mem::take(&mut self.done)
     }
 
     /// A file begins.
     pub fn start(&mut self, start: FileStart) -> Vec<ClientEvent> {
-        let id = start.id;
+        let id = start.at.clone();
         if self.active.contains_key(&id) {
-            return vec![failed(id, "duplicate transfer id")];
+            return vec![failed(&id, "the same file began twice")];
         }
-        let temp = self.dir.join(format!(".muchat-{id}.part"));
+        let temp = self.dir.join(format!(".muchat-{}.part", rand_suffix()));
         let opened = fs::create_dir_all(&self.dir).and_then(|()| {
             // A fresh file, never through a link someone left at that name.
             let _ = fs::remove_file(&temp);
@@ -96,25 +90,22 @@ impl Downloads {
                 );
                 Vec::new()
             }
-            Err(e) => {
-                self.retries.push(id);
-                vec![failed(
-                    id,
-                    &format!("cannot write in {}: {e}", self.dir.display()),
-                )]
-            }
+            Err(e) => vec![failed(
+                &id,
+                &format!("cannot write in {}: {e}", self.dir.display()),
+            )],
         }
     }
 
     /// A chunk arrives.
     pub fn chunk(
         &mut self,
-        id: u64,
+        id: &MessageRef,
         offset: u64,
         key: &ContentKey,
         body: &Body,
     ) -> Vec<ClientEvent> {
-        let Some(inc) = self.active.get_mut(&id) else {
+        let Some(inc) = self.active.get_mut(id) else {
             return Vec::new(); // a transfer we already gave up on
         };
         let data = match key.open(body) {
@@ -138,8 +129,8 @@ impl Downloads {
         if size >= PROGRESS_THRESHOLD && tenths > inc.reported && inc.received < size {
             inc.reported = tenths;
             return vec![ClientEvent::FileProgress {
-                id,
-                name: safe_file_name(&inc.start.name, id),
+                at: id.clone(),
+                name: safe_file_name(&inc.start.name, id.seq),
                 received: inc.received,
                 size,
             }];
@@ -148,8 +139,8 @@ impl Downloads {
     }
 
     /// The sender finished: verify, then move into place.
-    pub fn end(&mut self, id: u64) -> Vec<ClientEvent> {
-        let Some(inc) = self.active.remove(&id) else {
+    pub fn end(&mut self, id: &MessageRef) -> Vec<ClientEvent> {
+        let Some(inc) = self.active.remove(id) else {
             return Vec::new();
         };
         let Incoming {
@@ -176,37 +167,33 @@ impl Downloads {
         if let Err((reason, permanent)) = check {
             let _ = fs::remove_file(&temp);
             if permanent {
-                self.acks.push(id);
-            } else {
-                self.retries.push(id);
+                self.done.push(id.clone());
             }
             return vec![failed(id, &reason)];
         }
-        match place(&self.dir, &temp, &safe_file_name(&start.name, id)) {
+        match place(&self.dir, &temp, &safe_file_name(&start.name, id.seq)) {
             Ok(path) => {
-                self.acks.push(id);
+                self.done.push(id.clone());
                 vec![ClientEvent::FileReceived {
-                    id,
+                    at: id.clone(),
                     at_ms: start.at_ms,
                     from: start.from,
-                    to: start.to,
                     path,
                     size: received,
+                    sha256: start.sha256,
                 }]
             }
             Err(e) => {
                 let _ = fs::remove_file(&temp);
-                self.retries.push(id);
                 vec![failed(id, &format!("cannot save: {e}"))]
             }
         }
     }
 
-    /// The transfer was aborted.
-    pub fn abort(&mut self, id: u64, why: &str) -> Vec<ClientEvent> {
-        if self.active.contains_key(&id) {
-            // Nothing is stored for an aborted transfer: nothing to acknowledge.
-            self.fail(id, &format!("aborted: {why}"), false)
+    /// The server stopped sending the file (it will come again).
+    pub fn abort(&mut self, id: &MessageRef, why: &str) -> Vec<ClientEvent> {
+        if self.active.contains_key(id) {
+            self.fail(id, &format!("interrupted: {why}"), false)
         } else {
             Vec::new()
         }
@@ -219,25 +206,30 @@ impl Downloads {
         }
     }
 
-    /// Gives up on a file; `permanent` failures (bad data) are acknowledged.
-    fn fail(&mut self, id: u64, reason: &str, permanent: bool) -> Vec<ClientEvent> {
-        if let Some(inc) = self.active.remove(&id) {
+    /// Gives up on a file; `permanent` failures (bad data) are handled for
+    /// good, the others come again.
+    fn fail(&mut self, id: &MessageRef, reason: &str, permanent: bool) -> Vec<ClientEvent> {
+        if let Some(inc) = self.active.remove(id) {
             let _ = fs::remove_file(&inc.temp);
         }
         if permanent {
-            self.acks.push(id);
-        } else {
-            self.retries.push(id);
+            self.done.push(id.clone());
         }
         vec![failed(id, reason)]
     }
 }
 
-fn failed(id: u64, reason: &str) -> ClientEvent {
+fn failed(id: &MessageRef, reason: &str) -> ClientEvent {
     ClientEvent::FileFailed {
-        id,
+        at: id.clone(),
         reason: reason.to_string(),
     }
+}
+
+/// A random name part for a temporary file.
+fn rand_suffix() -> String {
+    use rand::Rng as _;
+    format!("{:016x}", rand::rng().next_u64())
 }
 
 /// Moves `temp` to `dir/name`, or `dir/name (1)`, `(2)`... if taken. The
@@ -319,8 +311,8 @@ mod tests {
 
     #[test]
     fn existing_names_get_a_numbered_suffix() {
-        let dir = std::env::temp_dir().join(format!("muchat-place-{}", std::process::id()));
-        fs::create_dir_all(&dir).unwrap();
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().to_path_buf();
         for i in 0..3 {
             let temp = dir.join(format!("t{i}"));
             fs::write(&temp, format!("v{i}")).unwrap();
@@ -329,6 +321,5 @@ mod tests {
             assert_eq!(p, dir.join(want));
             assert_eq!(fs::read_to_string(&p).unwrap(), format!("v{i}"));
         }
-        fs::remove_dir_all(&dir).unwrap();
     }
 }

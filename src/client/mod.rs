@@ -1,90 +1,75 @@
-//! The client side of a connection, as a library: used by the `client`
-//! binary (REPL and scripts), by the tests, and by load generators.
+//! The terminal client's engine, as a library: used by the `client` binary
+//! (REPL and scripts) and by the tests.
 //!
-//! [`Client::connect`] runs the handshake and starts two threads:
+//! [`Client::connect`] opens a protocol [`Session`] and runs it on two
+//! threads:
 //!
-//! * a **writer** that seals frames from two queues, commands first and file
-//!   chunks second, so chat is never stuck behind a transfer. Before writing
-//!   a request it records where the reply should go, so replies (which the
-//!   server sends in request order) find their caller;
-//! * a **reader** that opens frames, hands replies to waiting callers, and
-//!   turns events into [`ClientEvent`]s: message texts decrypted, files
-//!   written into the downloads directory by [`downloads::Downloads`]. It
-//!   drops messages it has already seen (the server delivers at least once)
-//!   and acknowledges what it has handled with `ACK`, batched until it
-//!   would wait for the socket.
+//! * a **writer** that sends requests from two queues, commands first and
+//!   file chunks second, so chat is never stuck behind an upload. Before
+//!   writing a request it records where the reply should go (replies come
+//!   in request order);
+//! * a **reader** that hands replies to their callers and turns everything
+//!   else into [`ClientEvent`]s: message texts decrypted, files written
+//!   into the downloads directory by [`downloads::Downloads`]. A message
+//!   already shown (the server delivers at least once) is dropped using
+//!   [`seen::Seen`], which survives restarts; what has been handled is
+//!   acknowledged cumulatively, at most every [`ACK_EVERY`].
 //!
-//! [`Client::execute`] runs one typed [`Command`]; the methods below it are
-//! the same steps for programs.
+//! With [`ClientConfig::reconnect`], a lost connection is reopened with
+//! backoff, the user logged back in, and sends that got no reply are sent
+//! again with their original send ids (the server recognises a repeat and
+//! answers with the original reply), so a send is stored once whatever
+//! happens to the connection.
 
 pub mod display;
 pub mod downloads;
 pub mod known_servers;
 pub mod repl;
 pub mod script;
+pub mod seen;
+pub mod session;
 
 use std::collections::{HashMap, VecDeque};
-use std::fmt;
 use std::fs::File;
-use std::io::{self, BufReader, Read};
-use std::net::{Shutdown, TcpStream, ToSocketAddrs};
+use std::io::{self, Read};
+use std::net::{Shutdown, TcpStream};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
 
 use crossbeam_channel::{bounded, select_biased, unbounded, Receiver, Sender};
 use sha2::{Digest, Sha256};
 
 use crate::command::Command;
-use crate::connection::{FrameReader, FrameWriter, ReadError};
-use crate::content::ContentKey;
-use crate::event::{Delivery, Reply, ServerMessage};
-use crate::frame::Frame;
-use crate::handshake::{self, HandshakeError};
-use crate::names::{Conversation, GroupName, Username};
-use crate::request::{
-    FileOffer, FileTarget, Request, FILE_CHUNK_SIZE, MAX_ACK_IDS, MAX_MESSAGE_LEN,
-};
+use crate::content::{Body, ContentKey};
+use crate::event::{Delivery, Reply, ReplyData};
+use crate::names::{GroupName, MessageRef, Username};
+use crate::request::{FileOffer, FileTarget, Request, SendId, FILE_CHUNK_SIZE, MAX_MESSAGE_LEN};
 
-use crate::identity::Fingerprint;
 use downloads::Downloads;
 pub use known_servers::Trust;
-use known_servers::Verdict;
+use seen::Seen;
+use session::{Acks, Incoming, Session, SessionError, SessionReader, SessionWriter};
+
+/// How long handled messages may wait before they are acknowledged.
+pub const ACK_EVERY: Duration = Duration::from_millis(200);
 
 /// Why a client operation failed.
-#[derive(Debug)]
+#[derive(Debug, thiserror::Error)]
 pub enum ClientError {
-    /// Connecting or a local file operation failed.
-    Io(io::Error),
-    /// The handshake failed.
-    Handshake(HandshakeError),
+    /// Connecting or the handshake failed.
+    #[error(transparent)]
+    Session(#[from] SessionError),
+    /// A local file operation failed.
+    #[error("{0}")]
+    Io(#[from] io::Error),
     /// The connection is gone; carries the reason.
+    #[error("disconnected: {0}")]
     Disconnected(String),
-    /// The server's key is not the one trusted; nothing was sent.
-    Untrusted(String),
     /// Refused locally before sending (e.g. a message over the size limit).
+    #[error("{0}")]
     Refused(String),
-}
-
-impl fmt::Display for ClientError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            ClientError::Io(e) => write!(f, "{e}"),
-            ClientError::Handshake(e) => write!(f, "{e}"),
-            ClientError::Disconnected(why) => write!(f, "disconnected: {why}"),
-            ClientError::Untrusted(why) => write!(f, "{why}"),
-            ClientError::Refused(why) => write!(f, "{why}"),
-        }
-    }
-}
-
-impl std::error::Error for ClientError {}
-
-impl From<io::Error> for ClientError {
-    fn from(e: io::Error) -> Self {
-        ClientError::Io(e)
-    }
 }
 
 /// Something that happened on the connection, other than a reply.
@@ -92,14 +77,12 @@ impl From<io::Error> for ClientError {
 pub enum ClientEvent {
     /// A message, decrypted.
     Message {
-        /// Server-assigned id.
-        id: u64,
+        /// Its conversation and place in it.
+        at: MessageRef,
         /// Server time, Unix milliseconds.
         at_ms: u64,
-        /// Sender.
+        /// Sender (possibly you, from another of your sessions).
         from: Username,
-        /// You (`@you`) or the group.
-        to: Conversation,
         /// The text (untrusted: sanitise before printing).
         text: String,
         /// A past message answering `HISTORY`, not a new one.
@@ -107,14 +90,12 @@ pub enum ClientEvent {
     },
     /// A past file answering `HISTORY` (its content is not resent).
     HistoryFile {
-        /// Message id.
-        id: u64,
+        /// Its conversation and place in it.
+        at: MessageRef,
         /// Server time it was sent.
         at_ms: u64,
         /// Sender.
         from: Username,
-        /// The recipient or group.
-        to: Conversation,
         /// The sender's name for it (untrusted).
         name: String,
         /// Size in bytes.
@@ -122,8 +103,8 @@ pub enum ClientEvent {
     },
     /// A message whose content could not be decrypted.
     BadMessage {
-        /// Server-assigned id.
-        id: u64,
+        /// Its conversation and place in it.
+        at: MessageRef,
         /// Sender.
         from: Username,
         /// What was wrong.
@@ -131,8 +112,8 @@ pub enum ClientEvent {
     },
     /// Progress of an incoming file over 1 MiB.
     FileProgress {
-        /// Transfer id.
-        id: u64,
+        /// The file.
+        at: MessageRef,
         /// Safe file name.
         name: String,
         /// Bytes so far.
@@ -142,27 +123,27 @@ pub enum ClientEvent {
     },
     /// A file arrived complete and verified.
     FileReceived {
-        /// Transfer id.
-        id: u64,
-        /// Server time the transfer started.
+        /// Its conversation and place in it.
+        at: MessageRef,
+        /// Server time the file was stored.
         at_ms: u64,
         /// Sender.
         from: Username,
-        /// You or the group.
-        to: Conversation,
         /// Where it was saved (inside the downloads directory).
         path: PathBuf,
         /// Size in bytes.
         size: u64,
+        /// Its SHA-256 (checked).
+        sha256: [u8; 32],
     },
-    /// An incoming file failed or was aborted; nothing was kept.
+    /// An incoming file failed; nothing was kept.
     FileFailed {
-        /// Transfer id.
-        id: u64,
+        /// The file.
+        at: MessageRef,
         /// Why.
         reason: String,
     },
-    /// One of our outgoing transfers finished.
+    /// One of our uploads finished.
     FileSent {
         /// Transfer id.
         id: u64,
@@ -171,7 +152,7 @@ pub enum ClientEvent {
         /// The server's final reply.
         reply: Reply,
     },
-    /// One of our outgoing transfers failed.
+    /// One of our uploads failed.
     FileSendFailed {
         /// Transfer id.
         id: u64,
@@ -180,7 +161,16 @@ pub enum ClientEvent {
         /// Why.
         reason: String,
     },
-    /// The connection ended.
+    /// The connection dropped; the client tries again after `retry_in`.
+    ConnectionLost {
+        /// Why it dropped.
+        reason: String,
+        /// When the next attempt is.
+        retry_in: Duration,
+    },
+    /// The connection is back (and the user logged in again, if they were).
+    Reconnected,
+    /// The connection ended for good.
     Disconnected(String),
 }
 
@@ -191,6 +181,10 @@ pub struct ClientConfig {
     pub downloads: PathBuf,
     /// Which server keys to trust.
     pub trust: Trust,
+    /// Where to remember what was shown (None: remember nothing).
+    pub state_dir: Option<PathBuf>,
+    /// Whether to reconnect (with backoff) when the connection drops.
+    pub reconnect: bool,
 }
 
 impl Default for ClientConfig {
@@ -198,103 +192,115 @@ impl Default for ClientConfig {
         ClientConfig {
             downloads: PathBuf::from("downloads"),
             trust: Trust::default(),
+            state_dir: None,
+            reconnect: false,
         }
     }
 }
 
-/// A frame to send, and where its reply should go (none for chunks).
+/// A request to send, and where its reply goes (none for chunks and acks).
 struct Outbound {
-    frame: Frame,
-    reply: Option<Sender<Reply>>,
+    request: Request,
+    reply: Option<Sender<Result<Reply, ClientError>>>,
 }
 
-/// Callers waiting for replies, oldest first; `closed` once the reader has
-/// stopped, so no caller is queued to wait for a reply that cannot come.
+impl Outbound {
+    /// Whether it may be sent again after a reconnect: a send with a send
+    /// id is recognised by the server if it was stored the first time.
+    fn retryable(&self) -> bool {
+        matches!(
+            self.request,
+            Request::Send { .. } | Request::SendToGroup { .. }
+        )
+    }
+}
+
+/// One connection's replies still to come, in request order.
 #[derive(Default)]
 struct Waiters {
-    queue: VecDeque<Sender<Reply>>,
+    queue: VecDeque<Outbound>,
     closed: bool,
-}
-
-type Pending = Arc<Mutex<Waiters>>;
-
-fn lock(p: &Pending) -> std::sync::MutexGuard<'_, Waiters> {
-    p.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 /// Outgoing transfers by id, each with the reason the server aborted it
 /// (set by the reader, checked by the upload between chunks).
-type Uploads = Arc<Mutex<HashMap<u64, Arc<Mutex<Option<String>>>>>>;
+type Uploads = Mutex<HashMap<u64, Arc<Mutex<Option<String>>>>>;
 
-/// A connected, keyed client session.
-pub struct Client {
+/// What the client's threads share.
+struct Inner {
+    addr: String,
+    config: ClientConfig,
     commands: Sender<Outbound>,
+    commands_rx: Receiver<Outbound>,
     bulk: Sender<Outbound>,
-    events: Receiver<ClientEvent>,
-    events_tx: Sender<ClientEvent>,
-    stream: TcpStream,
-    /// Outgoing transfers still running.
-    sending: Arc<AtomicUsize>,
+    bulk_rx: Receiver<Outbound>,
+    events: Sender<ClientEvent>,
+    /// The current connection's socket (to close it).
+    stream: Mutex<Option<Arc<TcpStream>>>,
+    closing: AtomicBool,
+    /// Set once the client has given up: nothing queued will be sent.
+    gone: AtomicBool,
+    /// Who to log in as again after a reconnect.
+    credentials: Mutex<Option<(Username, String)>>,
+    /// Sends that got no reply before the connection dropped.
+    resend: Mutex<Vec<Outbound>>,
     uploads: Uploads,
-    /// Set on first contact with a server: where its key was pinned.
+    /// Outgoing transfers still running.
+    sending: AtomicUsize,
+    /// What was shown, per conversation (per logged-in user).
+    seen: Mutex<Seen>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// A connected client.
+pub struct Client {
+    inner: Arc<Inner>,
+    events: Receiver<ClientEvent>,
     pinned: Option<String>,
+    /// The thread that reads (and reconnects); joined on drop, so partial
+    /// downloads are cleaned up before the process can exit.
+    runner: Option<std::thread::JoinHandle<()>>,
 }
 
 impl Client {
-    /// Connects to `addr`, runs the handshake, and checks the server's key
-    /// against `config.trust` (pinned under the name `addr` is written as)
-    /// before anything is sent.
-    pub fn connect(
-        addr: impl ToSocketAddrs + fmt::Display,
-        config: ClientConfig,
-    ) -> Result<Client, ClientError> {
-        let name = addr.to_string();
-        let stream = TcpStream::connect(addr)?;
-        stream.set_nodelay(true)?;
-        stream.set_read_timeout(Some(Duration::from_secs(30)))?;
-        let mut reader = BufReader::new(stream.try_clone()?);
-        let mut writer = stream.try_clone()?;
-        let keyed = handshake::client(&mut reader, &mut writer).map_err(ClientError::Handshake)?;
-        let verdict =
-            known_servers::check(&config.trust, &name, &Fingerprint::of(&keyed.server_key))
-                .map_err(ClientError::Untrusted)?;
-        stream.set_read_timeout(None)?;
-
-        let pending: Pending = Arc::default();
+    /// Connects to `addr` (`host:port`), runs the handshake, and checks the
+    /// server's key against `config.trust` before anything is sent.
+    pub fn connect(addr: impl std::fmt::Display, config: ClientConfig) -> Result<Client, ClientError> {
+        let addr = addr.to_string();
+        let session = Session::connect(&addr, &config.trust)?;
         let (commands, commands_rx) = unbounded();
         let (bulk, bulk_rx) = bounded(4);
         let (events_tx, events) = unbounded();
-
-        let w = FrameWriter::new(writer, keyed.sealer);
-        let (p, s) = (Arc::clone(&pending), stream.try_clone()?);
-        std::thread::Builder::new()
-            .name("client-writer".into())
-            .spawn(move || write_loop(w, &commands_rx, &bulk_rx, &p, &s))?;
-
-        let r = FrameReader::new(reader, keyed.opener);
-        let (p, tx) = (Arc::clone(&pending), events_tx.clone());
-        let uploads: Uploads = Arc::default();
-        let incoming = Incoming {
-            downloads: Downloads::new(config.downloads),
-            uploads: Arc::clone(&uploads),
-            acks: commands.clone(),
-        };
-        std::thread::Builder::new()
-            .name("client-reader".into())
-            .spawn(move || read_loop(r, &p, &tx, incoming))?;
-
-        Ok(Client {
+        let inner = Arc::new(Inner {
+            addr,
             commands,
+            commands_rx,
             bulk,
+            bulk_rx,
+            events: events_tx,
+            stream: Mutex::new(None),
+            closing: AtomicBool::new(false),
+            gone: AtomicBool::new(false),
+            credentials: Mutex::new(None),
+            resend: Mutex::new(Vec::new()),
+            uploads: Mutex::new(HashMap::new()),
+            sending: AtomicUsize::new(0),
+            seen: Mutex::new(Seen::in_memory()),
+            config,
+        });
+        let pinned = session.pinned.clone();
+        let runner = Arc::clone(&inner);
+        let runner = std::thread::Builder::new()
+            .name("client-reader".into())
+            .spawn(move || runner.run(session))?;
+        Ok(Client {
+            inner,
             events,
-            events_tx,
-            stream,
-            sending: Arc::default(),
-            uploads,
-            pinned: match verdict {
-                Verdict::Pinned(note) => Some(note),
-                Verdict::Known => None,
-            },
+            pinned,
+            runner: Some(runner),
         })
     }
 
@@ -309,11 +315,40 @@ impl Client {
         &self.events
     }
 
-    /// Sends one request and waits for its reply.
+    /// Sends one request and waits for its typed reply.
     pub fn request(&self, request: &Request) -> Result<Reply, ClientError> {
-        let rx = submit(&self.commands, request.to_frame())?;
-        rx.recv()
-            .map_err(|_| ClientError::Disconnected("connection closed before the reply".into()))
+        let reply = self.submit(&self.inner.commands, request.clone())?;
+        match request {
+            Request::Login { username, password } if reply.is_ok() => {
+                self.logged_in(username, password)
+            }
+            Request::Logout => *lock(&self.inner.credentials) = None,
+            _ => {}
+        }
+        Ok(reply)
+    }
+
+    fn submit(&self, queue: &Sender<Outbound>, request: Request) -> Result<Reply, ClientError> {
+        let (tx, rx) = bounded(1);
+        self.inner.enqueue(
+            queue,
+            Outbound {
+                request,
+                reply: Some(tx),
+            },
+        )?;
+        self.inner.wait(&rx)
+    }
+
+    /// Remembers who logged in: to log in again after a reconnect, and
+    /// whose record of shown messages to use.
+    fn logged_in(&self, user: &Username, password: &str) {
+        *lock(&self.inner.credentials) = Some((user.clone(), password.to_string()));
+        let seen = match &self.inner.config.state_dir {
+            Some(dir) => Seen::load(&seen::user_dir(dir, &self.inner.addr, user)),
+            None => Seen::in_memory(),
+        };
+        *lock(&self.inner.seen) = seen;
     }
 
     /// Encrypts `text` under a fresh content key and sends it to a user.
@@ -321,6 +356,7 @@ impl Client {
         let (key, body) = seal_text(text)?;
         self.request(&Request::Send {
             to: to.clone(),
+            send_id: SendId::random(),
             key,
             body,
         })
@@ -331,6 +367,7 @@ impl Client {
         let (key, body) = seal_text(text)?;
         self.request(&Request::SendToGroup {
             groups: groups.to_vec(),
+            send_id: SendId::random(),
             key,
             body,
         })
@@ -338,7 +375,7 @@ impl Client {
 
     /// Announces a local file and, once the server accepts it, streams it in
     /// the background. Returns the server's reply to the announcement; the
-    /// transfer's end arrives as [`ClientEvent::FileSent`] or
+    /// upload's end arrives as [`ClientEvent::FileSent`] or
     /// [`ClientEvent::FileSendFailed`].
     pub fn send_file(&self, target: FileTarget, path: &Path) -> Result<Reply, ClientError> {
         let (size, sha256) = hash_file(path)?;
@@ -354,36 +391,33 @@ impl Client {
             .collect();
         let reply = self.request(&Request::SendFile(FileOffer {
             target,
+            send_id: SendId::random(),
             size,
             sha256,
             name,
         }))?;
-        let Reply::Ok(text) = &reply else {
+        let Reply::Ok {
+            data: ReplyData::Transfer(id),
+            ..
+        } = reply
+        else {
             return Ok(reply);
         };
-        let Some(id) = text.split(' ').next().and_then(|t| t.parse::<u64>().ok()) else {
-            return Err(ClientError::Disconnected(format!(
-                "unexpected reply to a file offer: {text}"
-            )));
-        };
-        self.sending.fetch_add(1, Ordering::SeqCst);
+        self.inner.sending.fetch_add(1, Ordering::SeqCst);
         let aborted = Arc::new(Mutex::new(None));
-        lock_uploads(&self.uploads).insert(id, Arc::clone(&aborted));
+        lock(&self.inner.uploads).insert(id, Arc::clone(&aborted));
         let job = Upload {
             id,
             aborted,
-            uploads: Arc::clone(&self.uploads),
+            inner: Arc::clone(&self.inner),
             path: path.to_path_buf(),
             size,
-            bulk: self.bulk.clone(),
-            events: self.events_tx.clone(),
-            sending: Arc::clone(&self.sending),
         };
         let spawned = std::thread::Builder::new()
             .name(format!("upload-{id}"))
             .spawn(move || job.run());
         if let Err(e) = spawned {
-            self.sending.fetch_sub(1, Ordering::SeqCst);
+            self.inner.sending.fetch_sub(1, Ordering::SeqCst);
             return Err(ClientError::Io(e));
         }
         Ok(reply)
@@ -392,51 +426,48 @@ impl Client {
     /// Runs one typed command. `HELP` is answered locally.
     pub fn execute(&self, command: &Command) -> Result<Reply, ClientError> {
         match command {
-            Command::Help => Ok(Reply::Ok(crate::command::HELP.to_string())),
+            Command::Help => Ok(Reply::ok(crate::command::help())),
             Command::Plain(r) => self.request(r),
             Command::Send { to, text } => self.send_text(to, text),
             Command::SendToGroup { groups, text } => self.send_group_text(groups, text),
             Command::SendFile { target, path } => self.send_file(target.clone(), path),
+            Command::NeedsPassword { username, .. } => Err(ClientError::Refused(format!(
+                "a password is needed for {username}: give it after the username"
+            ))),
         }
     }
 
     /// Outgoing transfers still running.
     pub fn transfers_in_progress(&self) -> usize {
-        self.sending.load(Ordering::SeqCst)
+        self.inner.sending.load(Ordering::SeqCst)
     }
 
-    /// Closes the connection.
+    /// Closes the connection for good.
     pub fn close(&self) {
-        let _ = self.stream.shutdown(Shutdown::Both);
+        self.inner.closing.store(true, Ordering::SeqCst);
+        if let Some(s) = lock(&self.inner.stream).as_ref() {
+            let _ = s.shutdown(Shutdown::Both);
+        }
     }
 }
 
 impl Drop for Client {
     fn drop(&mut self) {
         self.close();
+        if let Some(t) = self.runner.take() {
+            let _ = t.join();
+        }
     }
 }
 
 /// Encrypts a message text once, under a fresh content key.
-fn seal_text(text: &str) -> Result<(ContentKey, crate::content::Body), ClientError> {
+fn seal_text(text: &str) -> Result<(ContentKey, Body), ClientError> {
     if text.len() > MAX_MESSAGE_LEN {
         return Err(ClientError::Refused(crate::request::message_too_long()));
     }
     let key = ContentKey::random();
     let body = key.seal(text.as_bytes());
     Ok((key, body))
-}
-
-/// Queues a frame that expects a reply and returns where the reply will land.
-fn submit(queue: &Sender<Outbound>, frame: Frame) -> Result<Receiver<Reply>, ClientError> {
-    let (tx, rx) = bounded(1);
-    queue
-        .send(Outbound {
-            frame,
-            reply: Some(tx),
-        })
-        .map_err(|_| ClientError::Disconnected("connection closed".into()))?;
-    Ok(rx)
 }
 
 /// Size and SHA-256 of a local file, read once before sending.
@@ -462,23 +493,14 @@ fn hash_file(path: &Path) -> Result<(u64, [u8; 32]), ClientError> {
     Ok((size, hasher.finalize().into()))
 }
 
-fn lock_uploads(
-    u: &Uploads,
-) -> std::sync::MutexGuard<'_, HashMap<u64, Arc<Mutex<Option<String>>>>> {
-    u.lock().unwrap_or_else(|e| e.into_inner())
-}
-
 /// One outgoing file being streamed.
 struct Upload {
     id: u64,
     /// Set by the reader if the server aborts this transfer.
     aborted: Arc<Mutex<Option<String>>>,
-    uploads: Uploads,
+    inner: Arc<Inner>,
     path: PathBuf,
     size: u64,
-    bulk: Sender<Outbound>,
-    events: Sender<ClientEvent>,
-    sending: Arc<AtomicUsize>,
 }
 
 impl Upload {
@@ -495,16 +517,13 @@ impl Upload {
                 reason,
             },
         };
-        lock_uploads(&self.uploads).remove(&self.id);
-        let _ = self.events.send(event);
-        self.sending.fetch_sub(1, Ordering::SeqCst);
+        lock(&self.inner.uploads).remove(&self.id);
+        let _ = self.inner.events.send(event);
+        self.inner.sending.fetch_sub(1, Ordering::SeqCst);
     }
 
     fn abort_reason(&self) -> Option<String> {
-        self.aborted
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone()
+        lock(&self.aborted).clone()
     }
 
     fn stream(&self) -> Result<Reply, String> {
@@ -514,300 +533,429 @@ impl Upload {
         let mut offset = 0u64;
         while offset < self.size {
             if let Some(why) = self.abort_reason() {
-                return Err(format!("server aborted the transfer: {why}"));
+                return Err(format!("server stopped the upload: {why}"));
             }
             let want = FILE_CHUNK_SIZE.min((self.size - offset) as usize);
             if let Err(e) = f.read_exact(&mut buf[..want]) {
                 // The file shrank or failed since it was hashed: cancel.
-                let _ = submit(&self.bulk, Request::FileAbort(self.id).to_frame());
+                let _ = self.inner.enqueue(
+                    &self.inner.bulk,
+                    Outbound {
+                        request: Request::FileAbort(self.id),
+                        reply: None,
+                    },
+                );
                 return Err(format!("reading {}: {e}", self.path.display()));
             }
             let key = ContentKey::random();
             let body = key.seal(&buf[..want]);
-            let frame = Request::Chunk {
+            let request = Request::Chunk {
                 transfer: self.id,
                 offset,
                 key,
                 body,
-            }
-            .to_frame();
-            self.bulk
-                .send(Outbound { frame, reply: None })
+            };
+            self.inner
+                .enqueue(
+                    &self.inner.bulk,
+                    Outbound {
+                        request,
+                        reply: None,
+                    },
+                )
                 .map_err(|_| gone())?;
             offset += want as u64;
         }
         if let Some(why) = self.abort_reason() {
-            return Err(format!("server aborted the transfer: {why}"));
+            return Err(format!("server stopped the upload: {why}"));
         }
         // The end goes through the same queue as the chunks, so it follows them.
-        let reply = submit(&self.bulk, Request::FileEnd(self.id).to_frame())
-            .map_err(|e| e.to_string())?
-            .recv()
+        let (tx, rx) = bounded(1);
+        self.inner
+            .enqueue(
+                &self.inner.bulk,
+                Outbound {
+                    request: Request::FileEnd(self.id),
+                    reply: Some(tx),
+                },
+            )
             .map_err(|_| gone())?;
-        Ok(reply)
+        self.inner.wait(&rx).map_err(|e| e.to_string())
     }
 }
 
-fn write_loop(
-    mut w: FrameWriter<TcpStream>,
-    commands: &Receiver<Outbound>,
-    bulk: &Receiver<Outbound>,
-    pending: &Pending,
-    stream: &TcpStream,
-) {
-    loop {
-        let first = select_biased! {
-            recv(commands) -> m => m,
-            recv(bulk) -> m => m,
-        };
-        let Ok(mut item) = first else { break };
+impl Inner {
+    /// Queues a request for the writer (waiting for room in the bounded
+    /// chunk queue); fails once the client has given up.
+    fn enqueue(&self, queue: &Sender<Outbound>, mut o: Outbound) -> Result<(), ClientError> {
         loop {
-            if let Some(tx) = item.reply.take() {
-                let mut waiters = lock(pending);
-                if waiters.closed {
-                    // Dropping tx tells the caller the connection is gone.
+            if self.gone.load(Ordering::SeqCst) {
+                return Err(ClientError::Disconnected("connection closed".into()));
+            }
+            match queue.send_timeout(o, Duration::from_millis(100)) {
+                Ok(()) => return Ok(()),
+                Err(crossbeam_channel::SendTimeoutError::Timeout(back)) => o = back,
+                Err(crossbeam_channel::SendTimeoutError::Disconnected(_)) => {
+                    return Err(ClientError::Disconnected("connection closed".into()))
+                }
+            }
+        }
+    }
+
+    /// Waits for a reply; fails once the client has given up.
+    fn wait(&self, rx: &Receiver<Result<Reply, ClientError>>) -> Result<Reply, ClientError> {
+        loop {
+            match rx.recv_timeout(Duration::from_millis(100)) {
+                Ok(r) => return r,
+                Err(crossbeam_channel::RecvTimeoutError::Timeout) => {
+                    if self.gone.load(Ordering::SeqCst) {
+                        // A reply queued just before giving up still counts.
+                        return rx.try_recv().unwrap_or_else(|_| {
+                            Err(ClientError::Disconnected(
+                                "connection closed before the reply".into(),
+                            ))
+                        });
+                    }
+                }
+                Err(crossbeam_channel::RecvTimeoutError::Disconnected) => {
+                    return Err(ClientError::Disconnected(
+                        "connection closed before the reply".into(),
+                    ))
+                }
+            }
+        }
+    }
+
+    /// Runs connections until the client closes or gives up: reads the
+    /// current one, and on a drop reconnects (if configured) with backoff.
+    fn run(self: Arc<Self>, first: Session) {
+        let mut session = Some(first);
+        let mut acks = Acks::default();
+        let mut downloads = Downloads::new(self.config.downloads.clone());
+        let mut backoff = Duration::from_millis(250);
+        loop {
+            let reason = match session.take() {
+                Some(s) => {
+                    backoff = Duration::from_millis(250);
+                    self.serve(s, &mut acks, &mut downloads)
+                }
+                None => "cannot reconnect".into(),
+            };
+            downloads.abandon_all();
+            let give_up = !self.config.reconnect || self.closing.load(Ordering::SeqCst);
+            if give_up {
+                self.fail_resends(&reason);
+                break self.finish(reason);
+            }
+            let _ = self.events.send(ClientEvent::ConnectionLost {
+                reason: reason.clone(),
+                retry_in: backoff,
+            });
+            std::thread::sleep(backoff);
+            backoff = (backoff * 2).min(Duration::from_secs(30));
+            if self.closing.load(Ordering::SeqCst) {
+                self.fail_resends(&reason);
+                break self.finish(reason);
+            }
+            match self.reconnect() {
+                Ok(s) => {
+                    acks.reconnected();
+                    session = Some(s);
+                    let _ = self.events.send(ClientEvent::Reconnected);
+                }
+                Err(e) => {
+                    // Trust failures never get better by retrying.
+                    if matches!(e, SessionError::Untrusted(_)) {
+                        self.fail_resends(&e.to_string());
+                        break self.finish(e.to_string());
+                    }
+                }
+            }
+        }
+    }
+
+    fn finish(&self, reason: String) {
+        self.gone.store(true, Ordering::SeqCst);
+        let _ = lock(&self.seen).save();
+        // Whatever is still queued will never be sent.
+        for o in self.commands_rx.try_iter().chain(self.bulk_rx.try_iter()) {
+            if let Some(tx) = o.reply {
+                let _ = tx.send(Err(ClientError::Disconnected(reason.clone())));
+            }
+        }
+        let _ = self.events.send(ClientEvent::Disconnected(reason));
+    }
+
+    /// Fails the sends kept for a reconnect that will not come.
+    fn fail_resends(&self, why: &str) {
+        for o in lock(&self.resend).drain(..) {
+            if let Some(tx) = o.reply {
+                let _ = tx.send(Err(ClientError::Disconnected(why.to_string())));
+            }
+        }
+    }
+
+    /// Opens a new session and logs in again as the remembered user.
+    fn reconnect(&self) -> Result<Session, SessionError> {
+        let mut s = Session::connect(&self.addr, &self.config.trust)?;
+        let credentials = lock(&self.credentials).clone();
+        if let Some((username, password)) = credentials {
+            let (reply, _) = s.request(&Request::Login { username, password })?;
+            if !reply.is_ok() {
+                let _ = self.events.send(ClientEvent::Disconnected(format!(
+                    "could not log in again: {}",
+                    reply.text()
+                )));
+                return Err(SessionError::Untrusted(reply.text().to_string()));
+            }
+        }
+        Ok(s)
+    }
+
+    /// Serves one connection until it drops; returns why.
+    fn serve(self: &Arc<Self>, session: Session, acks: &mut Acks, downloads: &mut Downloads) -> String {
+        let Session { reader, writer, .. } = session;
+        *lock(&self.stream) = Some(writer.stream());
+        let waiters = Arc::new(Mutex::new(Waiters::default()));
+        let resend: Vec<Outbound> = lock(&self.resend).drain(..).collect();
+        let writer_thread = {
+            let (inner, waiters) = (Arc::clone(self), Arc::clone(&waiters));
+            std::thread::Builder::new()
+                .name("client-writer".into())
+                .spawn(move || inner.write_loop(writer, &waiters, resend))
+        };
+        if let Err(e) = writer_thread {
+            return format!("cannot start the writer: {e}");
+        }
+        let reason = self.read_loop(reader, &waiters, acks, downloads);
+        // Replies that will not come: sends wait for the next connection,
+        // everything else fails now.
+        let mut w = lock(&waiters);
+        w.closed = true;
+        let reconnecting = self.config.reconnect && !self.closing.load(Ordering::SeqCst);
+        for o in w.queue.drain(..) {
+            self.lost(o, reconnecting, &reason);
+        }
+        drop(w);
+        if let Some(s) = lock(&self.stream).take() {
+            let _ = s.shutdown(Shutdown::Both);
+        }
+        for aborted in lock(&self.uploads).values() {
+            *lock(aborted) = Some(format!("connection lost: {reason}"));
+        }
+        reason
+    }
+
+    /// A request whose reply will not come on this connection.
+    fn lost(&self, o: Outbound, reconnecting: bool, why: &str) {
+        if reconnecting && o.retryable() {
+            lock(&self.resend).push(o);
+        } else if let Some(tx) = o.reply {
+            let _ = tx.send(Err(ClientError::Disconnected(why.to_string())));
+        }
+    }
+
+    fn write_loop(&self, mut w: SessionWriter, waiters: &Mutex<Waiters>, first: Vec<Outbound>) {
+        let mut first = first.into_iter();
+        loop {
+            let next = match first.next() {
+                Some(o) => Ok(o),
+                None => select_biased! {
+                    recv(self.commands_rx) -> m => m,
+                    recv(self.bulk_rx) -> m => m,
+                },
+            };
+            let Ok(mut item) = next else { break };
+            loop {
+                let has_reply = item.reply.is_some();
+                w.queue(&item.request);
+                if has_reply {
+                    let mut q = lock(waiters);
+                    if q.closed {
+                        drop(q);
+                        let reconnecting =
+                            self.config.reconnect && !self.closing.load(Ordering::SeqCst);
+                        self.lost(item, reconnecting, "connection closed");
+                        return;
+                    }
+                    q.queue.push_back(item);
+                }
+                if w.pending() >= 256 * 1024 {
                     break;
                 }
-                waiters.queue.push_back(tx);
+                item = match self.commands_rx.try_recv().or_else(|_| self.bulk_rx.try_recv()) {
+                    Ok(next) => next,
+                    Err(_) => break,
+                };
             }
-            w.queue(&item.frame.head, item.frame.body.as_ref());
-            if w.pending() >= 256 * 1024 {
+            if w.flush().is_err() {
                 break;
             }
-            item = match commands.try_recv().or_else(|_| bulk.try_recv()) {
-                Ok(next) => next,
-                Err(_) => break,
+        }
+        w.close();
+    }
+
+    /// Sends acknowledgements (and saves what was shown).
+    fn flush_acks(&self, acks: &mut Acks) {
+        for request in acks.take() {
+            let _ = self.commands.send(Outbound {
+                request,
+                reply: None,
+            });
+        }
+        if let Err(e) = lock(&self.seen).save() {
+            tracing::warn!("cannot save what was shown: {e}");
+        }
+    }
+
+    fn read_loop(
+        &self,
+        mut r: SessionReader,
+        waiters: &Mutex<Waiters>,
+        acks: &mut Acks,
+        downloads: &mut Downloads,
+    ) -> String {
+        let mut last_flush = Instant::now();
+        let mut timeout_set = false;
+        // Files already shown: their chunks are skipped, their end acknowledged.
+        let mut skipping: Vec<MessageRef> = Vec::new();
+        loop {
+            // With acknowledgements waiting, wake up in time to send them.
+            let want_timeout = acks.pending();
+            if want_timeout != timeout_set {
+                let t = want_timeout.then_some(ACK_EVERY);
+                if r.set_timeout(t).is_err() {
+                    return "cannot set a read timeout".into();
+                }
+                timeout_set = want_timeout;
+            }
+            let incoming = match r.next() {
+                Ok(i) => i,
+                Err(SessionError::Io(e))
+                    if matches!(
+                        e.kind(),
+                        io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+                    ) =>
+                {
+                    self.flush_acks(acks);
+                    last_flush = Instant::now();
+                    continue;
+                }
+                Err(e) => {
+                    self.flush_acks(acks);
+                    return e.to_string();
+                }
             };
-        }
-        if w.flush().is_err() {
-            break;
-        }
-    }
-    let _ = stream.shutdown(Shutdown::Both);
-}
-
-/// What the reader needs besides the socket: incoming files, our own
-/// uploads (to stop one the server aborted), and the queue for `ACK`s.
-struct Incoming {
-    downloads: Downloads,
-    uploads: Uploads,
-    acks: Sender<Outbound>,
-}
-
-/// Ids already handled, so a redelivered message is shown once. Bounded:
-/// the oldest ids are forgotten first (redelivery happens at login, long
-/// before that many newer messages arrive).
-struct Seen {
-    set: std::collections::HashSet<u64>,
-    order: VecDeque<u64>,
-}
-
-impl Seen {
-    const CAPACITY: usize = 100_000;
-
-    fn new() -> Self {
-        Seen {
-            set: std::collections::HashSet::new(),
-            order: VecDeque::new(),
-        }
-    }
-
-    /// Accepts `id` again (its first delivery could not be handled).
-    fn forget(&mut self, id: u64) {
-        self.set.remove(&id);
-    }
-
-    /// True the first time `id` is seen.
-    fn first(&mut self, id: u64) -> bool {
-        if !self.set.insert(id) {
-            return false;
-        }
-        self.order.push_back(id);
-        if self.order.len() > Self::CAPACITY {
-            if let Some(old) = self.order.pop_front() {
-                self.set.remove(&old);
+            let events = match incoming {
+                Incoming::Reply(reply) => {
+                    let waiter = lock(waiters).queue.pop_front();
+                    let Some(w) = waiter else {
+                        return "server sent a reply nobody asked for".into();
+                    };
+                    let kind = w.request.verb().spec().reply;
+                    let typed = reply.typed(kind).map_err(|e| {
+                        ClientError::Session(SessionError::BadMessage(e))
+                    });
+                    if let Some(tx) = w.reply {
+                        let _ = tx.send(typed);
+                    }
+                    continue;
+                }
+                Incoming::Message(d) => self.message(d, acks),
+                Incoming::History(d) => vec![open_message(d, true)],
+                Incoming::HistoryFile(f) => vec![ClientEvent::HistoryFile {
+                    at: f.at,
+                    at_ms: f.at_ms,
+                    from: f.from,
+                    name: f.name,
+                    size: f.size,
+                }],
+                Incoming::File(start) => {
+                    if lock(&self.seen).is_new(&start.at) {
+                        downloads.start(start)
+                    } else {
+                        skipping.push(start.at);
+                        Vec::new()
+                    }
+                }
+                Incoming::Chunk {
+                    at,
+                    offset,
+                    key,
+                    body,
+                } => downloads.chunk(&at, offset, &key, &body),
+                Incoming::FileEnd(at) => {
+                    if let Some(i) = skipping.iter().position(|s| *s == at) {
+                        skipping.swap_remove(i);
+                        acks.handled(&at);
+                        Vec::new()
+                    } else {
+                        downloads.end(&at)
+                    }
+                }
+                Incoming::FileAbort(at, why) => {
+                    skipping.retain(|s| *s != at);
+                    downloads.abort(&at, &why)
+                }
+                Incoming::UploadAbort(id, why) => {
+                    if let Some(upload) = lock(&self.uploads).get(&id) {
+                        *lock(upload) = Some(why);
+                    }
+                    Vec::new()
+                }
+                Incoming::Ping(n) => {
+                    let _ = self.commands.send(Outbound {
+                        request: Request::Pong(n),
+                        reply: None,
+                    });
+                    continue;
+                }
+            };
+            for at in downloads.take_done() {
+                lock(&self.seen).shown(&at);
+                acks.handled(&at);
+            }
+            for e in events {
+                let _ = self.events.send(e);
+            }
+            if acks.pending() && !r.has_buffered() && last_flush.elapsed() >= ACK_EVERY {
+                self.flush_acks(acks);
+                last_flush = Instant::now();
             }
         }
-        true
-    }
-}
-
-/// The group keys this session was given, by id; a few recent ones per
-/// group, so messages sealed just before a key change still open.
-#[derive(Default)]
-struct GroupKeys {
-    by_id: HashMap<u64, ContentKey>,
-    recent: HashMap<GroupName, VecDeque<u64>>,
-}
-
-impl GroupKeys {
-    const KEEP: usize = 4;
-
-    fn insert(&mut self, group: GroupName, id: u64, key: ContentKey) {
-        self.by_id.insert(id, key);
-        let ids = self.recent.entry(group).or_default();
-        ids.push_back(id);
-        if ids.len() > Self::KEEP {
-            if let Some(old) = ids.pop_front() {
-                self.by_id.remove(&old);
-            }
-        }
     }
 
-    fn get(&self, id: u64) -> Option<&ContentKey> {
-        self.by_id.get(&id)
+    /// A delivered message: shown unless it was shown before, and handled
+    /// either way.
+    fn message(&self, d: Delivery, acks: &mut Acks) -> Vec<ClientEvent> {
+        let at = d.at.clone();
+        let mut seen = lock(&self.seen);
+        let out = if seen.is_new(&at) {
+            seen.shown(&at);
+            vec![open_message(d, false)]
+        } else {
+            Vec::new()
+        };
+        acks.handled(&at);
+        out
     }
 }
 
 /// Decrypts a delivered or historical message.
-fn open_message(d: crate::event::Delivery, history: bool) -> ClientEvent {
+fn open_message(d: Delivery, history: bool) -> ClientEvent {
     match d.key.open(&d.body) {
         Ok(bytes) => ClientEvent::Message {
-            id: d.id,
+            at: d.at,
             at_ms: d.at_ms,
             from: d.from,
-            to: d.to,
             text: String::from_utf8_lossy(&bytes).into_owned(),
             history,
         },
         Err(e) => ClientEvent::BadMessage {
-            id: d.id,
+            at: d.at,
             from: d.from,
             reason: e.to_string(),
         },
     }
 }
 
-fn read_loop(
-    mut r: FrameReader<BufReader<TcpStream>>,
-    pending: &Pending,
-    events: &Sender<ClientEvent>,
-    incoming: Incoming,
-) {
-    let Incoming {
-        mut downloads,
-        uploads,
-        acks,
-    } = incoming;
-    let mut seen = Seen::new();
-    let mut group_keys = GroupKeys::default();
-    let mut to_ack: Vec<u64> = Vec::new();
-    let mut bye = None;
-    let reason = loop {
-        let frame = match r.read_frame() {
-            Ok(Some(f)) => f,
-            Ok(None) => break bye.unwrap_or_else(|| "server closed the connection".to_string()),
-            Err(ReadError::Io(e)) => break bye.unwrap_or_else(|| format!("connection lost: {e}")),
-            Err(e) => break format!("protocol error from server: {e}"),
-        };
-        let message = match ServerMessage::parse(frame) {
-            // A group envelope opens into the message it carries, handled
-            // below like any other delivery.
-            Ok(ServerMessage::GroupMsg { key_id, body }) => {
-                let opened = group_keys
-                    .get(key_id)
-                    .ok_or_else(|| format!("no group key {key_id}"))
-                    .and_then(|k| Delivery::open_group(k, &body).map_err(|e| e.to_string()));
-                match opened {
-                    Ok(d) => ServerMessage::Msg(d),
-                    // Without the envelope there is no id to acknowledge:
-                    // the message stays pending and comes again at login.
-                    Err(e) => break format!("undecodable group message: {e}"),
-                }
-            }
-            Ok(m) => m,
-            Err(e) => break e.to_string(),
-        };
-        let out = match message {
-            ServerMessage::Reply(reply) => {
-                let waiter = lock(pending).queue.pop_front();
-                match waiter {
-                    Some(tx) => {
-                        let _ = tx.send(reply);
-                        continue;
-                    }
-                    None => break "server sent a reply nobody asked for".to_string(),
-                }
-            }
-            ServerMessage::Msg(d) => {
-                to_ack.push(d.id);
-                if seen.first(d.id) {
-                    vec![open_message(d, false)]
-                } else {
-                    Vec::new()
-                }
-            }
-            ServerMessage::GroupKey { group, key_id, key } => {
-                group_keys.insert(group, key_id, key);
-                continue;
-            }
-            // Opened into a MSG above; nothing left to do here.
-            ServerMessage::GroupMsg { .. } => continue,
-
-            ServerMessage::History(d) => vec![open_message(d, true)],
-            ServerMessage::HistoryFile(f) => vec![ClientEvent::HistoryFile {
-                id: f.id,
-                at_ms: f.at_ms,
-                from: f.from,
-                to: f.to,
-                name: f.name,
-                size: f.size,
-            }],
-            ServerMessage::File(start) => {
-                if seen.first(start.id) {
-                    downloads.start(start)
-                } else {
-                    // Already received: its chunks will find no download.
-                    to_ack.push(start.id);
-                    Vec::new()
-                }
-            }
-            ServerMessage::Chunk {
-                id,
-                offset,
-                key,
-                body,
-            } => downloads.chunk(id, offset, &key, &body),
-            ServerMessage::FileEnd(id) => downloads.end(id),
-            ServerMessage::FileAbort(id, why) => match lock_uploads(&uploads).get(&id) {
-                Some(upload) => {
-                    *upload.lock().unwrap_or_else(|e| e.into_inner()) = Some(why);
-                    Vec::new()
-                }
-                None => downloads.abort(id, &why),
-            },
-            ServerMessage::Ping(n) => {
-                let frame = Request::Pong(n).to_frame();
-                let _ = acks.send(Outbound { frame, reply: None });
-                continue;
-            }
-            ServerMessage::Bye(why) => {
-                bye = Some(format!("server said goodbye: {why}"));
-                continue;
-            }
-        };
-        to_ack.append(&mut downloads.take_acks());
-        for id in downloads.take_retries() {
-            seen.forget(id);
-        }
-        // Acknowledge once a burst is handled (before waiting on the
-        // socket), and before handing the events on, so anything the
-        // application sends after seeing them follows the ACK.
-        if !to_ack.is_empty() && (!r.has_buffered() || to_ack.len() >= MAX_ACK_IDS) {
-            let frame = Request::Ack(std::mem::take(&mut to_ack)).to_frame();
-            let _ = acks.send(Outbound { frame, reply: None });
-        }
-        for e in out {
-            let _ = events.send(e);
-        }
-    };
-    downloads.abandon_all();
-    // Dropping the waiters wakes every caller blocked on a reply.
-    {
-        let mut waiters = lock(pending);
-        waiters.closed = true;
-        waiters.queue.clear();
-    }
-    let _ = r.get_ref().get_ref().shutdown(Shutdown::Both);
-    let _ = events.send(ClientEvent::Disconnected(reason));
-}

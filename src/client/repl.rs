@@ -14,7 +14,7 @@ use rustyline::history::DefaultHistory;
 use rustyline::validate::Validator;
 use rustyline::{Context, Editor, ExternalPrinter as _, Helper};
 
-use crate::command::{Command, HELP, WORDS};
+use crate::command::{help, words, Command};
 use crate::request::Request;
 
 use super::display::{event_line, reply_line};
@@ -43,11 +43,7 @@ impl Completer for Words {
             .unwrap_or("")
             .to_ascii_uppercase();
         let candidates: Vec<String> = match index {
-            0 => WORDS
-                .iter()
-                .filter(|w| **w != "FILE")
-                .map(|w| w.to_string())
-                .collect(),
+            0 => words().iter().map(|w| w.to_string()).collect(),
             1 if first == "SEND" || first == "SEND_TO_GROUP" => vec!["FILE".to_string()],
             _ => Vec::new(),
         };
@@ -140,7 +136,7 @@ pub fn run(client: Client) -> i32 {
             }
         };
         if command == Command::Help {
-            say(HELP.to_string());
+            say(help());
             continue;
         }
         match client.execute(&command) {

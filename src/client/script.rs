@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use crossbeam_channel::{select, tick, unbounded};
 
-use crate::command::{Command, CommandError, HELP};
+use crate::command::{help, Command, CommandError};
 use crate::event::{ErrorCode, Reply};
 use crate::request::Request;
 
@@ -74,7 +74,7 @@ pub fn run(client: Client, input: impl BufRead + Send + 'static) -> i32 {
                     }
                 };
                 if command == Command::Help {
-                    println!("{HELP}");
+                    println!("{}", help());
                     continue;
                 }
                 let quit = command == Command::Plain(Request::Quit);
@@ -115,5 +115,5 @@ pub fn local_error(e: &CommandError) -> String {
         CommandError::Usage(_) | CommandError::TooLong => ErrorCode::Usage,
         CommandError::BadName(_) => ErrorCode::BadName,
     };
-    reply_line(&Reply::Err(code, e.to_string()))
+    reply_line(&Reply::err(code, e.to_string()))
 }

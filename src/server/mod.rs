@@ -1,31 +1,35 @@
-//! The chat server: accept loop, configuration and shared state.
+//! The chat server: configuration, the accept loop, and what every
+//! connection shares.
 //!
 //! [`Server::start`] (used by the `server` binary and by every test) takes a
-//! bound listener and spawns the accept loop. Each accepted connection gets
-//! a reader thread ([`session::serve`]) and an outbox ([`outbox`]) drained
-//! by a small pool of writer threads shared by all connections; messages
-//! are committed by the store's writer thread ([`crate::store`]), which then
-//! delivers them; the account, group and presence tables live in one
-//! [`state::State`] behind a mutex.
+//! bound listener and spawns the accept loop. A request's path:
 //!
 //! ```text
-//! socket -> FrameReader -> Request::parse -> State (locked briefly)
-//!        -> Store (group commit) -> Outgoing (shared head + body)
-//!        -> each recipient's Outbox -> writer pool: seal per recipient -> socket
+//! socket -> FrameReader -> Request::parse (verb table: access, rate)  [session]
+//!        -> handler: check against State, write to the Store           [handler]
+//!        -> store writer commits, assigns sequence numbers, completes  [store]
+//!        -> reply to the sender; offer the entry to followers' links   [delivery]
+//!        -> Outbox (one FIFO per connection) -> writer pool -> socket  [outbox]
 //! ```
+//!
+//! A link that cannot take a message now (its outbox is full, or it is
+//! catching up) gets it later from the store, so memory stays bounded
+//! whatever clients do.
 
+mod delivery;
+mod handler;
 pub mod limits;
 pub mod outbox;
-mod replay;
 mod session;
 pub mod state;
 mod transfer;
 
 use std::collections::HashMap;
+use std::fmt;
 use std::io;
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::thread::JoinHandle;
 use std::time::Duration;
@@ -33,64 +37,180 @@ use std::time::Duration;
 use crate::dh::StaticSecret;
 use crate::event::ServerMessage;
 use crate::identity::{self, Fingerprint};
-use crate::log;
 use crate::password::{PasswordCost, Passwords};
 use crate::store::sqlite::SqliteStore;
 use crate::store::Store;
 
 use crate::handshake;
+use delivery::CatchUp;
 use limits::{ConnectionCounts, LoginThrottle};
-use outbox::{Outbox, OutboxLimits, Outgoing};
+use outbox::{Budget, Outbox, OutboxLimits, WriterPool};
 use state::{SessionId, State};
 
 /// Stack size for per-connection threads: they need little, and thousands
 /// of default 2 MiB (virtual) stacks would crowd the address-space maps.
-pub(crate) const THREAD_STACK: usize = 256 * 1024;
+pub(crate) const THREAD_STACK: usize = 128 * 1024;
 
-/// Server settings; the binary's flags map onto these.
-#[derive(Debug, Clone)]
+fn parse_secs(s: &str) -> Result<Duration, String> {
+    s.parse::<u64>()
+        .map(Duration::from_secs)
+        .map_err(|_| format!("{s:?} is not a whole number of seconds"))
+}
+
+fn parse_millis(s: &str) -> Result<Duration, String> {
+    s.parse::<u64>()
+        .map(Duration::from_millis)
+        .map_err(|_| format!("{s:?} is not a whole number of milliseconds"))
+}
+
+/// Server settings. The `server` binary's flags are generated from these
+/// fields (their doc comments are the `--help` text), and each also reads
+/// from the environment variable named in `--help`.
+#[derive(Debug, Clone, clap::Args)]
 pub struct Config {
-    /// Largest file accepted, in bytes (`--max-file-size`).
-    pub max_file_size: u64,
-    /// How long a new connection may take to finish the handshake.
-    pub handshake_timeout: Duration,
-    /// Per-client queue sizes.
-    pub outbox: OutboxLimits,
-    /// Where the database lives (`--data-dir`).
+    /// Where accounts, groups and messages are stored (created if missing)
+    #[arg(long, env = "MUCHAT_DATA_DIR", value_name = "DIR", default_value = "muchat-data")]
     pub data_dir: PathBuf,
-    /// Most bytes of undelivered files kept per user (`--max-pending-bytes`).
+
+    /// Largest file accepted, in bytes
+    #[arg(long, env = "MUCHAT_MAX_FILE_SIZE", value_name = "BYTES", default_value_t = Config::DEFAULT.max_file_size)]
+    pub max_file_size: u64,
+
+    /// Most bytes of undelivered files kept per conversation; a file that
+    /// would go over gets ERR QUOTA_EXCEEDED
+    #[arg(long, env = "MUCHAT_MAX_PENDING_BYTES", value_name = "BYTES", default_value_t = Config::DEFAULT.max_pending_bytes)]
     pub max_pending_bytes: u64,
-    /// Argon2id cost for password verifiers.
-    pub password_cost: PasswordCost,
-    /// A session silent this long is closed; it is sent `PING` halfway.
+
+    /// Time a new connection has to finish the handshake
+    #[arg(long, env = "MUCHAT_HANDSHAKE_TIMEOUT", value_name = "SECS", default_value = "10", value_parser = parse_secs)]
+    pub handshake_timeout: Duration,
+
+    /// Close a session silent this long; it is sent PING halfway
+    #[arg(long, env = "MUCHAT_IDLE_TIMEOUT", value_name = "SECS", default_value = "300", value_parser = parse_secs)]
     pub idle_timeout: Duration,
-    /// Open connections allowed per source address (0: no limit).
+
+    /// Open connections allowed per source address (0: no limit)
+    #[arg(long, env = "MUCHAT_MAX_CONNECTIONS_PER_IP", value_name = "N", default_value_t = Config::DEFAULT.max_connections_per_ip)]
     pub max_connections_per_ip: usize,
-    /// Commands per second per session (0: no limit).
+
+    /// Commands per second per session (0: no limit); chunks, ACK and PONG
+    /// are not counted
+    #[arg(long, env = "MUCHAT_RATE", value_name = "N", default_value_t = Config::DEFAULT.rate)]
     pub rate: u32,
-    /// Commands a session may send in a burst above the rate.
+
+    /// Commands a session may send at once above the rate
+    #[arg(long, env = "MUCHAT_BURST", value_name = "N", default_value_t = Config::DEFAULT.burst)]
     pub burst: u32,
-    /// Groups one user may belong to.
+
+    /// Groups one user may belong to
+    #[arg(long, env = "MUCHAT_MAX_GROUPS_PER_USER", value_name = "N", default_value_t = Config::DEFAULT.max_groups_per_user)]
     pub max_groups_per_user: usize,
-    /// The first login delay after repeated failures (it doubles up to a minute).
+
+    /// After 3 failed logins for an account or an address, each further
+    /// attempt waits this long, doubling up to 60 s
+    #[arg(long = "login-backoff-ms", env = "MUCHAT_LOGIN_BACKOFF_MS", value_name = "MS", default_value = "500", value_parser = parse_millis)]
     pub login_backoff: Duration,
+
+    /// Most bytes queued for all clients together; past it, deliveries wait
+    /// in the store until clients read
+    #[arg(long, env = "MUCHAT_MEMORY_BUDGET", value_name = "BYTES", default_value_t = Config::DEFAULT.memory_budget)]
+    pub memory_budget: usize,
+
+    /// Most bytes queued for one connection before its messages wait in the
+    /// store and its requests wait for it to read
+    #[arg(long, env = "MUCHAT_SESSION_WINDOW", value_name = "BYTES", default_value_t = Config::DEFAULT.session_window)]
+    pub session_window: usize,
+
+    /// Argon2id cost for password verifiers (tests lower it).
+    #[arg(skip = PasswordCost::OWASP)]
+    pub password_cost: PasswordCost,
+}
+
+impl Config {
+    /// The defaults, also the flags' defaults.
+    pub const DEFAULT: Config = Config {
+        data_dir: PathBuf::new(),
+        max_file_size: 100 * 1024 * 1024,
+        max_pending_bytes: 1024 * 1024 * 1024,
+        handshake_timeout: Duration::from_secs(10),
+        idle_timeout: Duration::from_secs(300),
+        max_connections_per_ip: 16,
+        rate: 20,
+        burst: 50,
+        max_groups_per_user: 100,
+        login_backoff: Duration::from_millis(500),
+        memory_budget: 512 * 1024 * 1024,
+        session_window: 256 * 1024,
+        password_cost: PasswordCost::OWASP,
+    };
+
+    fn outbox_limits(&self) -> OutboxLimits {
+        OutboxLimits {
+            window: self.session_window.max(16 * 1024),
+            ..OutboxLimits::default()
+        }
+    }
 }
 
 impl Default for Config {
     fn default() -> Self {
         Config {
-            max_file_size: 100 * 1024 * 1024,
-            handshake_timeout: Duration::from_secs(10),
-            outbox: OutboxLimits::default(),
             data_dir: PathBuf::from("muchat-data"),
-            max_pending_bytes: 1024 * 1024 * 1024,
-            password_cost: PasswordCost::OWASP,
-            idle_timeout: Duration::from_secs(300),
-            max_connections_per_ip: 16,
-            rate: 20,
-            burst: 50,
-            max_groups_per_user: 100,
-            login_backoff: Duration::from_millis(500),
+            ..Config::DEFAULT
+        }
+    }
+}
+
+/// Why the server closed a connection (for the log, and for `BYE`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CloseReason {
+    /// The client closed its end.
+    ClientClosed,
+    /// The client sent `QUIT`.
+    ClientQuit,
+    /// Nothing arrived for the idle timeout, nor an answer to `PING`.
+    IdleTimeout,
+    /// The client broke the protocol.
+    Protocol(String),
+    /// Reading failed.
+    ReadFailed(String),
+    /// Writing failed.
+    WriteFailed,
+    /// The client took nothing for too long while frames waited.
+    TooSlow,
+    /// The server is stopping.
+    ShuttingDown,
+    /// The connection's own reader finished and its last frames went out.
+    Finished,
+    /// The handshake did not complete.
+    Handshake(String),
+}
+
+impl CloseReason {
+    /// The `BYE` text the client is sent, if any.
+    pub fn bye(&self) -> Option<String> {
+        match self {
+            CloseReason::IdleTimeout => Some("idle timeout".into()),
+            CloseReason::Protocol(why) => Some(format!("protocol error: {why}")),
+            CloseReason::ShuttingDown => Some("server shutting down".into()),
+            _ => None,
+        }
+    }
+}
+
+impl fmt::Display for CloseReason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            CloseReason::ClientClosed => f.write_str("client closed the connection"),
+            CloseReason::ClientQuit => f.write_str("client quit"),
+            CloseReason::IdleTimeout => f.write_str("idle timeout: no answer to PING"),
+            CloseReason::Protocol(why) => write!(f, "protocol error: {why}"),
+            CloseReason::ReadFailed(why) => write!(f, "read failed: {why}"),
+            CloseReason::WriteFailed => f.write_str("write failed"),
+            CloseReason::TooSlow => f.write_str("client too slow to read"),
+            CloseReason::ShuttingDown => f.write_str("server shutting down"),
+            CloseReason::Finished => f.write_str("closed"),
+            CloseReason::Handshake(why) => write!(f, "handshake failed: {why}"),
         }
     }
 }
@@ -100,20 +220,46 @@ pub(crate) struct Shared {
     config: Config,
     /// The static key that authenticates this server.
     identity: StaticSecret,
-    store: Box<dyn Store>,
+    store: Arc<dyn Store>,
     passwords: Passwords,
     state: Mutex<State>,
-    /// The next message or transfer id.
-    next_id: AtomicU64,
     /// Every connection past its handshake, so shutdown can close them.
     connections: Mutex<HashMap<SessionId, Outbox>>,
     /// Open connections per source address.
     per_address: Arc<ConnectionCounts>,
     /// Failed logins by account and by address.
     throttle: LoginThrottle,
+    /// Writes every connection's frames.
+    writers: WriterPool,
+    /// Pages stored messages to connections that are behind.
+    catch_up: CatchUp,
 }
 
 impl Shared {
+    /// Opens the store and starts the pools.
+    fn open(config: Config) -> io::Result<Shared> {
+        let store = SqliteStore::open(&config.data_dir).map_err(io::Error::other)?;
+        let snapshot = store.load().map_err(|e| {
+            io::Error::other(format!("{}: {e}", store.path().display()))
+        })?;
+        let store: Arc<dyn Store> = Arc::new(store);
+        let passwords = Passwords::new(config.password_cost).map_err(io::Error::other)?;
+        let identity = identity::load_or_create(&config.data_dir).map_err(io::Error::other)?;
+        let budget = Arc::new(Budget::new(config.memory_budget));
+        Ok(Shared {
+            identity,
+            passwords,
+            state: Mutex::new(State::from_snapshot(snapshot)),
+            connections: Mutex::new(HashMap::new()),
+            per_address: Arc::default(),
+            throttle: LoginThrottle::new(config.login_backoff, Duration::from_secs(60)),
+            writers: WriterPool::start(config.outbox_limits(), budget)?,
+            catch_up: CatchUp::start(Arc::clone(&store))?,
+            store,
+            config,
+        })
+    }
+
     /// Locks the state. A thread that panicked while holding the lock left
     /// the maps consistent (no method panics between two writes), so a
     /// poisoned lock is still usable.
@@ -121,22 +267,8 @@ impl Shared {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    fn next_id(&self) -> u64 {
-        self.next_id.fetch_add(1, Ordering::Relaxed)
-    }
-
-    fn register(&self, id: SessionId, outbox: Outbox) {
-        self.connections
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .insert(id, outbox);
-    }
-
-    fn unregister(&self, id: SessionId) {
-        self.connections
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .remove(&id);
+    fn connections(&self) -> MutexGuard<'_, HashMap<SessionId, Outbox>> {
+        self.connections.lock().unwrap_or_else(|e| e.into_inner())
     }
 }
 
@@ -155,26 +287,7 @@ impl Server {
     /// cannot read.
     pub fn start(listener: TcpListener, config: Config) -> io::Result<Server> {
         let addr = listener.local_addr()?;
-        let store = SqliteStore::open(&config.data_dir).map_err(|e| io::Error::other(e.0))?;
-        let snapshot = store
-            .load()
-            .map_err(|e| io::Error::other(format!("{}: {}", store.path().display(), e.0)))?;
-        let passwords =
-            Passwords::new(config.password_cost).map_err(|e| io::Error::other(e.to_string()))?;
-        let identity = identity::load_or_create(&config.data_dir).map_err(io::Error::other)?;
-        let next_id = snapshot.max_message_id + 1;
-        let config_backoff = config.login_backoff;
-        let shared = Arc::new(Shared {
-            config,
-            identity,
-            store: Box::new(store),
-            passwords,
-            state: Mutex::new(State::from_snapshot(snapshot)),
-            next_id: AtomicU64::new(next_id),
-            connections: Mutex::new(HashMap::new()),
-            per_address: Arc::default(),
-            throttle: LoginThrottle::new(config_backoff, Duration::from_secs(60)),
-        });
+        let shared = Arc::new(Shared::open(config)?);
         let stopping = Arc::new(AtomicBool::new(false));
         let accept = {
             let (shared, stopping) = (Arc::clone(&shared), Arc::clone(&stopping));
@@ -221,17 +334,10 @@ impl Server {
         if let Some(h) = self.accept.take() {
             let _ = h.join();
         }
-        let conns: Vec<Outbox> = self
-            .shared
-            .connections
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .values()
-            .cloned()
-            .collect();
-        let bye = Outgoing::from(&ServerMessage::Bye("server shutting down".into()));
+        let conns: Vec<Outbox> = self.shared.connections().values().cloned().collect();
+        let bye = ServerMessage::Bye(CloseReason::ShuttingDown.bye().unwrap_or_default());
         for o in conns {
-            let _ = o.send(bye.clone());
+            let _ = o.send(&bye);
             o.finish();
         }
     }
@@ -253,20 +359,19 @@ fn accept_loop(listener: TcpListener, shared: Arc<Shared>, stopping: Arc<AtomicB
             Ok(s) => s,
             Err(e) => {
                 // Out of file descriptors and the like: back off, don't spin.
-                log!("accept failed: {e}");
+                tracing::warn!("accept failed: {e}");
                 std::thread::sleep(Duration::from_millis(50));
                 continue;
             }
         };
-        let peer = match stream.peer_addr() {
-            Ok(p) => p,
-            Err(_) => continue,
+        let Ok(peer) = stream.peer_addr() else {
+            continue;
         };
         let id = next_session;
         next_session += 1;
         let max = shared.config.max_connections_per_ip;
         let Some(admission) = shared.per_address.admit(peer.ip(), max) else {
-            log!("conn {id} from {peer}: refused: more than {max} connections from this address");
+            tracing::warn!(conn = id, %peer, "refused: more than {max} connections from this address");
             let mut s = &stream;
             handshake::refuse(&mut s, "too many connections from your address");
             continue;
@@ -277,7 +382,7 @@ fn accept_loop(listener: TcpListener, shared: Arc<Shared>, stopping: Arc<AtomicB
             .stack_size(THREAD_STACK)
             .spawn(move || session::serve(stream, peer, id, shared, admission));
         if let Err(e) = spawned {
-            log!("conn {id} from {peer}: refused: cannot start a thread: {e}");
+            tracing::error!(conn = id, %peer, "refused: cannot start a thread: {e}");
         }
     }
 }

@@ -1,40 +1,42 @@
-//! Each client's outgoing queue and the writer that drains it.
+//! Each connection's outgoing queue, and the writers that drain them.
 //!
-//! Everything the server sends a client goes through its [`Outbox`]: replies
-//! and messages through a bounded *urgent* queue, file traffic through a
-//! small bounded *bulk* queue. Pushing never blocks on the network:
+//! Everything the server sends a client goes through its [`Outbox`], one
+//! FIFO queue (so replies and each conversation's messages keep their
+//! order) whose bytes are counted, per connection and against the
+//! server's memory [`Budget`]. Pushing never blocks on the network:
 //!
-//! * [`Outbox::send`] never waits. If the urgent queue is full the client is
-//!   not keeping up, so it is disconnected (with the reason logged) rather
-//!   than allowed to stall the sender or other members.
-//! * [`Outbox::send_bulk`] waits up to a deadline for room, which paces a
-//!   file's sender to its recipients (the natural backpressure of a
-//!   transfer) without letting a stuck recipient hold it forever.
+//! * [`Outbox::push`] queues unconditionally; callers that may produce a lot
+//!   check [`Outbox::has_room`] first (live deliveries fall back to the
+//!   store when there is no room, see [`super::delivery`]) or wait for
+//!   room ([`Outbox::wait_for_room`], used by a connection's own reader
+//!   for its replies and `HISTORY` pages, which paces that client to its
+//!   own reading);
+//! * a client that takes nothing for too long is disconnected by the writer.
 //!
-//! The writer prefers urgent items, so chat keeps flowing while a file is
-//! being relayed, and seals everything already queued before one `write`
-//! call, so a backlog costs one syscall rather than one per line.
-//!
-//! Writing is done by a small pool of threads shared by every connection:
+//! Writing is done by a small [`WriterPool`] that belongs to the server:
 //! pushing to an idle outbox puts it on the pool's queue once (a flag keeps
-//! it from being queued twice), a pool thread seals and writes what it
-//! holds, and a socket that is full is retried a few milliseconds later
-//! instead of holding the thread. So a group message wakes at most a few
-//! threads rather than one per recipient, and an idle session costs only
-//! its reader thread. This module is the only place that knows how writing
-//! is scheduled; callers see only [`Outbox`].
+//! it from being queued twice), a pool thread seals what is queued into one
+//! buffer and writes it with one call, and a socket that is full is retried
+//! a few milliseconds later instead of holding the thread. So a group
+//! message wakes at most a few threads rather than one per recipient, and
+//! an idle connection costs only its reader. When a connection's queue
+//! drains below [`REFILL_BELOW`], its drain hook (the delivery engine) is
+//! told, so it can fetch more from the store.
 
 use std::net::Shutdown;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, Condvar, Mutex, Weak};
+use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use crossbeam_channel::{bounded, unbounded, Receiver, SendTimeoutError, Sender};
+use crossbeam_channel::{unbounded, Receiver, Sender};
 
 use crate::connection::{FrameWriter, SharedStream};
 use crate::content::Body;
 use crate::event::ServerMessage;
-use crate::frame::Sealer;
+use crate::frame::Frame;
+
+use super::CloseReason;
 
 /// A frame waiting to be sealed for one recipient. The head and body are
 /// reference-counted, so a group message shares one copy between recipients.
@@ -44,47 +46,89 @@ pub struct Outgoing {
     pub head: Arc<str>,
     /// Content encrypted by the sender, passed through unchanged.
     pub body: Option<Body>,
+    /// Whether the head goes in clear (MACed only): `GMSG`.
+    pub clear: bool,
 }
 
-impl From<&ServerMessage> for Outgoing {
-    fn from(m: &ServerMessage) -> Self {
-        let f = m.to_frame();
+impl Outgoing {
+    /// Bytes this frame accounts for while queued (about its line length).
+    pub fn cost(&self) -> usize {
+        64 + self.head.len() * 2 + self.body.as_ref().map_or(0, |b| b.as_str().len())
+    }
+}
+
+impl From<Frame> for Outgoing {
+    fn from(f: Frame) -> Self {
         Outgoing {
             head: f.head.into(),
             body: f.body,
+            clear: f.clear,
         }
     }
 }
 
-/// Why a push did not reach the queue.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum OutboxError {
-    /// The recipient was too slow; it has been disconnected.
-    Overflow,
-    /// The recipient's connection is already closed.
-    Closed,
+impl From<&ServerMessage> for Outgoing {
+    fn from(m: &ServerMessage) -> Self {
+        Outgoing::from(m.to_frame())
+    }
 }
 
-/// Queue sizes for one client.
+/// The server-wide cap on bytes queued for clients.
+#[derive(Debug)]
+pub struct Budget {
+    used: AtomicUsize,
+    limit: usize,
+}
+
+impl Budget {
+    /// A budget of `limit` bytes.
+    pub fn new(limit: usize) -> Self {
+        Budget {
+            used: AtomicUsize::new(0),
+            limit,
+        }
+    }
+
+    /// Bytes queued now, across all connections.
+    pub fn used(&self) -> usize {
+        self.used.load(Ordering::Relaxed)
+    }
+
+    /// Whether `share` of the budget (a fraction) is still free.
+    fn below(&self, fraction: f64) -> bool {
+        (self.used() as f64) < self.limit as f64 * fraction
+    }
+}
+
+/// Per-connection queue limits.
 #[derive(Debug, Clone, Copy)]
 pub struct OutboxLimits {
-    /// Replies and messages that may wait before the client counts as stuck.
-    /// (Counted, not preallocated: an idle client's queue costs nothing.)
-    pub urgent: usize,
-    /// File frames that may wait.
-    pub bulk: usize,
-    /// How long a file frame may wait for room before the recipient counts as stuck.
-    pub bulk_timeout: Duration,
+    /// Bytes a connection may have queued before live deliveries wait in
+    /// the store and its reader waits before answering more requests.
+    pub window: usize,
+    /// How long a client may take nothing while frames wait before it is
+    /// disconnected.
+    pub stall_timeout: Duration,
 }
 
 impl Default for OutboxLimits {
     fn default() -> Self {
         OutboxLimits {
-            urgent: 10_000,
-            bulk: 16,
-            bulk_timeout: Duration::from_secs(30),
+            window: 256 * 1024,
+            stall_timeout: Duration::from_secs(60),
         }
     }
+}
+
+/// Below this many queued bytes a connection asks its drain hook for more
+/// from the store (catch-up pages are added only below it, so they never
+/// crowd out live messages).
+pub const REFILL_BELOW: usize = 64 * 1024;
+
+/// Told when a connection's queue runs low (the delivery engine).
+pub trait DrainHook: Send + Sync {
+    /// The queue is below [`REFILL_BELOW`].
+    fn drained(&self);
 }
 
 enum Item {
@@ -93,131 +137,192 @@ enum Item {
     Close,
 }
 
-struct Shared {
+struct Inner {
     stream: SharedStream,
-    /// The sealing half, held by the writer thread while it runs.
+    /// The sealing half, held by a writer thread while it works.
     writer: Mutex<Option<FrameWriter<SharedStream>>>,
     /// Whether this outbox is on the writers' queue or being written.
     scheduled: AtomicBool,
     /// The current wait before retrying a full socket.
     backoff: Mutex<Duration>,
-    urgent: Receiver<Item>,
-    bulk: Receiver<Item>,
-    /// Items in the urgent queue; the writer decrements as it takes them.
-    queued: AtomicUsize,
-    limit: usize,
-    /// The first reason this connection was closed by the server, for the log.
-    close_reason: Mutex<Option<String>>,
+    /// Since when the socket has taken nothing while bytes waited.
+    stalled_since: Mutex<Option<Instant>>,
+    queue: Receiver<Item>,
+    /// Bytes queued and not yet written to the socket.
+    bytes: AtomicUsize,
+    /// Of those, the frames already sealed into the writer's buffer.
+    carried: AtomicUsize,
+    /// Wakes a reader waiting for room.
+    room: (Mutex<()>, Condvar),
+    limits: OutboxLimits,
+    budget: Arc<Budget>,
+    pool: Sender<Job>,
+    hook: Mutex<Option<Weak<dyn DrainHook>>>,
+    closed: AtomicBool,
+    /// The first reason this connection was closed by the server.
+    close_reason: Mutex<Option<CloseReason>>,
 }
 
-impl Shared {
-    fn close(&self, reason: &str) {
+impl Inner {
+    fn close(&self, reason: CloseReason) {
         let mut r = self.close_reason.lock().unwrap_or_else(|e| e.into_inner());
         if r.is_none() {
-            *r = Some(reason.to_string());
+            *r = Some(reason);
         }
+        self.closed.store(true, Ordering::SeqCst);
         // Wakes the reader blocked in read() and fails any blocked write.
         let _ = self.stream.0.shutdown(Shutdown::Both);
+        self.room.1.notify_all();
+    }
+
+    fn add_bytes(&self, n: usize) {
+        self.bytes.fetch_add(n, Ordering::AcqRel);
+        self.budget.used.fetch_add(n, Ordering::AcqRel);
+    }
+
+    fn sub_bytes(&self, n: usize) {
+        self.bytes.fetch_sub(n, Ordering::AcqRel);
+        self.budget.used.fetch_sub(n, Ordering::AcqRel);
+    }
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        // Whatever was still queued leaves the server's budget.
+        let left = *self.bytes.get_mut();
+        self.budget.used.fetch_sub(left, Ordering::AcqRel);
     }
 }
 
 /// A handle for queueing frames to one client. Cheap to clone.
 #[derive(Clone)]
 pub struct Outbox {
-    urgent: Sender<Item>,
-    bulk: Sender<Item>,
-    bulk_timeout: Duration,
-    shared: Arc<Shared>,
+    tx: Sender<Item>,
+    inner: Arc<Inner>,
 }
 
+/// Why a push did not reach the queue.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Closed;
+
 impl Outbox {
-    /// Queues a reply or message without waiting; a full queue disconnects the client.
-    pub fn send(&self, item: Outgoing) -> Result<(), OutboxError> {
-        if self.shared.queued.fetch_add(1, Ordering::AcqRel) >= self.shared.limit {
-            self.shared.queued.fetch_sub(1, Ordering::AcqRel);
-            self.shared.close("outbox full: client too slow to read");
-            return Err(OutboxError::Overflow);
+    /// Queues a frame. Never waits.
+    pub fn push(&self, item: Outgoing) -> Result<(), Closed> {
+        if self.inner.closed.load(Ordering::Acquire) {
+            return Err(Closed);
         }
-        self.urgent.send(Item::Frame(item)).map_err(|_| {
-            self.shared.queued.fetch_sub(1, Ordering::AcqRel);
-            OutboxError::Closed
-        })?;
-        self.shared.ensure_writer();
+        let cost = item.cost();
+        self.inner.add_bytes(cost);
+        if self.tx.send(Item::Frame(item)).is_err() {
+            self.inner.sub_bytes(cost);
+            return Err(Closed);
+        }
+        self.ensure_writer();
         Ok(())
     }
 
-    /// Queues a file frame, waiting up to the bulk timeout for room.
-    pub fn send_bulk(&self, item: Outgoing) -> Result<(), OutboxError> {
-        // A full queue always has a writer draining it (one only stops
-        // with both queues empty), so waiting for room makes progress.
-        match self.bulk.send_timeout(Item::Frame(item), self.bulk_timeout) {
-            Ok(()) => {
-                self.shared.ensure_writer();
-                Ok(())
+    /// Queues a server message.
+    pub fn send(&self, message: &ServerMessage) -> Result<(), Closed> {
+        self.push(Outgoing::from(message))
+    }
+
+    /// Bytes queued and not yet written.
+    pub fn queued(&self) -> usize {
+        self.inner.bytes.load(Ordering::Acquire)
+    }
+
+    /// Whether a live delivery may be queued now: the connection is within
+    /// its window and the server within its budget.
+    pub fn has_room(&self) -> bool {
+        self.queued() < self.inner.limits.window && self.inner.budget.below(1.0)
+    }
+
+    /// Whether a page from the store may be queued now (more conservative
+    /// than [`has_room`](Self::has_room), so stored backlogs never crowd
+    /// out live traffic or the budget).
+    pub fn has_refill_room(&self) -> bool {
+        self.queued() < REFILL_BELOW && self.inner.budget.below(0.75)
+    }
+
+    /// Waits until the connection is within its window (replies and
+    /// `HISTORY` pages of this connection's own requests wait here, so a
+    /// client that does not read stops being served). False if the
+    /// connection closed or made no progress for the stall timeout.
+    pub fn wait_for_room(&self) -> bool {
+        let (lock, cvar) = &self.inner.room;
+        let mut guard = lock.lock().unwrap_or_else(|e| e.into_inner());
+        let mut last = self.queued();
+        let mut since = Instant::now();
+        while self.queued() >= self.inner.limits.window {
+            if self.inner.closed.load(Ordering::Acquire) {
+                return false;
             }
-            Err(SendTimeoutError::Timeout(_)) => {
-                self.shared
-                    .close("file queue stuck: client too slow to read");
-                Err(OutboxError::Overflow)
+            let (g, _) = cvar
+                .wait_timeout(guard, Duration::from_millis(100))
+                .unwrap_or_else(|e| e.into_inner());
+            guard = g;
+            let now = self.queued();
+            if now < last {
+                last = now;
+                since = Instant::now();
+            } else if since.elapsed() >= self.inner.limits.stall_timeout {
+                drop(guard);
+                self.close(CloseReason::TooSlow);
+                return false;
             }
-            Err(SendTimeoutError::Disconnected(_)) => Err(OutboxError::Closed),
         }
+        !self.inner.closed.load(Ordering::Acquire)
+    }
+
+    /// Sets the hook told when the queue runs low.
+    pub fn set_drain_hook(&self, hook: Option<Weak<dyn DrainHook>>) {
+        *self.inner.hook.lock().unwrap_or_else(|e| e.into_inner()) = hook;
     }
 
     /// Sends what is already queued, then closes the connection. Used by the
     /// connection's own reader when it ends, so a final reply or `BYE` still
     /// goes out.
     pub fn finish(&self) {
-        // Counted like any item, since the writer uncounts whatever it takes.
-        self.shared.queued.fetch_add(1, Ordering::AcqRel);
-        if self.urgent.send(Item::Close).is_err() {
-            self.shared.close("closing");
+        if self.tx.send(Item::Close).is_err() {
+            self.inner.close(CloseReason::Finished);
         }
-        self.shared.ensure_writer();
+        self.ensure_writer();
     }
 
     /// Closes the connection now, recording `reason` for the log.
-    pub fn close(&self, reason: &str) {
-        self.shared.close(reason);
+    pub fn close(&self, reason: CloseReason) {
+        self.inner.close(reason);
+    }
+
+    /// Whether the connection is closed.
+    pub fn is_closed(&self) -> bool {
+        self.inner.closed.load(Ordering::Acquire)
     }
 
     /// Why the server closed this connection, if it did.
-    pub fn close_reason(&self) -> Option<String> {
-        self.shared
+    pub fn close_reason(&self) -> Option<CloseReason> {
+        self.inner
             .close_reason
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .clone()
     }
+
+    /// Puts this outbox on the writers' queue unless it is there (or being
+    /// written) already.
+    fn ensure_writer(&self) {
+        ensure_writer(&self.inner);
+    }
 }
 
-/// Starts the writer for a connection and returns its outbox.
-pub fn spawn(
-    stream: SharedStream,
-    sealer: Sealer,
-    limits: OutboxLimits,
-) -> std::io::Result<Outbox> {
-    let (urgent_tx, urgent_rx) = unbounded();
-    let (bulk_tx, bulk_rx) = bounded(limits.bulk);
-    // A writer serves many connections: it never waits long on one.
-    stream.0.set_write_timeout(Some(WRITE_WAIT))?;
-    let shared = Arc::new(Shared {
-        stream: stream.clone(),
-        queued: AtomicUsize::new(0),
-        limit: limits.urgent,
-        close_reason: Mutex::new(None),
-        writer: Mutex::new(Some(FrameWriter::new(stream, sealer))),
-        scheduled: AtomicBool::new(false),
-        backoff: Mutex::new(RETRY_AFTER),
-        urgent: urgent_rx,
-        bulk: bulk_rx,
-    });
-    Ok(Outbox {
-        urgent: urgent_tx,
-        bulk: bulk_tx,
-        bulk_timeout: limits.bulk_timeout,
-        shared,
-    })
+fn ensure_writer(inner: &Arc<Inner>) {
+    if inner
+        .scheduled
+        .compare_exchange(false, true, Ordering::SeqCst, Ordering::SeqCst)
+        .is_ok()
+    {
+        let _ = inner.pool.send(Job::Serve(Arc::clone(inner)));
+    }
 }
 
 /// Threads that write for every connection.
@@ -229,58 +334,123 @@ const WRITE_WAIT: Duration = Duration::from_millis(2);
 
 /// How soon a connection whose socket was full is tried again; the wait
 /// doubles while the client takes nothing, up to [`RETRY_MAX`], so a stuck
-/// client costs the writers almost nothing until its queue overflows.
+/// client costs the writers almost nothing.
 const RETRY_AFTER: Duration = Duration::from_millis(2);
 
 /// The longest wait between tries for a client that takes nothing.
 const RETRY_MAX: Duration = Duration::from_millis(500);
 
-/// The writers shared by all connections: a queue of outboxes with work,
-/// served by [`POOL_THREADS`] threads, and a retry queue for outboxes whose
-/// client is not reading fast enough.
-struct Pool {
-    ready: Sender<Arc<Shared>>,
+/// Seal at most this much before writing, even if more is queued.
+const FLUSH_AT: usize = 128 * 1024;
+
+enum Job {
+    Serve(Arc<Inner>),
+    Stop,
 }
 
-fn pool() -> &'static Pool {
-    static POOL: OnceLock<Pool> = OnceLock::new();
-    POOL.get_or_init(|| {
-        let (ready, ready_rx) = unbounded::<Arc<Shared>>();
-        let (retry, retry_rx) = unbounded::<(Instant, Arc<Shared>)>();
+/// The writers shared by a server's connections: a queue of outboxes with
+/// work, served by [`POOL_THREADS`] threads, and a retry thread for
+/// outboxes whose client is not reading fast enough. Stops (its threads
+/// end) when the server drops it.
+pub struct WriterPool {
+    jobs: Sender<Job>,
+    retry: Sender<Option<(Instant, Arc<Inner>)>>,
+    threads: Vec<JoinHandle<()>>,
+    budget: Arc<Budget>,
+    limits: OutboxLimits,
+}
+
+impl WriterPool {
+    /// Starts the writer threads.
+    pub fn start(limits: OutboxLimits, budget: Arc<Budget>) -> std::io::Result<WriterPool> {
+        let (jobs, jobs_rx) = unbounded::<Job>();
+        let (retry, retry_rx) = unbounded::<Option<(Instant, Arc<Inner>)>>();
+        let mut threads = Vec::new();
         for _ in 0..POOL_THREADS {
-            let (rx, again) = (ready_rx.clone(), ready.clone());
-            let retry = retry.clone();
-            // Without writers nothing is ever sent: failing to start them is fatal.
-            std::thread::Builder::new()
-                .name("writer".into())
-                .spawn(move || {
-                    for shared in rx.iter() {
-                        match shared.serve() {
-                            Served::MoreQueued => {
-                                let _ = again.send(shared);
+            let (rx, again, retry) = (jobs_rx.clone(), jobs.clone(), retry.clone());
+            threads.push(
+                std::thread::Builder::new()
+                    .name("writer".into())
+                    .spawn(move || {
+                        for job in rx.iter() {
+                            let Job::Serve(inner) = job else { return };
+                            match serve(&inner) {
+                                Served::MoreQueued => {
+                                    let _ = again.send(Job::Serve(inner));
+                                }
+                                Served::SocketFull(wait) => {
+                                    let _ = retry.send(Some((Instant::now() + wait, inner)));
+                                }
+                                Served::Idle => unschedule(inner),
+                                Served::Finished => {}
                             }
-                            Served::SocketFull(wait) => {
-                                let _ = retry.send((Instant::now() + wait, shared));
-                            }
-                            Served::Idle => shared.unschedule(),
-                            Served::Finished => {}
                         }
-                    }
-                })
-                .expect("start the writer threads");
+                    })?,
+            );
         }
-        let again = ready.clone();
-        std::thread::Builder::new()
-            .name("writer-retry".into())
-            .spawn(move || {
-                for (at, shared) in retry_rx.iter() {
-                    std::thread::sleep(at.saturating_duration_since(Instant::now()));
-                    let _ = again.send(shared);
-                }
-            })
-            .expect("start the writer retry thread");
-        Pool { ready }
-    })
+        let again = jobs.clone();
+        threads.push(
+            std::thread::Builder::new()
+                .name("writer-retry".into())
+                .spawn(move || {
+                    for item in retry_rx.iter() {
+                        let Some((at, inner)) = item else { return };
+                        std::thread::sleep(at.saturating_duration_since(Instant::now()));
+                        let _ = again.send(Job::Serve(inner));
+                    }
+                })?,
+        );
+        Ok(WriterPool {
+            jobs,
+            retry,
+            threads,
+            budget,
+            limits,
+        })
+    }
+
+    /// A new connection's outbox, writing to `writer`.
+    pub fn outbox(&self, writer: FrameWriter<SharedStream>) -> std::io::Result<Outbox> {
+        let stream = writer.get_ref().clone();
+        // A writer serves many connections: it never waits long on one.
+        stream.0.set_write_timeout(Some(WRITE_WAIT))?;
+        let (tx, queue) = unbounded();
+        let inner = Arc::new(Inner {
+            stream,
+            writer: Mutex::new(Some(writer)),
+            scheduled: AtomicBool::new(false),
+            backoff: Mutex::new(RETRY_AFTER),
+            stalled_since: Mutex::new(None),
+            queue,
+            bytes: AtomicUsize::new(0),
+            carried: AtomicUsize::new(0),
+            room: (Mutex::new(()), Condvar::new()),
+            limits: self.limits,
+            budget: Arc::clone(&self.budget),
+            pool: self.jobs.clone(),
+            hook: Mutex::new(None),
+            closed: AtomicBool::new(false),
+            close_reason: Mutex::new(None),
+        });
+        Ok(Outbox { tx, inner })
+    }
+
+    /// Bytes queued for clients across the server.
+    pub fn budget(&self) -> &Arc<Budget> {
+        &self.budget
+    }
+}
+
+impl Drop for WriterPool {
+    fn drop(&mut self) {
+        for _ in 0..POOL_THREADS {
+            let _ = self.jobs.send(Job::Stop);
+        }
+        let _ = self.retry.send(None);
+        for t in self.threads.drain(..) {
+            let _ = t.join();
+        }
+    }
 }
 
 /// What one turn of writing for a connection left.
@@ -295,87 +465,91 @@ enum Served {
     Finished,
 }
 
-impl Shared {
-    /// Puts this outbox on the writers' queue unless it is there (or being
-    /// written) already.
-    fn ensure_writer(self: &Arc<Self>) {
-        if self
-            .scheduled
-            .compare_exchange(false, true, Ordering::SeqCst, Ordering::SeqCst)
-            .is_ok()
-        {
-            let _ = pool().ready.send(Arc::clone(self));
-        }
-    }
-
-    /// After an idle turn: unless something slipped in while the flag was
-    /// still set, leave the queue.
-    fn unschedule(self: Arc<Self>) {
-        self.scheduled.store(false, Ordering::SeqCst);
-        if !self.urgent.is_empty() || !self.bulk.is_empty() {
-            self.ensure_writer();
-        }
-    }
-
-    /// One turn: seal what is queued (up to [`FLUSH_AT`] bytes, urgent
-    /// items first) and write as much as the socket takes.
-    fn serve(&self) -> Served {
-        let Some(mut w) = self.writer.lock().unwrap_or_else(|e| e.into_inner()).take() else {
-            return Served::Finished;
-        };
-        let mut closing = false;
-        while w.pending() < FLUSH_AT {
-            let next = self
-                .urgent
-                .try_recv()
-                .inspect(|_| {
-                    self.queued.fetch_sub(1, Ordering::AcqRel);
-                })
-                .or_else(|_| self.bulk.try_recv());
-            match next {
-                Ok(Item::Frame(o)) => w.queue(&o.head, o.body.as_ref()),
-                Ok(Item::Close) => {
-                    closing = true;
-                    break;
-                }
-                Err(_) => break,
-            }
-        }
-        if closing {
-            // Last words (a reply or BYE) get a bounded chance, then close.
-            for _ in 0..50 {
-                if !matches!(w.write_some(), Ok(left) if left > 0) {
-                    break;
-                }
-            }
-            self.close("closing");
-            return Served::Finished;
-        }
-        let before = w.pending();
-        match w.write_some() {
-            Err(_) => {
-                self.close("write failed");
-                Served::Finished
-            }
-            Ok(left) => {
-                *self.writer.lock().unwrap_or_else(|e| e.into_inner()) = Some(w);
-                let mut backoff = self.backoff.lock().unwrap_or_else(|e| e.into_inner());
-                if left == before && left > 0 {
-                    *backoff = (*backoff * 2).clamp(RETRY_AFTER, RETRY_MAX);
-                } else {
-                    *backoff = RETRY_AFTER;
-                }
-                if left > 0 {
-                    Served::SocketFull(*backoff)
-                } else if !self.urgent.is_empty() || !self.bulk.is_empty() {
-                    Served::MoreQueued
-                } else {
-                    Served::Idle
-                }
-            }
-        }
+/// After an idle turn: unless something slipped in while the flag was
+/// still set, leave the queue.
+fn unschedule(inner: Arc<Inner>) {
+    inner.scheduled.store(false, Ordering::SeqCst);
+    if !inner.queue.is_empty() {
+        ensure_writer(&inner);
     }
 }
 
-/// Flush once this many bytes are sealed, even if more are queued.
-const FLUSH_AT: usize = 256 * 1024;
+/// One turn: seal what is queued (up to [`FLUSH_AT`] bytes) and write as
+/// much as the socket takes.
+fn serve(inner: &Arc<Inner>) -> Served {
+    let Some(mut w) = inner.writer.lock().unwrap_or_else(|e| e.into_inner()).take() else {
+        return Served::Finished;
+    };
+    let mut closing = false;
+    // Bytes taken off the queue are still counted until written.
+    let mut sealed_cost = 0usize;
+    while w.pending() < FLUSH_AT {
+        match inner.queue.try_recv() {
+            Ok(Item::Frame(o)) => {
+                sealed_cost += o.cost();
+                if o.clear {
+                    w.queue_clear(&o.head, o.body.as_ref());
+                } else {
+                    w.queue(&o.head, o.body.as_ref());
+                }
+            }
+            Ok(Item::Close) => {
+                closing = true;
+                break;
+            }
+            Err(_) => break,
+        }
+    }
+    if closing {
+        // Last words (a reply or BYE) get a bounded chance, then close.
+        for _ in 0..50 {
+            if !matches!(w.write_some(), Ok(left) if left > 0) {
+                break;
+            }
+        }
+        inner.close(CloseReason::Finished);
+        return Served::Finished;
+    }
+    let before = w.pending();
+    if w.write_some().is_err() {
+        inner.close(CloseReason::WriteFailed);
+        return Served::Finished;
+    }
+    let left = w.pending();
+    *inner.writer.lock().unwrap_or_else(|e| e.into_inner()) = Some(w);
+    // Frames sealed into the buffer stay counted until the buffer is
+    // written out whole.
+    let carried = inner.carried.fetch_add(sealed_cost, Ordering::AcqRel) + sealed_cost;
+    if left == 0 {
+        inner.carried.fetch_sub(carried, Ordering::AcqRel);
+        inner.sub_bytes(carried);
+    }
+    inner.room.1.notify_all();
+    if inner.bytes.load(Ordering::Acquire) < REFILL_BELOW {
+        let hook = inner.hook.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        if let Some(h) = hook.and_then(|h| h.upgrade()) {
+            h.drained();
+        }
+    }
+    let mut stalled = inner.stalled_since.lock().unwrap_or_else(|e| e.into_inner());
+    let mut backoff = inner.backoff.lock().unwrap_or_else(|e| e.into_inner());
+    if left > 0 && left == before {
+        let since = *stalled.get_or_insert_with(Instant::now);
+        if since.elapsed() >= inner.limits.stall_timeout {
+            drop((stalled, backoff));
+            inner.close(CloseReason::TooSlow);
+            return Served::Finished;
+        }
+        *backoff = (*backoff * 2).clamp(RETRY_AFTER, RETRY_MAX);
+    } else {
+        *stalled = None;
+        *backoff = RETRY_AFTER;
+    }
+    if left > 0 {
+        Served::SocketFull(*backoff)
+    } else if !inner.queue.is_empty() {
+        Served::MoreQueued
+    } else {
+        Served::Idle
+    }
+}

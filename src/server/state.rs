@@ -1,48 +1,65 @@
-//! The server's shared state in memory: accounts, groups, and who is
-//! online where.
+//! The server's shared state in memory: accounts, groups, conversation
+//! heads, and who is online where.
 //!
 //! One [`State`] sits behind a mutex in [`super::Shared`]. It mirrors what
 //! the [`crate::store::Store`] holds (loaded at start-up), so lookups never
-//! touch the disk. Changes follow a fixed order in the session: check here
-//! (`check_*`), make the change durable in the store, then record it here.
-//! Its methods never do I/O, so the lock is held only for map lookups;
-//! pushing to outboxes happens after it is released.
+//! touch the disk. Its methods never do I/O and never push to an outbox:
+//! what must be sent because of a change comes back as [`Notices`], which
+//! the caller sends after releasing the lock.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::Arc;
 
 use crate::content::ContentKey;
-use crate::event::{ErrorCode, ServerMessage};
+use crate::event::{ErrorCode, Reply, ServerMessage};
 use crate::names::{GroupName, Username};
-use crate::store::{GroupRecord, Snapshot, UserRecord};
+use crate::store::{ConvId, Snapshot, UserRecord};
 
-use super::outbox::{Outbox, Outgoing};
+use super::delivery::Link;
+use super::outbox::Outgoing;
 
 /// A refused request: the code and the text of its `ERR` reply.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Failure(pub ErrorCode, pub String);
 
 impl Failure {
-    fn new(code: ErrorCode, text: impl Into<String>) -> Self {
+    /// A failure with its reply text.
+    pub fn new(code: ErrorCode, text: impl Into<String>) -> Self {
         Failure(code, text.into())
+    }
+}
+
+impl From<Failure> for Reply {
+    fn from(f: Failure) -> Reply {
+        Reply::err(f.0, f.1)
     }
 }
 
 /// Identifies one connection across the server's life.
 pub type SessionId = u64;
 
-/// A logged-in connection.
-#[derive(Clone)]
-pub struct Online {
-    /// Which connection.
-    pub session: SessionId,
-    /// Logged in as.
-    pub user: Username,
-    /// Where its frames go.
-    pub outbox: Outbox,
+/// Frames to send once the state's lock is released.
+#[must_use = "notices must be sent"]
+#[derive(Default)]
+pub struct Notices(Vec<(Arc<Link>, Outgoing)>);
+
+impl Notices {
+    fn add(&mut self, links: &[Arc<Link>], message: &ServerMessage) {
+        let frame = Outgoing::from(message);
+        for l in links {
+            self.0.push((Arc::clone(l), frame.clone()));
+        }
+    }
+
+    /// Queues every notice on its connection.
+    pub fn send(self) {
+        for (link, frame) in self.0 {
+            let _ = link.outbox.push(frame);
+        }
+    }
 }
 
-/// A group in memory. (Its owner is kept in the store, for moderation
-/// commands to come; nothing here needs it yet.)
+/// A group in memory.
 struct Group {
     members: BTreeSet<Username>,
     /// The key live messages to this group are enveloped under.
@@ -50,8 +67,8 @@ struct Group {
 }
 
 /// A group's current envelope key. Kept in memory only: members get it
-/// (as `GROUP_KEY`) when they log in, join, or it changes, and pending and
-/// historical messages travel under session keys instead.
+/// (as `GROUP_KEY`) when they log in, join, or it changes; messages sent
+/// from the store travel under session keys instead.
 #[derive(Clone)]
 pub struct GroupKey {
     /// Names the key in `GMSG` heads; unique for the server's run.
@@ -66,13 +83,16 @@ pub struct GroupKey {
 /// 2^20 limit for one 3DES key, with room for one more envelope).
 const GROUP_KEY_BLOCKS: u64 = (1 << 20) - 64;
 
-/// Accounts, groups and live sessions.
+/// Accounts, groups, heads and live sessions.
 #[derive(Default)]
 pub struct State {
     /// Password verifiers (PHC strings) by username.
     accounts: HashMap<Username, String>,
     groups: BTreeMap<GroupName, Group>,
-    online: HashMap<Username, Vec<Online>>,
+    /// Logged-in connections by user.
+    online: HashMap<Username, Vec<Arc<Link>>>,
+    /// The last sequence number of each conversation.
+    heads: HashMap<ConvId, u64>,
     /// The last group key id handed out.
     last_key_id: u64,
 }
@@ -80,15 +100,17 @@ pub struct State {
 impl State {
     /// The state the store holds.
     pub fn from_snapshot(snapshot: Snapshot) -> State {
-        let mut state = State::default();
+        let mut state = State {
+            heads: snapshot.heads,
+            ..State::default()
+        };
         for u in snapshot.users {
             state.add_account(&u);
         }
         for g in snapshot.groups {
-            let GroupRecord { name, members, .. } = g;
-            let members = members.into_iter().collect();
+            let members = g.members.into_iter().collect();
             let key = state.new_group_key();
-            state.groups.insert(name, Group { members, key });
+            state.groups.insert(g.name, Group { members, key });
         }
         state
     }
@@ -122,55 +144,65 @@ impl State {
         }
     }
 
-    /// Marks a session as logged in as `user` and hands it the keys of the
-    /// user's groups first, so no group message can reach it before its key.
-    pub fn add_session(&mut self, user: &Username, online: Online) {
+    /// Marks a connection as logged in. Its user's group keys come back as
+    /// notices for it, to be sent before anything else can reach it.
+    pub fn add_link(&mut self, link: &Arc<Link>) -> Notices {
+        let mut notices = Notices::default();
         for (name, g) in &self.groups {
-            if g.members.contains(user) {
-                let _ = online.outbox.send(Outgoing::from(&key_event(name, &g.key)));
+            if g.members.contains(&link.user) {
+                notices.add(std::slice::from_ref(link), &key_event(name, &g.key));
             }
         }
-        self.online.entry(user.clone()).or_default().push(online);
+        self.online
+            .entry(link.user.clone())
+            .or_default()
+            .push(Arc::clone(link));
+        notices
     }
 
-    /// The key to envelope a message of `blocks` blocks for `group`,
-    /// replacing it first (and telling the online members) if it is worn out.
-    pub fn group_key(&mut self, group: &GroupName, blocks: u64) -> Option<GroupKey> {
-        let worn = self.groups.get(group)?.key.blocks + blocks > GROUP_KEY_BLOCKS;
-        if worn {
-            self.rotate_group_key(group);
-        }
-        let g = self.groups.get_mut(group)?;
-        g.key.blocks += blocks;
-        Some(g.key.clone())
-    }
-
-    /// Gives a group a fresh key and sends it to its online members.
-    fn rotate_group_key(&mut self, group: &GroupName) {
-        let key = self.new_group_key();
-        let Some(g) = self.groups.get_mut(group) else {
-            return;
-        };
-        g.key = key;
-        let event = Outgoing::from(&key_event(group, &g.key));
-        for o in g
-            .members
-            .iter()
-            .filter_map(|m| self.online.get(m))
-            .flatten()
-        {
-            let _ = o.outbox.send(event.clone());
-        }
-    }
-
-    /// Forgets a session; the user goes offline with their last one.
-    pub fn remove_session(&mut self, user: &Username, session: SessionId) {
+    /// Forgets a connection; the user goes offline with their last one.
+    pub fn remove_link(&mut self, user: &Username, session: SessionId) {
         if let Some(list) = self.online.get_mut(user) {
-            list.retain(|o| o.session != session);
+            list.retain(|l| l.session != session);
             if list.is_empty() {
                 self.online.remove(user);
             }
         }
+    }
+
+    /// The user's logged-in connections.
+    pub fn links_of(&self, user: &Username) -> Vec<Arc<Link>> {
+        self.online.get(user).cloned().unwrap_or_default()
+    }
+
+    /// The key to envelope a message of `blocks` blocks for `group`,
+    /// replaced first (with notices for the members) if it is worn out.
+    pub fn group_key(&mut self, group: &GroupName, blocks: u64) -> Option<(GroupKey, Notices)> {
+        let worn = self.groups.get(group)?.key.blocks + blocks > GROUP_KEY_BLOCKS;
+        let notices = if worn {
+            self.rotate_group_key(group)
+        } else {
+            Notices::default()
+        };
+        let g = self.groups.get_mut(group)?;
+        g.key.blocks += blocks;
+        Some((g.key.clone(), notices))
+    }
+
+    /// Gives a group a fresh key; its online members are told.
+    fn rotate_group_key(&mut self, group: &GroupName) -> Notices {
+        let key = self.new_group_key();
+        let mut notices = Notices::default();
+        let Some(g) = self.groups.get_mut(group) else {
+            return notices;
+        };
+        g.key = key;
+        let event = key_event(group, &g.key);
+        let members: Vec<Username> = g.members.iter().cloned().collect();
+        for m in members {
+            notices.add(&self.links_of(&m), &event);
+        }
+        notices
     }
 
     /// Fails if the group name is taken.
@@ -181,20 +213,16 @@ impl State {
         Ok(())
     }
 
-    /// Records a group the store has committed, with its creator as owner
-    /// and first member.
-    pub fn add_group(&mut self, creator: &Username, group: &GroupName) {
+    /// Records a group the store has committed, with its creator as first
+    /// member; the creator's connections get its key.
+    pub fn add_group(&mut self, creator: &Username, group: &GroupName) -> Notices {
         let members = BTreeSet::from([creator.clone()]);
         let key = self.new_group_key();
-        self.send_key_to_user(creator, group, &key);
+        let mut notices = Notices::default();
+        notices.add(&self.links_of(creator), &key_event(group, &key));
         self.groups.insert(group.clone(), Group { members, key });
-    }
-
-    fn send_key_to_user(&self, user: &Username, group: &GroupName, key: &GroupKey) {
-        let event = Outgoing::from(&key_event(group, key));
-        for o in self.online.get(user).into_iter().flatten() {
-            let _ = o.outbox.send(event.clone());
-        }
+        self.heads.entry(ConvId::Group(group.clone())).or_insert(0);
+        notices
     }
 
     /// Fails unless the group exists and `user` is (`member`) or is not
@@ -216,28 +244,29 @@ impl State {
         }
     }
 
-    /// Records a join or leave the store has committed; returns the new
-    /// member count. An emptied group stays, with its history and its name.
-    /// A member who joins gets the group key; one who leaves makes it
-    /// change, so the leaver cannot open later envelopes.
-    pub fn set_member(&mut self, user: &Username, group: &GroupName, member: bool) -> usize {
+    /// Records a join or leave the store has committed, and returns the
+    /// new member count. A member who joins gets the group key; one who
+    /// leaves makes it change, so the leaver cannot open later envelopes.
+    /// An emptied group stays, with its history and its name.
+    pub fn set_member(&mut self, user: &Username, group: &GroupName, member: bool) -> (usize, Notices) {
         let Some(g) = self.groups.get_mut(group) else {
-            return 0;
-        };
-        let n = if member {
-            g.members.insert(user.clone());
-            g.members.len()
-        } else {
-            g.members.remove(user);
-            g.members.len()
+            return (0, Notices::default());
         };
         if member {
-            let key = g.key.clone();
-            self.send_key_to_user(user, group, &key);
+            g.members.insert(user.clone());
         } else {
-            self.rotate_group_key(group);
+            g.members.remove(user);
         }
-        n
+        let n = g.members.len();
+        let notices = if member {
+            let mut notices = Notices::default();
+            let event = key_event(group, &g.key);
+            notices.add(&self.links_of(user), &event);
+            notices
+        } else {
+            self.rotate_group_key(group)
+        };
+        (n, notices)
     }
 
     /// Whether an account exists.
@@ -256,39 +285,30 @@ impl State {
         Ok(())
     }
 
-    /// The members of each group, other than `sender`. Fails unless every
-    /// group exists and has the sender.
-    pub fn group_members(
-        &self,
-        sender: &Username,
-        groups: &[GroupName],
-    ) -> Result<Vec<(GroupName, Vec<Username>)>, Failure> {
-        groups
-            .iter()
-            .map(|name| {
-                let g = self.groups.get(name).ok_or_else(|| no_such_group(name))?;
-                if !g.members.contains(sender) {
-                    return Err(not_member(name));
-                }
-                let others = g.members.iter().filter(|m| *m != sender).cloned().collect();
-                Ok((name.clone(), others))
-            })
-            .collect()
+    /// Fails unless every group exists and has `sender`.
+    pub fn check_sender(&self, sender: &Username, groups: &[GroupName]) -> Result<(), Failure> {
+        for g in groups {
+            self.check_membership(sender, g, true)?;
+        }
+        Ok(())
     }
 
-    /// The live sessions of these users, except one session.
-    pub fn sessions_of<'a>(
-        &self,
-        users: impl IntoIterator<Item = &'a Username>,
-        except: SessionId,
-    ) -> Vec<Online> {
-        users
-            .into_iter()
-            .filter_map(|u| self.online.get(u))
-            .flatten()
-            .filter(|o| o.session != except)
-            .cloned()
-            .collect()
+    /// Every logged-in connection that follows `conv`: a group's members',
+    /// or both users' of a direct conversation (the sender's own included:
+    /// everything a user sends reaches all their connections).
+    pub fn followers(&self, conv: &ConvId) -> Vec<Arc<Link>> {
+        let links = |u: &Username| self.online.get(u).into_iter().flatten().cloned();
+        match conv {
+            ConvId::Group(g) => self
+                .groups
+                .get(g)
+                .into_iter()
+                .flat_map(|g| g.members.iter())
+                .flat_map(links)
+                .collect(),
+            ConvId::Direct(a, b) if a == b => links(a).collect(),
+            ConvId::Direct(a, b) => links(a).chain(links(b)).collect(),
+        }
     }
 
     /// Fails if `user` is already in `max` groups.
@@ -319,6 +339,17 @@ impl State {
         self.groups.contains_key(group)
     }
 
+    /// The last sequence number of `conv` (0 if it has none yet).
+    pub fn head(&self, conv: &ConvId) -> u64 {
+        self.heads.get(conv).copied().unwrap_or(0)
+    }
+
+    /// Records a committed entry's sequence number.
+    pub fn note_head(&mut self, conv: &ConvId, seq: u64) {
+        let h = self.heads.entry(conv.clone()).or_insert(0);
+        *h = (*h).max(seq);
+    }
+
     /// The `LIST` text: every group with its member count (marking the
     /// caller's), then the users online now. Each list is cut short (with
     /// a count of what was left out) so the reply fits in one frame head.
@@ -330,10 +361,7 @@ impl State {
             } else {
                 ""
             };
-            format!(
-                "#{name} ({n} member{}{joined})",
-                if n == 1 { "" } else { "s" }
-            )
+            format!("#{name} ({n} member{}{joined})", plural(n))
         });
         let mut users: Vec<&str> = self.online.keys().map(Username::as_str).collect();
         users.sort_unstable();
@@ -347,12 +375,14 @@ impl State {
             )
         )
     }
+}
 
-    /// Whether `session` is still logged in as `user`.
-    pub fn is_online_as(&self, user: &Username, session: SessionId) -> bool {
-        self.online
-            .get(user)
-            .is_some_and(|list| list.iter().any(|o| o.session == session))
+/// `"s"` unless `n` is 1.
+pub fn plural(n: usize) -> &'static str {
+    if n == 1 {
+        ""
+    } else {
+        "s"
     }
 }
 
@@ -401,7 +431,8 @@ pub fn group_taken(g: &GroupName) -> Failure {
     )
 }
 
-fn no_such_group(g: &GroupName) -> Failure {
+/// The failure for a group that does not exist.
+pub fn no_such_group(g: &GroupName) -> Failure {
     Failure::new(ErrorCode::NoSuchGroup, format!("no group named #{g}"))
 }
 

@@ -1,38 +1,143 @@
-//! Durable storage: accounts, groups, memberships, messages, pending
-//! deliveries and the bytes of files not yet delivered.
+//! Durable storage: accounts, groups, conversation logs, members' cursors,
+//! and the bytes of files.
+//!
+//! Every conversation (a group, or the direct conversation of two users) is
+//! an append-only log. A message is appended once, whatever the number of
+//! recipients, and gets the next sequence number of its conversation, so
+//! every member sees one order. What each member has handled is a cursor
+//! per conversation, moved forward by cumulative acknowledgements
+//! ("everything up to 17"). A member's undelivered messages are simply the
+//! log after their cursor: nothing is kept per recipient.
 //!
 //! The server talks to storage only through the [`Store`] trait, so another
 //! backend can replace the embedded SQLite one ([`sqlite::SqliteStore`])
-//! without touching command logic. The server keeps accounts and groups in
-//! memory for speed ([`crate::server::state`]) and writes every change
-//! through to the store *before* acknowledging it: an `OK` means committed.
-//!
-//! Delivery is at-least-once: each message gets a pending row per recipient
-//! user, removed only when one of that user's clients acknowledges it
-//! (`ACK`); clients drop duplicates by message id.
+//! without touching command logic. The server keeps accounts, groups and
+//! conversation heads in memory for speed ([`crate::server::state`]) and
+//! writes every change through to the store *before* acknowledging it: an
+//! `OK` means committed.
 
 pub mod sqlite;
 
+use std::collections::HashMap;
 use std::fmt;
 
 use crate::content::{Body, ContentKey};
-use crate::names::{Conversation, GroupName, Username};
+use crate::names::{Conversation, GroupName, MessageRef, Username};
+use crate::request::SendId;
 
 /// A storage failure. The request that hit it gets an error reply, never a
 /// false `OK`.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct StoreError(pub String);
-
-impl fmt::Display for StoreError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "storage error: {}", self.0)
-    }
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The database refused or failed an operation.
+    #[error("database error: {0}")]
+    Database(#[from] rusqlite::Error),
+    /// The data directory or database file cannot be used.
+    #[error("{path}: {why}")]
+    Unusable {
+        /// The directory or file.
+        path: String,
+        /// What is wrong with it.
+        why: String,
+    },
+    /// A stored row does not parse: the database was altered or damaged.
+    #[error("corrupt {0} row in the database")]
+    Corrupt(&'static str),
+    /// The writer thread has stopped (the server is shutting down).
+    #[error("the store has stopped")]
+    Stopped,
+    /// The file's chunks did not all reach the disk.
+    #[error("only {stored} of {expected} chunks of file {file} were stored")]
+    MissingChunks {
+        /// The file.
+        file: u64,
+        /// Chunks found.
+        stored: u64,
+        /// Chunks the size calls for.
+        expected: u64,
+    },
 }
-
-impl std::error::Error for StoreError {}
 
 /// Result of a storage operation.
 pub type StoreResult<T> = Result<T, StoreError>;
+
+/// A conversation as the server names it, whoever looks at it: a group, or
+/// the direct conversation of two users (in name order, so both share it;
+/// the same user twice for notes to oneself).
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum ConvId {
+    /// A group's conversation.
+    Group(GroupName),
+    /// Two users' direct conversation, the lesser name first.
+    Direct(Username, Username),
+}
+
+impl ConvId {
+    /// The direct conversation of `a` and `b`.
+    pub fn direct(a: &Username, b: &Username) -> ConvId {
+        if a <= b {
+            ConvId::Direct(a.clone(), b.clone())
+        } else {
+            ConvId::Direct(b.clone(), a.clone())
+        }
+    }
+
+    /// The conversation `viewer` means by `conv`.
+    pub fn from_view(viewer: &Username, conv: &Conversation) -> ConvId {
+        match conv {
+            Conversation::Group(g) => ConvId::Group(g.clone()),
+            Conversation::User(peer) => ConvId::direct(viewer, peer),
+        }
+    }
+
+    /// How `viewer` (a member) sees it: `#group`, or `@` the other user.
+    pub fn as_seen_by(&self, viewer: &Username) -> Conversation {
+        match self {
+            ConvId::Group(g) => Conversation::Group(g.clone()),
+            ConvId::Direct(a, b) => Conversation::User(if a == viewer { b } else { a }.clone()),
+        }
+    }
+
+    /// The reference `viewer` uses for message `seq` here.
+    pub fn message_ref(&self, viewer: &Username, seq: u64) -> MessageRef {
+        MessageRef {
+            conv: self.as_seen_by(viewer),
+            seq,
+        }
+    }
+
+    /// The storage key: `#group` or `@a|b`.
+    pub fn key(&self) -> String {
+        self.to_string()
+    }
+
+    /// Parses a storage key.
+    pub fn parse_key(s: &str) -> Option<ConvId> {
+        if let Some(g) = s.strip_prefix('#') {
+            return GroupName::parse(g).ok().map(ConvId::Group);
+        }
+        let (a, b) = s.strip_prefix('@')?.split_once('|')?;
+        let (a, b) = (Username::parse(a).ok()?, Username::parse(b).ok()?);
+        (a <= b).then_some(ConvId::Direct(a, b))
+    }
+
+    /// The two users of a direct conversation.
+    pub fn direct_users(&self) -> Option<(&Username, &Username)> {
+        match self {
+            ConvId::Direct(a, b) => Some((a, b)),
+            ConvId::Group(_) => None,
+        }
+    }
+}
+
+impl fmt::Display for ConvId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ConvId::Group(g) => write!(f, "#{g}"),
+            ConvId::Direct(a, b) => write!(f, "@{a}|{b}"),
+        }
+    }
+}
 
 /// An account as stored.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -63,11 +168,24 @@ pub struct Snapshot {
     pub users: Vec<UserRecord>,
     /// All groups with their members.
     pub groups: Vec<GroupRecord>,
-    /// The highest message id ever assigned (0 if none).
-    pub max_message_id: u64,
+    /// The last sequence number of every conversation.
+    pub heads: HashMap<ConvId, u64>,
 }
 
-/// What a stored message carries.
+/// A stored file's description (its chunks are kept separately).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FileInfo {
+    /// Identifies the file's chunks.
+    pub id: u64,
+    /// Size in bytes.
+    pub size: u64,
+    /// SHA-256 of the plaintext.
+    pub sha256: [u8; 32],
+    /// The sender's name for it (untrusted).
+    pub name: String,
+}
+
+/// What a log entry carries.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Content {
     /// Text, encrypted by its sender.
@@ -77,55 +195,59 @@ pub enum Content {
         /// The encrypted text.
         body: Body,
     },
-    /// A file; its chunks are stored separately until delivered.
-    File {
-        /// Size in bytes.
-        size: u64,
-        /// SHA-256 of the plaintext.
-        sha256: [u8; 32],
-        /// The sender's name for it.
-        name: String,
-    },
+    /// A file.
+    File(FileInfo),
 }
 
-/// A message as stored and replayed.
+/// One entry of a conversation's log.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct StoredMessage {
-    /// Server-assigned id.
-    pub id: u64,
-    /// Server time, Unix milliseconds.
+pub struct LogEntry {
+    /// The conversation.
+    pub conv: ConvId,
+    /// Its place in the conversation (from 1, no gaps).
+    pub seq: u64,
+    /// Server time of acceptance, Unix milliseconds.
     pub at_ms: u64,
     /// Sender.
     pub from: Username,
-    /// The recipient user or the group, as delivered.
-    pub to: Conversation,
     /// Text or file.
     pub content: Content,
 }
 
-impl StoredMessage {
-    /// The conversation key history is kept under: `#group`, or for direct
-    /// messages `@a|b` with the two names in order, so both sides share it.
-    pub fn conversation_key(&self) -> String {
-        match &self.to {
-            Conversation::Group(g) => format!("#{g}"),
-            Conversation::User(u) => dm_key(&self.from, u),
-        }
-    }
-
-    /// Bytes this message holds in a recipient's pending queue (for quotas).
-    pub fn pending_bytes(&self) -> u64 {
-        match &self.content {
-            Content::Text { body, .. } => body.as_str().len() as u64,
-            Content::File { size, .. } => *size,
-        }
-    }
+/// Messages to append together: one per conversation of a send.
+#[derive(Debug, Clone)]
+pub struct Append {
+    /// Who sends.
+    pub from: Username,
+    /// The sender's id for the send, so a repeat is recognised.
+    pub send_id: SendId,
+    /// Server time of acceptance, Unix milliseconds.
+    pub at_ms: u64,
+    /// Where to.
+    pub convs: Vec<ConvId>,
+    /// What (the same in every conversation).
+    pub content: Content,
 }
 
-/// The history key of the direct conversation between `a` and `b`.
-pub fn dm_key(a: &Username, b: &Username) -> String {
-    let (x, y) = if a <= b { (a, b) } else { (b, a) };
-    format!("@{x}|{y}")
+/// The outcome of an [`Append`].
+#[derive(Debug, Clone)]
+pub enum Appended {
+    /// Appended now, one entry per conversation, in the order asked.
+    New(Vec<LogEntry>),
+    /// The send id was used before: these are the entries it made then,
+    /// and nothing was appended.
+    Repeat(Vec<(ConvId, u64)>),
+}
+
+/// One of a user's cursors, with its conversation's head.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Cursor {
+    /// The conversation.
+    pub conv: ConvId,
+    /// Everything up to here was acknowledged.
+    pub acked: u64,
+    /// The conversation's last sequence number.
+    pub head: u64,
 }
 
 /// One stored file chunk, as the sender encrypted it.
@@ -139,66 +261,90 @@ pub struct StoredChunk {
     pub body: Body,
 }
 
-/// Work to run when a queued write has committed (or failed).
-pub type Completion = Box<dyn FnOnce(StoreResult<()>) + Send>;
+/// Work to run on the store's writer when a queued write has committed (or
+/// failed). Completions run one at a time, in the order their writes were
+/// queued, which is also the order of the sequence numbers they assigned.
+pub type Completion<T> = Box<dyn FnOnce(StoreResult<T>) + Send>;
 
 /// The storage interface the server uses.
 ///
 /// Methods that return a result wait until their change is durable;
-/// [`save_chunk`](Store::save_chunk) and [`ack`](Store::ack) queue their
-/// change and return at once (a later waiting call or commit covers them).
+/// [`append`](Store::append) and [`then`](Store::then) return at once and
+/// report through their completion; [`ack`](Store::ack),
+/// [`save_chunk`](Store::save_chunk) and [`discard_file`](Store::discard_file)
+/// queue their change (a later commit covers them).
 pub trait Store: Send + Sync {
-    /// Loads accounts, groups and the last message id.
+    /// Loads accounts, groups and conversation heads.
     fn load(&self) -> StoreResult<Snapshot>;
 
     /// Creates an account; false if the username is taken.
     fn create_user(&self, user: &UserRecord) -> StoreResult<bool>;
 
-    /// Creates a group with its owner as first member; false if taken.
+    /// Creates a group with its owner as first member (cursor at 0); false
+    /// if the name is taken.
     fn create_group(&self, name: &GroupName, owner: &Username) -> StoreResult<bool>;
 
-    /// Adds or removes a member.
-    fn set_member(&self, group: &GroupName, user: &Username, member: bool) -> StoreResult<()>;
+    /// Adds a member (cursor at the group's head: joining brings no
+    /// backlog) or removes one (and their cursor). Calls `done`, in commit
+    /// order with appends, with the group's head (so the caller knows
+    /// exactly which messages a new member must get) and whether anything
+    /// changed (a member joining again, or a non-member leaving, changes
+    /// nothing and keeps their cursor).
+    fn set_member(
+        &self,
+        group: &GroupName,
+        user: &Username,
+        member: bool,
+        done: Completion<(u64, bool)>,
+    );
 
-    /// Stores messages, each with a pending row for each of its recipient
-    /// users, in one commit.
-    fn save_messages(&self, batch: &[(StoredMessage, Vec<Username>)]) -> StoreResult<()>;
+    /// Appends one message to each of `append.convs` in one transaction,
+    /// unless `append.send_id` was already used by the sender. A direct
+    /// conversation's first message creates it, with a cursor at 0 for
+    /// both users.
+    fn append(&self, append: Append, done: Completion<Appended>);
 
-    /// Like [`save_messages`](Store::save_messages), but returns at once and
-    /// calls `done` with the outcome once committed. Completions run in the
-    /// order their writes were queued, so a connection can keep reading
-    /// requests while its earlier messages commit (one fsync then covers
-    /// many) and still answer them in order.
-    fn save_messages_then(&self, batch: Vec<(StoredMessage, Vec<Username>)>, done: Completion);
+    /// Runs `done` once every write queued before it has committed (or failed).
+    fn then(&self, done: Completion<()>);
 
-    /// Calls `done` once every write queued before it has been committed (or
-    /// has failed): a barrier that orders a reply after earlier completions.
-    fn then(&self, done: Completion);
+    /// Waits until every write queued before has committed.
+    fn sync(&self) -> StoreResult<()>;
+
+    /// Moves `user`'s cursor in `conv` forward to `seq` (never back).
+    fn ack(&self, user: &Username, conv: &ConvId, seq: u64);
+
+    /// `user`'s cursors, one per conversation they belong to, read in
+    /// commit order with appends (so a login that registers for live
+    /// deliveries in `done` misses nothing and gets nothing twice).
+    fn cursors(&self, user: &Username, done: Completion<Vec<Cursor>>);
+
+    /// The entries a send id made, if `user` used it before.
+    fn previous_send(&self, user: &Username, send_id: &SendId) -> StoreResult<Option<Vec<(ConvId, u64)>>>;
+
+    /// Up to `limit` entries of `conv` from `from_seq` on, in order.
+    fn read(&self, conv: &ConvId, from_seq: u64, limit: usize) -> StoreResult<Vec<LogEntry>>;
+
+    /// The last `limit` entries of `conv`, oldest first.
+    fn history(&self, conv: &ConvId, limit: usize) -> StoreResult<Vec<LogEntry>>;
+
+    /// Records a file about to be uploaded and returns its id. Until an
+    /// entry refers to it, it is incomplete: dropped at the next start.
+    fn new_file(&self, info: &FileInfo) -> StoreResult<u64>;
 
     /// Queues one chunk of a file being received.
     fn save_chunk(&self, file_id: u64, chunk: &StoredChunk);
 
-    /// Drops the stored chunks of a transfer that did not complete.
+    /// Drops an upload that did not complete, with its chunks.
     fn discard_file(&self, file_id: u64);
 
     /// How many chunks of `file_id` are stored, counted after every write
     /// queued before (so a failed chunk write shows as a missing chunk).
     fn stored_chunks(&self, file_id: u64) -> StoreResult<u64>;
 
-    /// Queues the removal of `ids` from `user`'s pending queue.
-    fn ack(&self, user: &Username, ids: &[u64]);
-
-    /// `user`'s pending messages, oldest first.
-    fn pending(&self, user: &Username) -> StoreResult<Vec<StoredMessage>>;
-
-    /// Bytes waiting in `user`'s pending queue.
-    fn pending_bytes(&self, user: &Username) -> StoreResult<u64>;
-
     /// Up to `limit` of a stored file's chunks with offsets from `from`
     /// on, in offset order (read a large file a page at a time).
     fn chunks(&self, file_id: u64, from: u64, limit: usize) -> StoreResult<Vec<StoredChunk>>;
 
-    /// The last `limit` messages of a conversation (see
-    /// [`StoredMessage::conversation_key`]), oldest first.
-    fn history(&self, conversation: &str, limit: usize) -> StoreResult<Vec<StoredMessage>>;
+    /// Bytes of files in `conv` that some member has not acknowledged.
+    fn undelivered_file_bytes(&self, conv: &ConvId) -> StoreResult<u64>;
 }

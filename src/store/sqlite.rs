@@ -3,35 +3,40 @@
 //!
 //! All writes go to one writer thread that batches whatever is queued into
 //! a single transaction (group commit): under load many messages share one
-//! fsync, so durability costs little throughput. Callers that need
-//! durability wait for their batch's commit; fire-and-forget writes
-//! (chunks, acks) ride along in the next batch. Reads use their own
-//! connection, which WAL lets run beside the writer.
+//! fsync, so durability costs little throughput. Sequence numbers are
+//! assigned there, so they follow commit order, and completions run there
+//! in the same order. Acknowledgements in one batch are merged (only the
+//! highest per user and conversation is written). Reads use a few
+//! connections of their own, which WAL lets run beside the writer.
 //!
 //! The schema carries a version in `PRAGMA user_version`; [`MIGRATIONS`]
-//! brings an older database forward step by step, and a database from a
-//! newer muchat is refused rather than guessed at.
+//! brings an older database forward step by step (version 1, from muchat
+//! 0.1, kept a pending row per recipient; version 2 turns those into
+//! conversation logs and cursors), and a database from a newer muchat is
+//! refused rather than guessed at.
 
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
+use std::time::{Duration, Instant};
 
 use crossbeam_channel::{bounded, unbounded, Receiver, Sender};
-use rusqlite::{params, Connection, OpenFlags};
+use rusqlite::{params, Connection, OpenFlags, OptionalExtension};
 
 use super::{
-    Completion, Content, GroupRecord, Snapshot, Store, StoreError, StoreResult, StoredChunk,
-    StoredMessage, UserRecord,
+    Append, Appended, Completion, Content, ConvId, Cursor, FileInfo, GroupRecord, LogEntry,
+    Snapshot, Store, StoreError, StoreResult, StoredChunk, UserRecord,
 };
 use crate::content::{Body, ContentKey};
-use crate::names::{Conversation, GroupName, Username};
-use crate::request::{format_sha256, parse_sha256};
+use crate::names::{GroupName, Username};
+use crate::request::{format_sha256, parse_sha256, SendId};
 
 /// The database file inside the data directory.
 pub const DB_FILE: &str = "muchat.db";
 
 /// Schema migrations: entry `i` takes the schema from version `i` to `i + 1`.
 const MIGRATIONS: &[&str] = &[
-    // 0 -> 1: the first schema.
+    // 0 -> 1: the first schema (muchat 0.1): a pending row per recipient.
     "CREATE TABLE users (
         username   TEXT PRIMARY KEY,
         name       TEXT NOT NULL,
@@ -52,11 +57,11 @@ const MIGRATIONS: &[&str] = &[
         id        INTEGER PRIMARY KEY,
         at_ms     INTEGER NOT NULL,
         sender    TEXT NOT NULL,
-        target    TEXT NOT NULL,   -- '@user' or '#group', as delivered
-        conv      TEXT NOT NULL,   -- history key: '#group' or '@a|b'
-        kind      TEXT NOT NULL,   -- 'text' or 'file'
-        key       TEXT NOT NULL,   -- text: content key; file: ''
-        body      TEXT NOT NULL    -- text: base64 body; file: '<size> <sha256> <name>'
+        target    TEXT NOT NULL,
+        conv      TEXT NOT NULL,
+        kind      TEXT NOT NULL,
+        key       TEXT NOT NULL,
+        body      TEXT NOT NULL
      );
      CREATE INDEX messages_by_conv ON messages (conv, id);
      CREATE TABLE pending (
@@ -73,10 +78,99 @@ const MIGRATIONS: &[&str] = &[
         body    TEXT NOT NULL,
         PRIMARY KEY (file_id, offset)
      ) WITHOUT ROWID;",
+    // 1 -> 2: conversation logs and per-member cursors. Every message gets
+    // the next sequence number of its conversation (in id order); a
+    // member's cursor sits just before their oldest pending message in
+    // that conversation (at its end if none); files keep their chunks
+    // under the same id.
+    "CREATE TABLE conversations (
+        key  TEXT PRIMARY KEY,        -- '#group' or '@a|b' (names in order)
+        head INTEGER NOT NULL         -- the last sequence number (0: empty)
+     ) WITHOUT ROWID;
+     CREATE TABLE log (
+        id      INTEGER PRIMARY KEY,
+        conv    TEXT NOT NULL,
+        seq     INTEGER NOT NULL,
+        at_ms   INTEGER NOT NULL,
+        sender  TEXT NOT NULL,
+        kind    TEXT NOT NULL,        -- 'text' or 'file'
+        key     TEXT NOT NULL,        -- text: the content key; file: ''
+        body    TEXT NOT NULL,        -- text: the base64 body; file: ''
+        file_id INTEGER,              -- file: files.id
+        UNIQUE (conv, seq)
+     );
+     CREATE INDEX log_by_file ON log (file_id) WHERE file_id IS NOT NULL;
+     CREATE TABLE files (
+        id         INTEGER PRIMARY KEY,
+        size       INTEGER NOT NULL,
+        sha256     TEXT NOT NULL,
+        name       TEXT NOT NULL,
+        created_ms INTEGER NOT NULL,
+        complete   INTEGER NOT NULL,  -- 0 while uploading
+        released   INTEGER NOT NULL   -- 1 once every member has it: chunks dropped
+     );
+     CREATE TABLE cursors (
+        username TEXT NOT NULL,
+        conv     TEXT NOT NULL,
+        acked    INTEGER NOT NULL,
+        PRIMARY KEY (username, conv)
+     ) WITHOUT ROWID;
+     CREATE INDEX cursors_by_conv ON cursors (conv, acked);
+     CREATE TABLE sends (
+        username TEXT NOT NULL,
+        send_id  TEXT NOT NULL,
+        at_ms    INTEGER NOT NULL,
+        refs     TEXT NOT NULL,       -- 'conv seq' pairs, ',' between
+        PRIMARY KEY (username, send_id)
+     ) WITHOUT ROWID;
+
+     CREATE TEMP TABLE v1_seq AS
+        SELECT id, conv, ROW_NUMBER() OVER (PARTITION BY conv ORDER BY id) AS seq FROM messages;
+     INSERT INTO log (conv, seq, at_ms, sender, kind, key, body, file_id)
+        SELECT m.conv, s.seq, m.at_ms, m.sender, m.kind,
+               CASE m.kind WHEN 'text' THEN m.key ELSE '' END,
+               CASE m.kind WHEN 'text' THEN m.body ELSE '' END,
+               CASE m.kind WHEN 'file' THEN m.id END
+        FROM messages m JOIN v1_seq s ON s.id = m.id;
+     -- A v1 file row's body is '<size> <sha256> <name>'.
+     INSERT INTO files (id, size, sha256, name, created_ms, complete, released)
+        SELECT id,
+               CAST(substr(body, 1, instr(body, ' ') - 1) AS INTEGER),
+               substr(body, instr(body, ' ') + 1, 64),
+               substr(body, instr(body, ' ') + 66),
+               at_ms, 1,
+               NOT EXISTS (SELECT 1 FROM file_chunks c WHERE c.file_id = messages.id)
+        FROM messages WHERE kind = 'file';
+     INSERT INTO conversations (key, head) SELECT conv, MAX(seq) FROM log GROUP BY conv;
+     INSERT OR IGNORE INTO conversations (key, head) SELECT '#' || name, 0 FROM groups;
+     CREATE TEMP TABLE v1_parties AS
+        SELECT '#' || group_name AS conv, username FROM members
+        UNION
+        SELECT key, substr(key, 2, instr(key, '|') - 2) FROM conversations WHERE key LIKE '@%'
+        UNION
+        SELECT key, substr(key, instr(key, '|') + 1) FROM conversations WHERE key LIKE '@%';
+     INSERT INTO cursors (username, conv, acked)
+        SELECT p.username, p.conv,
+               COALESCE((SELECT MIN(s.seq) - 1 FROM pending q JOIN v1_seq s ON s.id = q.message_id
+                         WHERE q.username = p.username AND s.conv = p.conv), c.head)
+        FROM v1_parties p JOIN conversations c ON c.key = p.conv;
+     DELETE FROM file_chunks WHERE file_id IN (SELECT id FROM files WHERE released = 1);
+     DROP TABLE v1_parties;
+     DROP TABLE v1_seq;
+     DROP TABLE pending;
+     DROP TABLE messages",
 ];
 
-fn err(e: impl std::fmt::Display) -> StoreError {
-    StoreError(e.to_string())
+/// What a write returns.
+enum Outcome {
+    /// Done; a count where one is asked for (created: 1 or 0, chunks...).
+    Count(u64),
+    /// An append's outcome.
+    Appended(Appended),
+    /// A membership change: the group's head, and whether it changed.
+    Membership(u64, bool),
+    /// A user's cursors.
+    Cursors(Vec<Cursor>),
 }
 
 /// A queued write.
@@ -84,29 +178,29 @@ enum Op {
     CreateUser(UserRecord),
     CreateGroup(GroupName, Username),
     SetMember(GroupName, Username, bool),
-    SaveMessage(Box<StoredMessage>, Vec<(Username, u64)>),
+    Append(Box<Append>),
+    Ack(Username, ConvId, u64),
+    /// Reads a user's cursors on the writer, in order with appends.
+    Cursors(Username),
+    NewFile(FileInfo),
     SaveChunk(u64, StoredChunk),
     DiscardFile(u64),
-    Ack(Username, Vec<u64>),
-    /// Several writes that succeed or fail together.
-    Batch(Vec<Op>),
-    /// Nothing: a barrier for [`Store::then`].
-    Nothing,
-    /// Reads a user's pending bytes on the writer, so acknowledgements
-    /// queued before it are counted.
-    PendingBytes(Username),
     /// Counts a file's stored chunks on the writer, after its chunk writes.
     CountChunks(u64),
+    /// Nothing: a barrier.
+    Nothing,
 }
+
+type Then = Box<dyn FnOnce(StoreResult<Outcome>) + Send>;
 
 /// Where a write's outcome goes.
 enum Done {
     /// Nobody waits (chunks, acks): a failure is logged.
     Nobody,
     /// A caller blocked on the outcome.
-    Waiter(Sender<StoreResult<u64>>),
+    Waiter(Sender<StoreResult<Outcome>>),
     /// Work to run on the writer thread after the commit.
-    Then(Completion),
+    Then(Then),
 }
 
 /// A write and where its outcome goes.
@@ -119,44 +213,50 @@ struct Job {
 pub struct SqliteStore {
     path: PathBuf,
     writes: Sender<Job>,
-    reader: Mutex<Connection>,
+    /// Idle read connections; more are opened when all are busy.
+    readers: Mutex<Vec<Connection>>,
 }
 
 /// Most writes folded into one transaction.
 const MAX_BATCH: usize = 4096;
 
+/// Read connections kept open when idle.
+const IDLE_READERS: usize = 4;
+
+/// How often delivered files' chunks are looked for and dropped.
+const RELEASE_EVERY: Duration = Duration::from_secs(2);
+
+/// How long a send id is remembered (a client retries within minutes).
+const SEND_ID_DAYS: u64 = 7;
+
 impl SqliteStore {
-    /// Opens (creating if needed) the store in `dir`. Fails with a message
-    /// naming the path if the directory cannot be created or written, or the
+    /// Opens (creating if needed) the store in `dir`. Fails, naming the
+    /// path, if the directory cannot be created or written, or the
     /// database is corrupt or from a newer version.
     pub fn open(dir: &Path) -> StoreResult<SqliteStore> {
+        let unusable = |path: &Path, why: String| StoreError::Unusable {
+            path: path.display().to_string(),
+            why,
+        };
         let existed = dir.exists();
-        std::fs::create_dir_all(dir).map_err(|e| {
-            StoreError(format!(
-                "cannot create data directory {}: {e}",
-                dir.display()
-            ))
-        })?;
+        std::fs::create_dir_all(dir)
+            .map_err(|e| unusable(dir, format!("cannot create the data directory: {e}")))?;
         if !existed {
             // Messages and their keys live here: only the server's user may read them.
             use std::os::unix::fs::PermissionsExt;
-            std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700)).map_err(|e| {
-                StoreError(format!(
-                    "cannot restrict data directory {}: {e}",
-                    dir.display()
-                ))
-            })?;
+            std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
+                .map_err(|e| unusable(dir, format!("cannot restrict the data directory: {e}")))?;
         }
         let path = dir.join(DB_FILE);
-        let problem = |e: &dyn std::fmt::Display| StoreError(format!("{}: {e}", path.display()));
+        let problem = |e: &dyn std::fmt::Display| unusable(&path, e.to_string());
         let writer = open_connection(&path).map_err(|e| problem(&e))?;
         migrate(&writer).map_err(|e| problem(&e))?;
         check_integrity(&writer).map_err(|e| problem(&e))?;
-        // A transfer cut short by a crash leaves chunks with no message.
+        // An upload cut short by a crash leaves an incomplete file behind.
         writer
-            .execute(
-                "DELETE FROM file_chunks WHERE file_id NOT IN (SELECT id FROM messages)",
-                [],
+            .execute_batch(
+                "DELETE FROM file_chunks WHERE file_id IN (SELECT id FROM files WHERE complete = 0);
+                 DELETE FROM files WHERE complete = 0;",
             )
             .map_err(|e| problem(&e))?;
         let reader = open_connection(&path).map_err(|e| problem(&e))?;
@@ -168,7 +268,7 @@ impl SqliteStore {
         Ok(SqliteStore {
             path,
             writes,
-            reader: Mutex::new(reader),
+            readers: Mutex::new(vec![reader]),
         })
     }
 
@@ -177,30 +277,51 @@ impl SqliteStore {
         &self.path
     }
 
-    fn wait(&self, op: Op) -> StoreResult<u64> {
+    fn wait(&self, op: Op) -> StoreResult<Outcome> {
         let (tx, rx) = bounded(1);
         self.writes
             .send(Job {
                 op,
                 done: Done::Waiter(tx),
             })
-            .map_err(|_| StoreError("the store writer has stopped".into()))?;
-        rx.recv()
-            .map_err(|_| StoreError("the store writer has stopped".into()))?
+            .map_err(|_| StoreError::Stopped)?;
+        rx.recv().map_err(|_| StoreError::Stopped)?
+    }
+
+    fn wait_count(&self, op: Op) -> StoreResult<u64> {
+        match self.wait(op)? {
+            Outcome::Count(n) => Ok(n),
+            _ => Err(StoreError::Corrupt("write outcome")),
+        }
     }
 
     fn queue(&self, op: Op, done: Done) {
         if let Err(e) = self.writes.send(Job { op, done }) {
             // The writer is gone: fail the job here so no caller hangs.
             if let Done::Then(f) = e.into_inner().done {
-                f(Err(StoreError("the store writer has stopped".into())));
+                f(Err(StoreError::Stopped));
             }
         }
     }
 
-    fn read<T>(&self, f: impl FnOnce(&Connection) -> rusqlite::Result<T>) -> StoreResult<T> {
-        let conn = self.reader.lock().unwrap_or_else(|e| e.into_inner());
-        f(&conn).map_err(err)
+    /// Runs `f` on a read connection of its own (opened if none is idle),
+    /// so one slow read never holds up another.
+    fn read<T>(&self, f: impl FnOnce(&Connection) -> StoreResult<T>) -> StoreResult<T> {
+        let idle = self
+            .readers
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .pop();
+        let conn = match idle {
+            Some(c) => c,
+            None => open_connection(&self.path)?,
+        };
+        let result = f(&conn);
+        let mut idle = self.readers.lock().unwrap_or_else(|e| e.into_inner());
+        if idle.len() < IDLE_READERS {
+            idle.push(conn);
+        }
+        result
     }
 }
 
@@ -211,7 +332,7 @@ fn open_connection(path: &Path) -> rusqlite::Result<Connection> {
             | OpenFlags::SQLITE_OPEN_CREATE
             | OpenFlags::SQLITE_OPEN_NO_MUTEX,
     )?;
-    conn.busy_timeout(std::time::Duration::from_secs(10))?;
+    conn.busy_timeout(Duration::from_secs(10))?;
     let mode: String = conn.query_row("PRAGMA journal_mode = WAL", [], |r| r.get(0))?;
     if !mode.eq_ignore_ascii_case("wal") {
         return Err(rusqlite::Error::InvalidQuery);
@@ -247,6 +368,13 @@ fn migrate(conn: &Connection) -> Result<(), String> {
         usize::try_from(v).map_err(|_| format!("bad schema version {v}"))
     };
     let newest = MIGRATIONS.len();
+    let found = read_version()?;
+    if found > newest {
+        return Err(format!(
+            "database schema version {} is newer than this server understands ({newest}); upgrade muchat",
+            read_version()?
+        ));
+    }
     for (i, step) in MIGRATIONS.iter().enumerate() {
         if read_version()? > i {
             continue;
@@ -256,6 +384,9 @@ fn migrate(conn: &Connection) -> Result<(), String> {
         let result = if read_version()? > i {
             Ok(())
         } else {
+            if found > 0 {
+                tracing::info!(from = i, to = i + 1, "migrating the database schema");
+            }
             conn.execute_batch(&format!("{step}; PRAGMA user_version = {};", i + 1))
         };
         match result {
@@ -268,37 +399,59 @@ fn migrate(conn: &Connection) -> Result<(), String> {
             }
         }
     }
-    let version = read_version()?;
-    if version > newest {
-        return Err(format!(
-            "database schema version {version} is newer than this server understands ({newest}); upgrade muchat"
-        ));
-    }
     Ok(())
 }
 
 fn write_loop(mut conn: Connection, jobs: &Receiver<Job>) {
-    while let Ok(first) = jobs.recv() {
-        let mut batch = vec![first];
-        while batch.len() < MAX_BATCH {
-            match jobs.try_recv() {
-                Ok(j) => batch.push(j),
-                Err(_) => break,
+    let mut last_release = Instant::now();
+    let mut acked_since_release = false;
+    if let Err(e) = forget_old_sends(&conn) {
+        tracing::warn!("cannot forget old send ids: {e}");
+    }
+    loop {
+        let first = if acked_since_release {
+            // Wake up to release delivered files even when nothing else comes.
+            match jobs.recv_timeout(RELEASE_EVERY) {
+                Ok(j) => Some(j),
+                Err(crossbeam_channel::RecvTimeoutError::Timeout) => None,
+                Err(crossbeam_channel::RecvTimeoutError::Disconnected) => return,
+            }
+        } else {
+            match jobs.recv() {
+                Ok(j) => Some(j),
+                Err(_) => return,
+            }
+        };
+        if let Some(first) = first {
+            let mut batch = vec![first];
+            while batch.len() < MAX_BATCH {
+                match jobs.try_recv() {
+                    Ok(j) => batch.push(j),
+                    Err(_) => break,
+                }
+            }
+            acked_since_release |= batch.iter().any(|j| matches!(j.op, Op::Ack(..)));
+            let outcome = apply_batch(&mut conn, &mut batch);
+            // In queue order, so completions (replies) keep their order.
+            for (job, result) in batch.into_iter().zip(outcome) {
+                match job.done {
+                    Done::Nobody => {
+                        if let Err(e) = result {
+                            tracing::error!("store write failed: {e}");
+                        }
+                    }
+                    Done::Waiter(tx) => {
+                        let _ = tx.send(result);
+                    }
+                    Done::Then(f) => f(result),
+                }
             }
         }
-        let outcome = apply_batch(&mut conn, &batch);
-        // In queue order, so completions (replies) keep their order.
-        for (job, result) in batch.into_iter().zip(outcome) {
-            match job.done {
-                Done::Nobody => {
-                    if let Err(e) = result {
-                        crate::log!("{e}");
-                    }
-                }
-                Done::Waiter(tx) => {
-                    let _ = tx.send(result);
-                }
-                Done::Then(f) => f(result.map(|_| ())),
+        if acked_since_release && last_release.elapsed() >= RELEASE_EVERY {
+            last_release = Instant::now();
+            acked_since_release = false;
+            if let Err(e) = release_delivered_files(&conn) {
+                tracing::warn!("cannot release delivered files: {e}");
             }
         }
     }
@@ -306,199 +459,342 @@ fn write_loop(mut conn: Connection, jobs: &Receiver<Job>) {
 
 /// Applies a batch in one transaction. Each job gets its own result; if the
 /// commit fails, every job in the batch fails.
-fn apply_batch(conn: &mut Connection, batch: &[Job]) -> Vec<StoreResult<u64>> {
+fn apply_batch(conn: &mut Connection, batch: &mut [Job]) -> Vec<StoreResult<Outcome>> {
+    merge_acks(batch);
     let tx = match conn.transaction() {
         Ok(tx) => tx,
-        Err(e) => return batch.iter().map(|_| Err(err(&e))).collect(),
+        Err(e) => return failed_batch(batch.len(), &e),
     };
-    let results: Vec<StoreResult<u64>> = batch
-        .iter()
-        .map(|j| apply(&tx, &j.op).map_err(err))
-        .collect();
+    let results: Vec<StoreResult<Outcome>> = batch.iter().map(|j| apply(&tx, &j.op)).collect();
     match tx.commit() {
         Ok(()) => results,
-        Err(e) => batch.iter().map(|_| Err(err(&e))).collect(),
+        Err(e) => failed_batch(batch.len(), &e),
     }
 }
 
-/// Applies one write. The result is a count: for creates 1 or 0 (created
-/// or already there), for a read the number read, else 1.
-fn apply(tx: &Connection, op: &Op) -> rusqlite::Result<u64> {
-    let now = crate::clock::now_ms() as i64;
-    match op {
-        Op::Nothing => Ok(1),
-        Op::PendingBytes(user) => pending_bytes(tx, user),
-        Op::CountChunks(file_id) => tx
-            .prepare_cached("SELECT COUNT(*) FROM file_chunks WHERE file_id = ?1")?
-            .query_row([*file_id as i64], |r| r.get::<_, i64>(0))
-            .map(|n| n as u64),
-        Op::Batch(ops) => {
-            // A savepoint makes the group all-or-nothing inside the batch's
-            // transaction.
-            tx.execute_batch("SAVEPOINT batch")?;
-            for op in ops {
-                if let Err(e) = apply(tx, op) {
-                    tx.execute_batch("ROLLBACK TO batch; RELEASE batch")?;
-                    return Err(e);
-                }
+/// Every job of a batch whose transaction failed gets the same error.
+fn failed_batch(n: usize, e: &rusqlite::Error) -> Vec<StoreResult<Outcome>> {
+    (0..n)
+        .map(|_| {
+            Err(StoreError::Unusable {
+                path: DB_FILE.into(),
+                why: format!("commit failed: {e}"),
+            })
+        })
+        .collect()
+}
+
+/// Keeps only the highest acknowledgement per user and conversation in a
+/// batch (the others become no-ops): clients acknowledge in bursts.
+fn merge_acks(batch: &mut [Job]) {
+    let mut highest: HashMap<(Username, ConvId), (usize, u64)> = HashMap::new();
+    for (i, job) in batch.iter().enumerate() {
+        if let Op::Ack(user, conv, seq) = &job.op {
+            let e = highest
+                .entry((user.clone(), conv.clone()))
+                .or_insert((i, *seq));
+            if *seq >= e.1 {
+                *e = (i, *seq);
             }
-            tx.execute_batch("RELEASE batch")?;
-            Ok(1)
         }
-        Op::CreateUser(u) => Ok(tx
-            .prepare_cached(
+    }
+    for (i, job) in batch.iter_mut().enumerate() {
+        if let Op::Ack(user, conv, _) = &job.op {
+            if highest.get(&(user.clone(), conv.clone())).map(|e| e.0) != Some(i) {
+                job.op = Op::Nothing;
+            }
+        }
+    }
+}
+
+/// Runs `f` inside a savepoint, so a failure undoes only its own writes.
+fn atomically<T>(tx: &Connection, f: impl FnOnce() -> StoreResult<T>) -> StoreResult<T> {
+    tx.execute_batch("SAVEPOINT op")?;
+    match f() {
+        Ok(v) => {
+            tx.execute_batch("RELEASE op")?;
+            Ok(v)
+        }
+        Err(e) => {
+            tx.execute_batch("ROLLBACK TO op; RELEASE op")?;
+            Err(e)
+        }
+    }
+}
+
+fn apply(tx: &Connection, op: &Op) -> StoreResult<Outcome> {
+    let now = crate::clock::now_ms() as i64;
+    let count = |n: usize| Ok(Outcome::Count(n as u64));
+    match op {
+        Op::Nothing => count(1),
+        Op::CreateUser(u) => count(
+            tx.prepare_cached(
                 "INSERT OR IGNORE INTO users (username, name, verifier, created_ms) VALUES (?1, ?2, ?3, ?4)",
             )?
-            .execute(params![u.username.as_str(), u.name, u.verifier, now])? as u64),
-        Op::CreateGroup(g, owner) => {
+            .execute(params![u.username.as_str(), u.name, u.verifier, now])?,
+        ),
+        Op::CreateGroup(g, owner) => atomically(tx, || {
+            let conv = ConvId::Group(g.clone()).key();
             let created = tx
-                .prepare_cached("INSERT OR IGNORE INTO groups (name, owner, created_ms) VALUES (?1, ?2, ?3)")?
+                .prepare_cached(
+                    "INSERT OR IGNORE INTO groups (name, owner, created_ms) VALUES (?1, ?2, ?3)",
+                )?
                 .execute(params![g.as_str(), owner.as_str(), now])?
                 == 1;
             if created {
-                tx.prepare_cached("INSERT OR IGNORE INTO members (group_name, username) VALUES (?1, ?2)")?
+                tx.prepare_cached("INSERT INTO members (group_name, username) VALUES (?1, ?2)")?
                     .execute(params![g.as_str(), owner.as_str()])?;
+                tx.prepare_cached("INSERT OR IGNORE INTO conversations (key, head) VALUES (?1, 0)")?
+                    .execute([&conv])?;
+                tx.prepare_cached(
+                    "INSERT OR REPLACE INTO cursors (username, conv, acked)
+                     SELECT ?1, key, head FROM conversations WHERE key = ?2",
+                )?
+                .execute(params![owner.as_str(), conv])?;
             }
-            Ok(u64::from(created))
-        }
-        Op::SetMember(g, u, true) => {
-            tx.prepare_cached("INSERT OR IGNORE INTO members (group_name, username) VALUES (?1, ?2)")?
-                .execute(params![g.as_str(), u.as_str()])?;
-            Ok(1)
-        }
-        Op::SetMember(g, u, false) => {
-            tx.prepare_cached("DELETE FROM members WHERE group_name = ?1 AND username = ?2")?
-                .execute(params![g.as_str(), u.as_str()])?;
-            Ok(1)
-        }
-        Op::SaveMessage(m, recipients) => {
-            let (kind, key, body) = match &m.content {
-                Content::Text { key, body } => ("text", key.to_b64(), body.as_str().to_string()),
-                Content::File { size, sha256, name } => {
-                    ("file", String::new(), format!("{size} {} {name}", format_sha256(sha256)))
+            Ok(Outcome::Count(u64::from(created)))
+        }),
+        Op::SetMember(g, u, member) => atomically(tx, || {
+            let conv = ConvId::Group(g.clone()).key();
+            let changed = if *member {
+                let added = tx
+                    .prepare_cached(
+                        "INSERT OR IGNORE INTO members (group_name, username) VALUES (?1, ?2)",
+                    )?
+                    .execute(params![g.as_str(), u.as_str()])?
+                    == 1;
+                if added {
+                    tx.prepare_cached(
+                        "INSERT OR REPLACE INTO cursors (username, conv, acked)
+                         SELECT ?1, key, head FROM conversations WHERE key = ?2",
+                    )?
+                    .execute(params![u.as_str(), conv])?;
                 }
+                added
+            } else {
+                tx.prepare_cached("DELETE FROM cursors WHERE username = ?1 AND conv = ?2")?
+                    .execute(params![u.as_str(), conv])?;
+                tx.prepare_cached("DELETE FROM members WHERE group_name = ?1 AND username = ?2")?
+                    .execute(params![g.as_str(), u.as_str()])?
+                    == 1
             };
+            let head: Option<i64> = tx
+                .prepare_cached("SELECT head FROM conversations WHERE key = ?1")?
+                .query_row([&conv], |r| r.get(0))
+                .optional()?;
+            Ok(Outcome::Membership(head.unwrap_or(0) as u64, changed))
+        }),
+        Op::Cursors(user) => Ok(Outcome::Cursors(read_cursors(tx, user)?)),
+        Op::Append(a) => atomically(tx, || append(tx, a)).map(Outcome::Appended),
+        Op::Ack(user, conv, seq) => count(
             tx.prepare_cached(
-                "INSERT INTO messages (id, at_ms, sender, target, conv, kind, key, body)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+                "UPDATE cursors SET acked = ?3 WHERE username = ?1 AND conv = ?2 AND acked < ?3",
             )?
-            .execute(params![
-                m.id as i64,
-                m.at_ms as i64,
-                m.from.as_str(),
-                m.to.to_string(),
-                m.conversation_key(),
-                kind,
-                key,
-                body
-            ])?;
-            let mut pending =
-                tx.prepare_cached("INSERT OR IGNORE INTO pending (username, message_id, bytes) VALUES (?1, ?2, ?3)")?;
-            for (user, bytes) in recipients {
-                pending.execute(params![user.as_str(), m.id as i64, *bytes as i64])?;
-            }
-            Ok(1)
+            .execute(params![user.as_str(), conv.key(), *seq as i64])?,
+        ),
+        Op::NewFile(f) => {
+            tx.prepare_cached(
+                "INSERT INTO files (size, sha256, name, created_ms, complete, released)
+                 VALUES (?1, ?2, ?3, ?4, 0, 0)",
+            )?
+            .execute(params![f.size as i64, format_sha256(&f.sha256), f.name, now])?;
+            Ok(Outcome::Count(tx.last_insert_rowid() as u64))
         }
-        Op::SaveChunk(file_id, c) => {
-            tx.prepare_cached("INSERT OR REPLACE INTO file_chunks (file_id, offset, key, body) VALUES (?1, ?2, ?3, ?4)")?
-                .execute(params![*file_id as i64, c.offset as i64, c.key.to_b64(), c.body.as_str()])?;
-            Ok(1)
-        }
-        Op::DiscardFile(file_id) => {
+        Op::SaveChunk(file_id, c) => count(
+            tx.prepare_cached(
+                "INSERT OR REPLACE INTO file_chunks (file_id, offset, key, body) VALUES (?1, ?2, ?3, ?4)",
+            )?
+            .execute(params![*file_id as i64, c.offset as i64, c.key.to_b64(), c.body.as_str()])?,
+        ),
+        Op::DiscardFile(file_id) => atomically(tx, || {
             tx.prepare_cached("DELETE FROM file_chunks WHERE file_id = ?1")?
-                .execute(params![*file_id as i64])?;
-            Ok(1)
-        }
-        Op::Ack(user, ids) => {
-            let mut del = tx.prepare_cached("DELETE FROM pending WHERE username = ?1 AND message_id = ?2")?;
-            let mut gc = tx.prepare_cached(
-                "DELETE FROM file_chunks WHERE file_id = ?1
-                   AND NOT EXISTS (SELECT 1 FROM pending WHERE message_id = ?1)",
-            )?;
-            for id in ids {
-                if del.execute(params![user.as_str(), *id as i64])? == 1 {
-                    gc.execute(params![*id as i64])?;
-                }
-            }
-            Ok(1)
-        }
+                .execute([*file_id as i64])?;
+            tx.prepare_cached("DELETE FROM files WHERE id = ?1 AND complete = 0")?
+                .execute([*file_id as i64])?;
+            Ok(Outcome::Count(1))
+        }),
+        Op::CountChunks(file_id) => Ok(Outcome::Count(
+            tx.prepare_cached("SELECT COUNT(*) FROM file_chunks WHERE file_id = ?1")?
+                .query_row([*file_id as i64], |r| r.get::<_, i64>(0))? as u64,
+        )),
     }
 }
 
-fn pending_bytes(c: &Connection, user: &Username) -> rusqlite::Result<u64> {
-    c.prepare_cached("SELECT COALESCE(SUM(bytes), 0) FROM pending WHERE username = ?1")?
-        .query_row([user.as_str()], |r| r.get::<_, i64>(0))
-        .map(|n| n as u64)
-}
-
-/// The write that stores messages with their pending rows, all or nothing.
-fn save_op(batch: Vec<(StoredMessage, Vec<Username>)>) -> Op {
-    let ops = batch
-        .into_iter()
-        .map(|(m, users)| {
-            let bytes = m.pending_bytes();
-            let rows = users.into_iter().map(|u| (u, bytes)).collect();
-            Op::SaveMessage(Box::new(m), rows)
-        })
+/// Appends one entry per conversation (see [`Store::append`]).
+fn append(tx: &Connection, a: &Append) -> StoreResult<Appended> {
+    let previous: Option<String> = tx
+        .prepare_cached("SELECT refs FROM sends WHERE username = ?1 AND send_id = ?2")?
+        .query_row(params![a.from.as_str(), a.send_id.as_str()], |r| r.get(0))
+        .optional()?;
+    if let Some(refs) = previous {
+        return parse_send_refs(&refs).map(Appended::Repeat);
+    }
+    let (kind, key, body, file_id) = match &a.content {
+        Content::Text { key, body } => ("text", key.to_b64(), body.as_str(), None),
+        Content::File(f) => ("file", String::new(), "", Some(f.id as i64)),
+    };
+    let mut entries = Vec::with_capacity(a.convs.len());
+    for conv in &a.convs {
+        let k = conv.key();
+        let created = tx
+            .prepare_cached("INSERT OR IGNORE INTO conversations (key, head) VALUES (?1, 0)")?
+            .execute([&k])?
+            == 1;
+        if let (true, Some((x, y))) = (created, conv.direct_users()) {
+            let mut cursor = tx.prepare_cached(
+                "INSERT OR IGNORE INTO cursors (username, conv, acked) VALUES (?1, ?2, 0)",
+            )?;
+            cursor.execute(params![x.as_str(), k])?;
+            cursor.execute(params![y.as_str(), k])?;
+        }
+        let seq: i64 = tx
+            .prepare_cached("UPDATE conversations SET head = head + 1 WHERE key = ?1 RETURNING head")?
+            .query_row([&k], |r| r.get(0))?;
+        tx.prepare_cached(
+            "INSERT INTO log (conv, seq, at_ms, sender, kind, key, body, file_id)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+        )?
+        .execute(params![
+            k,
+            seq,
+            a.at_ms as i64,
+            a.from.as_str(),
+            kind,
+            key,
+            body,
+            file_id
+        ])?;
+        entries.push(LogEntry {
+            conv: conv.clone(),
+            seq: seq as u64,
+            at_ms: a.at_ms,
+            from: a.from.clone(),
+            content: a.content.clone(),
+        });
+    }
+    if let Some(id) = file_id {
+        tx.prepare_cached("UPDATE files SET complete = 1 WHERE id = ?1")?
+            .execute([id])?;
+    }
+    let refs: Vec<String> = entries
+        .iter()
+        .map(|e| format!("{} {}", e.conv.key(), e.seq))
         .collect();
-    Op::Batch(ops)
+    tx.prepare_cached(
+        "INSERT INTO sends (username, send_id, at_ms, refs) VALUES (?1, ?2, ?3, ?4)",
+    )?
+    .execute(params![
+        a.from.as_str(),
+        a.send_id.as_str(),
+        a.at_ms as i64,
+        refs.join(",")
+    ])?;
+    Ok(Appended::New(entries))
 }
 
-/// Rebuilds a message from its row; a row that does not parse is reported,
-/// not trusted.
-fn message_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<StoredMessage> {
-    let bad =
-        |what: &str| rusqlite::Error::InvalidColumnName(format!("corrupt message row: {what}"));
-    let id: i64 = r.get(0)?;
+fn read_cursors(c: &Connection, user: &Username) -> StoreResult<Vec<Cursor>> {
+    let mut stmt = c.prepare_cached(
+        "SELECT c.conv, c.acked, v.head FROM cursors c JOIN conversations v ON v.key = c.conv
+         WHERE c.username = ?1",
+    )?;
+    let mut rows = stmt.query([user.as_str()])?;
+    let mut out = Vec::new();
+    while let Some(r) = rows.next()? {
+        let key: String = r.get(0)?;
+        out.push(Cursor {
+            conv: ConvId::parse_key(&key).ok_or(StoreError::Corrupt("cursors"))?,
+            acked: r.get::<_, i64>(1)? as u64,
+            head: r.get::<_, i64>(2)? as u64,
+        });
+    }
+    Ok(out)
+}
+
+fn parse_send_refs(text: &str) -> StoreResult<Vec<(ConvId, u64)>> {
+    text.split(',')
+        .map(|r| {
+            let (conv, seq) = r.split_once(' ')?;
+            Some((ConvId::parse_key(conv)?, seq.parse().ok()?))
+        })
+        .collect::<Option<_>>()
+        .ok_or(StoreError::Corrupt("sends"))
+}
+
+/// Drops the chunks of files every member of every conversation holding
+/// them has acknowledged (history keeps the announcement).
+fn release_delivered_files(conn: &Connection) -> StoreResult<()> {
+    let tx = conn.unchecked_transaction()?;
+    tx.execute_batch(
+        "CREATE TEMP TABLE IF NOT EXISTS releasing (id INTEGER PRIMARY KEY);
+         DELETE FROM releasing;
+         INSERT INTO releasing
+            SELECT f.id FROM files f WHERE f.complete = 1 AND f.released = 0
+              AND NOT EXISTS (SELECT 1 FROM log l JOIN cursors c ON c.conv = l.conv
+                              WHERE l.file_id = f.id AND c.acked < l.seq);
+         DELETE FROM file_chunks WHERE file_id IN (SELECT id FROM releasing);
+         UPDATE files SET released = 1 WHERE id IN (SELECT id FROM releasing);",
+    )?;
+    tx.commit()?;
+    Ok(())
+}
+
+fn forget_old_sends(conn: &Connection) -> StoreResult<()> {
+    let cutoff = crate::clock::now_ms().saturating_sub(SEND_ID_DAYS * 86_400_000);
+    conn.execute("DELETE FROM sends WHERE at_ms < ?1", [cutoff as i64])?;
+    Ok(())
+}
+
+/// Rebuilds a log entry from its row (columns as in [`LOG_COLUMNS`]); a
+/// row that does not parse is reported, not trusted.
+fn entry_from_row(conv: &ConvId, r: &rusqlite::Row<'_>) -> rusqlite::Result<LogEntry> {
+    let bad = |what: &str| rusqlite::Error::InvalidColumnName(format!("corrupt log row: {what}"));
+    let seq: i64 = r.get(0)?;
     let at_ms: i64 = r.get(1)?;
     let sender: String = r.get(2)?;
-    let target: String = r.get(3)?;
-    let kind: String = r.get(4)?;
-    let key: String = r.get(5)?;
-    let body: String = r.get(6)?;
+    let kind: String = r.get(3)?;
     let content = match kind.as_str() {
-        "text" => Content::Text {
-            key: ContentKey::from_b64(&key).map_err(|_| bad("key"))?,
-            body: Body::from_wire(&body).map_err(|_| bad("body"))?,
-        },
+        "text" => {
+            let key: String = r.get(4)?;
+            let body: String = r.get(5)?;
+            Content::Text {
+                key: ContentKey::from_b64(&key).map_err(|_| bad("key"))?,
+                body: Body::from_wire(&body).map_err(|_| bad("body"))?,
+            }
+        }
         "file" => {
-            let mut parts = body.splitn(3, ' ');
-            let size = parts
-                .next()
-                .and_then(|s| s.parse().ok())
-                .ok_or_else(|| bad("size"))?;
-            let sha256 = parts
-                .next()
-                .and_then(parse_sha256)
-                .ok_or_else(|| bad("sha256"))?;
-            let name = parts.next().ok_or_else(|| bad("name"))?.to_string();
-            Content::File { size, sha256, name }
+            let sha: String = r.get(8)?;
+            Content::File(FileInfo {
+                id: r.get::<_, i64>(6)? as u64,
+                size: r.get::<_, i64>(7)? as u64,
+                sha256: parse_sha256(&sha).ok_or_else(|| bad("sha256"))?,
+                name: r.get(9)?,
+            })
         }
         _ => return Err(bad("kind")),
     };
-    Ok(StoredMessage {
-        id: id as u64,
+    Ok(LogEntry {
+        conv: conv.clone(),
+        seq: seq as u64,
         at_ms: at_ms as u64,
         from: Username::parse(&sender).map_err(|_| bad("sender"))?,
-        to: Conversation::parse(&target).map_err(|_| bad("target"))?,
         content,
     })
 }
 
-const MESSAGE_COLUMNS: &str = "m.id, m.at_ms, m.sender, m.target, m.kind, m.key, m.body";
+const LOG_COLUMNS: &str = "l.seq, l.at_ms, l.sender, l.kind, l.key, l.body, f.id, f.size, f.sha256, f.name
+     FROM log l LEFT JOIN files f ON f.id = l.file_id";
 
 impl Store for SqliteStore {
     fn load(&self) -> StoreResult<Snapshot> {
         self.read(|c| {
-            let bad =
-                |what: String| rusqlite::Error::InvalidColumnName(format!("corrupt row: {what}"));
+            let corrupt = |what| move |_| StoreError::Corrupt(what);
             let mut users = Vec::new();
             let mut stmt = c.prepare("SELECT username, name, verifier FROM users")?;
             let mut rows = stmt.query([])?;
             while let Some(r) = rows.next()? {
                 let name: String = r.get(0)?;
                 users.push(UserRecord {
-                    username: Username::parse(&name).map_err(|_| bad(name.clone()))?,
+                    username: Username::parse(&name).map_err(corrupt("users"))?,
                     name: r.get(1)?,
                     verifier: r.get(2)?,
                 });
@@ -514,47 +810,139 @@ impl Store for SqliteStore {
                 let mut mrows = members.query([&name])?;
                 while let Some(m) = mrows.next()? {
                     let m: String = m.get(0)?;
-                    list.push(Username::parse(&m).map_err(|_| bad(m.clone()))?);
+                    list.push(Username::parse(&m).map_err(corrupt("members"))?);
                 }
                 groups.push(GroupRecord {
-                    name: GroupName::parse(&name).map_err(|_| bad(name.clone()))?,
-                    owner: Username::parse(&owner).map_err(|_| bad(owner.clone()))?,
+                    name: GroupName::parse(&name).map_err(corrupt("groups"))?,
+                    owner: Username::parse(&owner).map_err(corrupt("groups"))?,
                     members: list,
                 });
             }
-            let max: Option<i64> = c.query_row("SELECT MAX(id) FROM messages", [], |r| r.get(0))?;
+            let mut heads = HashMap::new();
+            let mut stmt = c.prepare("SELECT key, head FROM conversations")?;
+            let mut rows = stmt.query([])?;
+            while let Some(r) = rows.next()? {
+                let key: String = r.get(0)?;
+                let conv = ConvId::parse_key(&key).ok_or(StoreError::Corrupt("conversations"))?;
+                heads.insert(conv, r.get::<_, i64>(1)? as u64);
+            }
             Ok(Snapshot {
                 users,
                 groups,
-                max_message_id: max.unwrap_or(0) as u64,
+                heads,
             })
         })
     }
 
     fn create_user(&self, user: &UserRecord) -> StoreResult<bool> {
-        self.wait(Op::CreateUser(user.clone())).map(|n| n == 1)
+        self.wait_count(Op::CreateUser(user.clone())).map(|n| n == 1)
     }
 
     fn create_group(&self, name: &GroupName, owner: &Username) -> StoreResult<bool> {
-        self.wait(Op::CreateGroup(name.clone(), owner.clone()))
+        self.wait_count(Op::CreateGroup(name.clone(), owner.clone()))
             .map(|n| n == 1)
     }
 
-    fn set_member(&self, group: &GroupName, user: &Username, member: bool) -> StoreResult<()> {
-        self.wait(Op::SetMember(group.clone(), user.clone(), member))
-            .map(|_| ())
+    fn set_member(
+        &self,
+        group: &GroupName,
+        user: &Username,
+        member: bool,
+        done: Completion<(u64, bool)>,
+    ) {
+        self.queue(
+            Op::SetMember(group.clone(), user.clone(), member),
+            Done::Then(Box::new(move |r| {
+                done(r.and_then(|o| match o {
+                    Outcome::Membership(head, changed) => Ok((head, changed)),
+                    _ => Err(StoreError::Corrupt("membership outcome")),
+                }))
+            })),
+        );
     }
 
-    fn save_messages(&self, batch: &[(StoredMessage, Vec<Username>)]) -> StoreResult<()> {
-        self.wait(save_op(batch.to_vec())).map(|_| ())
+    fn append(&self, append: Append, done: Completion<Appended>) {
+        self.queue(
+            Op::Append(Box::new(append)),
+            Done::Then(Box::new(move |r| {
+                done(r.and_then(|o| match o {
+                    Outcome::Appended(a) => Ok(a),
+                    _ => Err(StoreError::Corrupt("append outcome")),
+                }))
+            })),
+        );
     }
 
-    fn save_messages_then(&self, batch: Vec<(StoredMessage, Vec<Username>)>, done: Completion) {
-        self.queue(save_op(batch), Done::Then(done));
+    fn then(&self, done: Completion<()>) {
+        self.queue(Op::Nothing, Done::Then(Box::new(move |r| done(r.map(|_| ())))));
     }
 
-    fn then(&self, done: Completion) {
-        self.queue(Op::Nothing, Done::Then(done));
+    fn sync(&self) -> StoreResult<()> {
+        self.wait(Op::Nothing).map(|_| ())
+    }
+
+    fn ack(&self, user: &Username, conv: &ConvId, seq: u64) {
+        self.queue(Op::Ack(user.clone(), conv.clone(), seq), Done::Nobody);
+    }
+
+    fn cursors(&self, user: &Username, done: Completion<Vec<Cursor>>) {
+        self.queue(
+            Op::Cursors(user.clone()),
+            Done::Then(Box::new(move |r| {
+                done(r.and_then(|o| match o {
+                    Outcome::Cursors(c) => Ok(c),
+                    _ => Err(StoreError::Corrupt("cursors outcome")),
+                }))
+            })),
+        );
+    }
+
+    fn previous_send(
+        &self,
+        user: &Username,
+        send_id: &SendId,
+    ) -> StoreResult<Option<Vec<(ConvId, u64)>>> {
+        self.sync()?;
+        self.read(|c| {
+            let refs: Option<String> = c
+                .prepare_cached("SELECT refs FROM sends WHERE username = ?1 AND send_id = ?2")?
+                .query_row(params![user.as_str(), send_id.as_str()], |r| r.get(0))
+                .optional()?;
+            refs.map(|r| parse_send_refs(&r)).transpose()
+        })
+    }
+
+    fn read(&self, conv: &ConvId, from_seq: u64, limit: usize) -> StoreResult<Vec<LogEntry>> {
+        self.read(|c| {
+            let sql = format!(
+                "SELECT {LOG_COLUMNS} WHERE l.conv = ?1 AND l.seq >= ?2 ORDER BY l.seq LIMIT ?3"
+            );
+            let mut stmt = c.prepare_cached(&sql)?;
+            let rows = stmt.query_map(
+                params![conv.key(), from_seq as i64, limit as i64],
+                |r| entry_from_row(conv, r),
+            )?;
+            Ok(rows.collect::<rusqlite::Result<_>>()?)
+        })
+    }
+
+    fn history(&self, conv: &ConvId, limit: usize) -> StoreResult<Vec<LogEntry>> {
+        self.read(|c| {
+            let sql = format!(
+                "SELECT {LOG_COLUMNS} WHERE l.conv = ?1 ORDER BY l.seq DESC LIMIT ?2"
+            );
+            let mut stmt = c.prepare_cached(&sql)?;
+            let rows = stmt.query_map(params![conv.key(), limit as i64], |r| {
+                entry_from_row(conv, r)
+            })?;
+            let mut out = rows.collect::<rusqlite::Result<Vec<_>>>()?;
+            out.reverse();
+            Ok(out)
+        })
+    }
+
+    fn new_file(&self, info: &FileInfo) -> StoreResult<u64> {
+        self.wait_count(Op::NewFile(info.clone()))
     }
 
     fn save_chunk(&self, file_id: u64, chunk: &StoredChunk) {
@@ -566,30 +954,7 @@ impl Store for SqliteStore {
     }
 
     fn stored_chunks(&self, file_id: u64) -> StoreResult<u64> {
-        self.wait(Op::CountChunks(file_id))
-    }
-
-    fn ack(&self, user: &Username, ids: &[u64]) {
-        self.queue(Op::Ack(user.clone(), ids.to_vec()), Done::Nobody);
-    }
-
-    fn pending(&self, user: &Username) -> StoreResult<Vec<StoredMessage>> {
-        // Acknowledgements already queued must not be replayed.
-        self.wait(Op::Nothing)?;
-        self.read(|c| {
-            let sql = format!(
-                "SELECT {MESSAGE_COLUMNS} FROM pending p JOIN messages m ON m.id = p.message_id
-                 WHERE p.username = ?1 ORDER BY m.id"
-            );
-            let mut stmt = c.prepare_cached(&sql)?;
-            let rows = stmt.query_map([user.as_str()], message_from_row)?;
-            rows.collect()
-        })
-    }
-
-    fn pending_bytes(&self, user: &Username) -> StoreResult<u64> {
-        // On the writer, behind any acknowledgements already queued.
-        self.wait(Op::PendingBytes(user.clone()))
+        self.wait_count(Op::CountChunks(file_id))
     }
 
     fn chunks(&self, file_id: u64, from: u64, limit: usize) -> StoreResult<Vec<StoredChunk>> {
@@ -610,19 +975,90 @@ impl Store for SqliteStore {
                     body: Body::from_wire(&body).map_err(|_| bad("body"))?,
                 })
             })?;
-            rows.collect()
+            Ok(rows.collect::<rusqlite::Result<_>>()?)
         })
     }
 
-    fn history(&self, conversation: &str, limit: usize) -> StoreResult<Vec<StoredMessage>> {
+    fn undelivered_file_bytes(&self, conv: &ConvId) -> StoreResult<u64> {
+        self.sync()?;
         self.read(|c| {
-            let sql = format!(
-                "SELECT * FROM (SELECT {MESSAGE_COLUMNS} FROM messages m WHERE m.conv = ?1
-                 ORDER BY m.id DESC LIMIT ?2) ORDER BY id"
-            );
-            let mut stmt = c.prepare_cached(&sql)?;
-            let rows = stmt.query_map(params![conversation, limit as i64], message_from_row)?;
-            rows.collect()
+            let n: i64 = c
+                .prepare_cached(
+                    "SELECT COALESCE(SUM(f.size), 0) FROM log l JOIN files f ON f.id = l.file_id
+                     WHERE l.conv = ?1 AND f.released = 0
+                       AND l.seq > (SELECT COALESCE(MIN(acked), 0) FROM cursors WHERE conv = ?1)",
+                )?
+                .query_row([conv.key()], |r| r.get(0))?;
+            Ok(n as u64)
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn user(s: &str) -> Username {
+        Username::parse(s).unwrap()
+    }
+
+    fn append_sync(store: &SqliteStore, a: Append) -> Appended {
+        let (tx, rx) = bounded(1);
+        store.append(a, Box::new(move |r| tx.send(r).unwrap()));
+        rx.recv().unwrap().unwrap()
+    }
+
+    fn text(from: &str, id: &str, convs: Vec<ConvId>) -> Append {
+        let key = ContentKey::random();
+        Append {
+            from: user(from),
+            send_id: SendId::parse(id).unwrap(),
+            at_ms: 1,
+            convs,
+            content: Content::Text {
+                body: key.seal(b"hi"),
+                key,
+            },
+        }
+    }
+
+    #[test]
+    fn appends_number_each_conversation_and_repeats_change_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SqliteStore::open(dir.path()).unwrap();
+        let (a, b) = (user("alice"), user("bob"));
+        let dm = ConvId::direct(&b, &a);
+        assert_eq!(dm.key(), "@alice|bob");
+        for (i, id) in ["s1", "s2"].into_iter().enumerate() {
+            let Appended::New(e) = append_sync(&store, text("alice", id, vec![dm.clone()])) else {
+                panic!("new")
+            };
+            assert_eq!(e[0].seq, i as u64 + 1);
+        }
+        let Appended::Repeat(refs) = append_sync(&store, text("alice", "s1", vec![dm.clone()]))
+        else {
+            panic!("a repeat")
+        };
+        assert_eq!(refs, vec![(dm.clone(), 1)]);
+        // Bob's cursor was created at 0 with the conversation.
+        let cursors_of = |u: &Username| {
+            let (tx, rx) = bounded(1);
+            store.cursors(u, Box::new(move |r| tx.send(r).unwrap()));
+            rx.recv().unwrap().unwrap()
+        };
+        let cursors = cursors_of(&b);
+        assert_eq!(
+            cursors,
+            vec![Cursor {
+                conv: dm.clone(),
+                acked: 0,
+                head: 2
+            }]
+        );
+        store.ack(&b, &dm, 2);
+        store.ack(&b, &dm, 1);
+        assert_eq!(cursors_of(&b)[0].acked, 2, "never backwards");
+        assert_eq!(store.read(&dm, 2, 10).unwrap().len(), 1);
+        assert_eq!(store.history(&dm, 1).unwrap()[0].seq, 2);
     }
 }

@@ -1,0 +1,148 @@
+//! `loadgen ADDR... [flags]`: drives muchat servers with real protocol
+//! traffic and reports throughput, latency and server CPU per delivery.
+//! The load shapes are in [`modes`], the measuring in [`report`].
+
+mod modes;
+mod report;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::Parser;
+use muchat::client::Trust;
+use muchat::identity::Fingerprint;
+
+use modes::{fresh_prefix, run, tdes_mb_per_s, Mode, Options};
+
+/// Drives muchat servers with real protocol traffic (every MAC verified,
+/// every group envelope opened, every delivery acknowledged, a sample of
+/// bodies decrypted as latency probes) and reports throughput, latency and
+/// server CPU. Prints a summary and one JSON line; exits 1 if any delivery
+/// is missing.
+#[derive(Parser)]
+#[command(version)]
+struct Args {
+    /// The servers (clients are spread over them in turn)
+    #[arg(required = true, value_name = "ADDR")]
+    addrs: Vec<String>,
+
+    /// Fan-out: clients in one group
+    #[arg(long, default_value_t = 50)]
+    members: usize,
+    /// Fan-out: how many members send
+    #[arg(long, default_value_t = 1)]
+    senders: usize,
+    /// Fan-out: messages per sender
+    #[arg(long, default_value_t = 2000)]
+    messages: usize,
+    /// Fan-out: message text size in bytes
+    #[arg(long, default_value_t = 100)]
+    size: usize,
+    /// Fan-out: requests a sender keeps unanswered
+    #[arg(long, default_value_t = 8)]
+    window: usize,
+
+    /// Hold N logged-in sessions; report server RSS per session (needs
+    /// --server-pid) and one probe message's latency
+    #[arg(long, value_name = "N")]
+    idle: Option<usize>,
+    /// N clients connect, handshake and log in at once
+    #[arg(long, value_name = "N")]
+    storm: Option<usize>,
+    /// One file of BYTES to a user, or to a group of 10 (--to group)
+    #[arg(long, value_name = "BYTES")]
+    file: Option<u64>,
+    /// Who gets --file
+    #[arg(long, value_parser = ["user", "group"], default_value = "user")]
+    to: String,
+    /// Measure the des crate's single-core 3DES-CBC MB/s and exit
+    #[arg(long)]
+    cipher: bool,
+
+    /// Report the server's CPU seconds (and RSS for --idle); repeat for
+    /// several nodes (their CPU is summed)
+    #[arg(long = "server-pid", value_name = "PID")]
+    server_pids: Vec<u32>,
+    /// Accept exactly this server key (default: pin on first use in a
+    /// throwaway file)
+    #[arg(long, value_name = "FP", value_parser = parse_fingerprint)]
+    server_fingerprint: Option<Fingerprint>,
+    /// Hard limit for the run, seconds
+    #[arg(long, value_name = "SECS", default_value_t = 120)]
+    deadline: u64,
+    /// Decrypt every N-th body per receiver as a latency probe
+    #[arg(long, value_name = "N", default_value_t = 50)]
+    sample: usize,
+    /// Account name prefix [default: fresh per run]
+    #[arg(long)]
+    prefix: Option<String>,
+}
+
+fn parse_fingerprint(s: &str) -> Result<Fingerprint, String> {
+    Fingerprint::parse(s).ok_or_else(|| "expected SHA256:<base64>".to_string())
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    if args.cipher {
+        println!(
+            "3DES-CBC (des crate, one core): {:.2} MB/s",
+            tdes_mb_per_s(32 << 20)
+        );
+        return ExitCode::SUCCESS;
+    }
+    let mode = if let Some(sessions) = args.idle {
+        Mode::Idle { sessions }
+    } else if let Some(clients) = args.storm {
+        Mode::Storm { clients }
+    } else if let Some(size) = args.file {
+        Mode::File {
+            size,
+            members: if args.to == "group" { 10 } else { 1 },
+        }
+    } else {
+        Mode::FanOut {
+            members: args.members,
+            senders: args.senders,
+            messages: args.messages,
+            size: args.size,
+            window: args.window,
+        }
+    };
+    let throwaway: PathBuf =
+        std::env::temp_dir().join(format!("muchat-loadgen-known-{}", std::process::id()));
+    let opts = Options {
+        addrs: args.addrs,
+        trust: match args.server_fingerprint {
+            Some(fp) => Trust::Fingerprint(fp),
+            None => Trust::KnownServers(throwaway.clone()),
+        },
+        mode,
+        prefix: args.prefix.unwrap_or_else(fresh_prefix),
+        deadline: Duration::from_secs(args.deadline),
+        server_pids: args.server_pids,
+        sample: args.sample,
+    };
+    let result = run(&opts);
+    let _ = std::fs::remove_file(&throwaway);
+    match result {
+        Ok(report) => {
+            println!("{}", report.summary());
+            println!("{}", report.json());
+            if report.complete() {
+                ExitCode::SUCCESS
+            } else {
+                eprintln!(
+                    "loadgen: {} of {} expected arrived",
+                    report.deliveries, report.expected
+                );
+                ExitCode::FAILURE
+            }
+        }
+        Err(e) => {
+            eprintln!("loadgen: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}

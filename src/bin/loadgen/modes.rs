@@ -1,0 +1,641 @@
+//! The load shapes: group fan-out, idle crowds, login storms and files,
+//! all through the library's protocol session (handshake, MAC on every
+//! frame, group envelopes opened, cumulative acknowledgements), so the
+//! server is measured under what real clients do.
+//!
+//! To measure the server rather than itself, the generator decrypts only
+//! a sample of message bodies (every `sample`-th per receiver, each of
+//! which is also a latency probe: the sender stamps its send time into the
+//! text). Everything is bounded: a hard deadline ends a run, and a run
+//! with missing deliveries is reported as a failure.
+
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::{bounded, unbounded, Receiver, Sender};
+
+use muchat::client::session::{Acks, Incoming, Session, SessionReader, SessionWriter};
+use muchat::client::Trust;
+use muchat::content::ContentKey;
+use muchat::event::{Delivery, ErrorCode, Reply, ReplyData};
+use muchat::names::{GroupName, Username};
+use muchat::request::{FileOffer, FileTarget, Request, SendId, FILE_CHUNK_SIZE};
+
+use super::report::{rss_kib, Meter, Report};
+
+/// What to run.
+#[derive(Debug, Clone)]
+pub enum Mode {
+    /// `members` clients in one group; `senders` of them send `messages`
+    /// messages of `size` bytes each, keeping `window` unanswered.
+    FanOut {
+        members: usize,
+        senders: usize,
+        messages: usize,
+        size: usize,
+        window: usize,
+    },
+    /// Hold `sessions` logged-in sessions, then time one probe message.
+    Idle { sessions: usize },
+    /// `clients` connect, handshake and log in at once.
+    Storm { clients: usize },
+    /// One file of `size` bytes to one user or a group of `members`.
+    File { size: u64, members: usize },
+}
+
+/// Run settings.
+#[derive(Debug, Clone)]
+pub struct Options {
+    /// The servers (clients are spread over them in turn).
+    pub addrs: Vec<String>,
+    /// Whose keys to accept.
+    pub trust: Trust,
+    /// What to run.
+    pub mode: Mode,
+    /// Account name prefix (fresh per run by default).
+    pub prefix: String,
+    /// Hard limit for the whole run.
+    pub deadline: Duration,
+    /// The server's process ids, for CPU and memory figures.
+    pub server_pids: Vec<u32>,
+    /// Decrypt every n-th body per receiver (a latency probe).
+    pub sample: usize,
+}
+
+/// Why a run could not proceed.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct LoadError(pub String);
+
+fn fail(e: impl std::fmt::Display) -> LoadError {
+    LoadError(e.to_string())
+}
+
+/// Runs the load and reports.
+pub fn run(opts: &Options) -> Result<Report, LoadError> {
+    match opts.mode.clone() {
+        Mode::FanOut {
+            members,
+            senders,
+            messages,
+            size,
+            window,
+        } => fan_out(opts, members, senders.clamp(1, members), messages, size, window.max(1)),
+        Mode::Idle { sessions } => idle(opts, sessions),
+        Mode::Storm { clients } => storm(opts, clients),
+        Mode::File { size, members } => file(opts, size, members.max(1)),
+    }
+}
+
+/// A prefix unique to this run, so accounts start clean.
+pub fn fresh_prefix() -> String {
+    format!("lg{}x", muchat::clock::now_ms() % 1_000_000_000)
+}
+
+/// One logged-in generator session.
+struct Client {
+    name: Username,
+    session: Session,
+}
+
+impl Client {
+    fn ok(&mut self, r: &Request, tolerated: &[ErrorCode]) -> Result<(), LoadError> {
+        match self.session.request(r).map_err(fail)?.0 {
+            Reply::Ok { .. } => Ok(()),
+            Reply::Err { code, .. } if tolerated.contains(&code) => Ok(()),
+            Reply::Err { code, text } => Err(fail(format!("{}: {code} {text}", r.redacted()))),
+        }
+    }
+}
+
+/// Connects, creates the account (if new) and logs in.
+fn client(opts: &Options, i: usize) -> Result<Client, LoadError> {
+    let addr = &opts.addrs[i % opts.addrs.len()];
+    let name = Username::parse(&format!("{}{i}", opts.prefix)).map_err(fail)?;
+    let mut c = Client {
+        session: Session::connect(addr, &opts.trust).map_err(fail)?,
+        name: name.clone(),
+    };
+    let password = format!("pw-{name}");
+    c.ok(
+        &Request::CreateUser {
+            username: name.clone(),
+            password: password.clone(),
+            name: name.to_string(),
+        },
+        &[ErrorCode::UserExists],
+    )?;
+    c.ok(
+        &Request::Login {
+            username: name,
+            password,
+        },
+        &[],
+    )?;
+    Ok(c)
+}
+
+/// Sets up `n` logged-in sessions, in parallel.
+fn clients(opts: &Options, n: usize) -> Result<Vec<Client>, LoadError> {
+    let next = AtomicUsize::new(0);
+    let out: Mutex<Vec<(usize, Client)>> = Mutex::new(Vec::with_capacity(n));
+    let error: Mutex<Option<LoadError>> = Mutex::new(None);
+    std::thread::scope(|s| {
+        for _ in 0..n.clamp(1, 16) {
+            s.spawn(|| loop {
+                let i = next.fetch_add(1, Ordering::Relaxed);
+                if i >= n || error.lock().map(|e| e.is_some()).unwrap_or(true) {
+                    return;
+                }
+                match client(opts, i) {
+                    Ok(c) => out.lock().unwrap_or_else(|e| e.into_inner()).push((i, c)),
+                    Err(e) => {
+                        *error.lock().unwrap_or_else(|e| e.into_inner()) = Some(e);
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    if let Some(e) = error.into_inner().unwrap_or_else(|e| e.into_inner()) {
+        return Err(e);
+    }
+    let mut out = out.into_inner().unwrap_or_else(|e| e.into_inner());
+    out.sort_by_key(|(i, _)| *i);
+    Ok(out.into_iter().map(|(_, c)| c).collect())
+}
+
+fn now_us() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_micros() as u64)
+        .unwrap_or(0)
+}
+
+/// The send time stamped at the start of a message: `t=<unix µs> `.
+fn stamp(text: &[u8]) -> Option<u64> {
+    let text = std::str::from_utf8(text.get(..text.len().min(40))?).ok()?;
+    text.strip_prefix("t=")?.split(' ').next()?.parse().ok()
+}
+
+fn message_text(size: usize) -> Vec<u8> {
+    let mut t = format!("t={} ", now_us()).into_bytes();
+    t.resize(size.max(t.len()), b'x');
+    t
+}
+
+/// Summed CPU of all the servers, via the meter of each.
+struct Meters(Vec<Meter>, Meter);
+
+impl Meters {
+    fn start(opts: &Options) -> Meters {
+        Meters(
+            opts.server_pids.iter().map(|p| Meter::start(Some(*p))).collect(),
+            Meter::start(None),
+        )
+    }
+
+    fn stop(&self, report: &mut Report) {
+        self.1.stop(report);
+        let mut cpu = None;
+        let mut rss = None;
+        for m in &self.0 {
+            let mut r = Report::default();
+            m.stop(&mut r);
+            if let Some(c) = r.server_cpu_s {
+                *cpu.get_or_insert(0.0) += c;
+            }
+            if let Some(k) = r.server_rss_kib {
+                *rss.get_or_insert(0.0) += k;
+            }
+        }
+        report.server_cpu_s = cpu;
+        report.server_rss_kib = rss;
+    }
+}
+
+/// What a receiver thread hands back.
+#[derive(Default)]
+struct Received {
+    count: u64,
+    latencies_us: Vec<u64>,
+    decrypted: u64,
+}
+
+/// Reads deliveries until `expected` from others arrive (and, for a
+/// sender, until its replies stop), acknowledging cumulatively at most
+/// every 200 ms, as the real client does; replies go to `replies`.
+fn receive(
+    me: Username,
+    mut reader: SessionReader,
+    writer: Arc<Mutex<SessionWriter>>,
+    expected: u64,
+    sample: u64,
+    replies: Option<Sender<Reply>>,
+    total: Arc<AtomicU64>,
+) -> Received {
+    let mut got = Received::default();
+    let mut acks = Acks::default();
+    let mut last_ack = Instant::now();
+    let _ = reader.set_timeout(Some(Duration::from_millis(200)));
+    loop {
+        if got.count >= expected && replies.is_none() {
+            break;
+        }
+        match reader.next() {
+            Ok(Incoming::Message(d)) => {
+                acks.handled(&d.at);
+                if d.from != me {
+                    got.count += 1;
+                    total.fetch_add(1, Ordering::Relaxed);
+                    if got.count % sample == 1 || sample == 1 {
+                        sample_body(&mut got, &d);
+                    }
+                }
+            }
+            Ok(Incoming::Reply(r)) => match &replies {
+                Some(tx) if tx.send(r).is_ok() => {}
+                _ => break,
+            },
+            Ok(Incoming::Ping(n)) => {
+                let mut w = writer.lock().unwrap_or_else(|e| e.into_inner());
+                if w.send(&Request::Pong(n)).is_err() {
+                    break;
+                }
+            }
+            Ok(_) => {}
+            Err(muchat::client::session::SessionError::Io(e))
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) => {}
+            Err(_) => break,
+        }
+        if acks.pending() && !reader.has_buffered() && last_ack.elapsed() >= Duration::from_millis(200) {
+            last_ack = Instant::now();
+            let mut w = writer.lock().unwrap_or_else(|e| e.into_inner());
+            for a in acks.take() {
+                w.queue(&a);
+            }
+            if w.flush().is_err() {
+                break;
+            }
+        }
+    }
+    got
+}
+
+/// Decrypts a delivery's body and records its latency.
+fn sample_body(got: &mut Received, d: &Delivery) {
+    if let Ok(text) = d.key.open(&d.body) {
+        got.decrypted += 1;
+        if let Some(sent_us) = stamp(&text) {
+            got.latencies_us.push(now_us().saturating_sub(sent_us));
+        }
+    }
+}
+
+fn fan_out(
+    opts: &Options,
+    members: usize,
+    senders: usize,
+    messages: usize,
+    size: usize,
+    window: usize,
+) -> Result<Report, LoadError> {
+    let group = GroupName::parse(&format!("{}g", opts.prefix)).map_err(fail)?;
+    let mut all = clients(opts, members)?;
+    for (i, c) in all.iter_mut().enumerate() {
+        if i == 0 {
+            c.ok(&Request::CreateGroup(group.clone()), &[ErrorCode::GroupExists])?;
+        }
+        c.ok(&Request::Join(group.clone()), &[ErrorCode::AlreadyMember])?;
+    }
+    // Every message reaches every member but its sender (whose own other
+    // sessions, none here, would get it too; its echo is not counted).
+    let per_receiver = |i: usize| -> u64 {
+        let others = if i < senders { senders - 1 } else { senders };
+        (others * messages) as u64
+    };
+    let expected: u64 = (0..members).map(per_receiver).sum();
+    let total = Arc::new(AtomicU64::new(0));
+    let deadline = Instant::now() + opts.deadline;
+    let meters = Meters::start(opts);
+    let mut receivers = Vec::new();
+    let mut send_jobs = Vec::new();
+    for (i, c) in all.into_iter().enumerate() {
+        let Session { reader, writer, .. } = c.session;
+        let stream = writer.stream();
+        let writer = Arc::new(Mutex::new(writer));
+        let (reply_tx, reply_rx) = if i < senders {
+            let (tx, rx) = unbounded();
+            (Some(tx), Some(rx))
+        } else {
+            (None, None)
+        };
+        let (w, total, sample, want, me) = (
+            Arc::clone(&writer),
+            Arc::clone(&total),
+            opts.sample.max(1) as u64,
+            per_receiver(i),
+            c.name,
+        );
+        receivers.push((
+            stream,
+            std::thread::spawn(move || receive(me, reader, w, want, sample, reply_tx, total)),
+        ));
+        if let Some(rx) = reply_rx {
+            send_jobs.push((writer, rx));
+        }
+    }
+    let send_threads: Vec<_> = send_jobs
+        .into_iter()
+        .map(|(writer, replies)| {
+            let group = group.clone();
+            std::thread::spawn(move || {
+                send_loop(&writer, &replies, &group, messages, size, window, deadline)
+            })
+        })
+        .collect();
+    let mut send_errors = Vec::new();
+    for t in send_threads {
+        if let Err(e) = t.join().unwrap_or(Err(fail("sender panicked"))) {
+            send_errors.push(e.to_string());
+        }
+    }
+    // Wait for the deliveries, bounded by the deadline.
+    while total.load(Ordering::Relaxed) < expected && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    let mut report = Report {
+        mode: format!("fan-out {members} members, {senders} sender(s), {messages} x {size} B, window {window}"),
+        expected,
+        deliveries: total.load(Ordering::Relaxed),
+        ..Report::default()
+    };
+    meters.stop(&mut report);
+    let mut latencies = Vec::new();
+    for (stream, t) in receivers {
+        let _ = stream.shutdown(std::net::Shutdown::Both);
+        if let Ok(r) = t.join() {
+            report.decrypted += r.decrypted;
+            latencies.extend(r.latencies_us);
+        }
+    }
+    report.finish(latencies);
+    if let Some(e) = send_errors.first() {
+        return Err(fail(format!(
+            "{} sender(s) failed, first: {e}\n{}",
+            send_errors.len(),
+            report.summary()
+        )));
+    }
+    Ok(report)
+}
+
+/// Sends `messages` group messages keeping `window` requests in flight.
+fn send_loop(
+    writer: &Mutex<SessionWriter>,
+    replies: &Receiver<Reply>,
+    group: &GroupName,
+    messages: usize,
+    size: usize,
+    window: usize,
+    deadline: Instant,
+) -> Result<(), LoadError> {
+    let mut sent = 0;
+    let mut answered = 0;
+    while answered < messages {
+        while sent < messages && sent - answered < window {
+            let key = ContentKey::random();
+            let body = key.seal(&message_text(size));
+            let request = Request::SendToGroup {
+                groups: vec![group.clone()],
+                send_id: SendId::random(),
+                key,
+                body,
+            };
+            let mut w = writer.lock().unwrap_or_else(|e| e.into_inner());
+            w.queue(&request);
+            sent += 1;
+            if sent - answered >= window || sent == messages || w.pending() > 64 * 1024 {
+                w.flush().map_err(fail)?;
+            }
+        }
+        let left = deadline.saturating_duration_since(Instant::now());
+        match replies.recv_timeout(left) {
+            Ok(Reply::Ok { .. }) => answered += 1,
+            Ok(Reply::Err { code, text }) => return Err(fail(format!("send refused: {code} {text}"))),
+            Err(_) => return Err(fail("deadline passed waiting for replies")),
+        }
+    }
+    Ok(())
+}
+
+fn idle(opts: &Options, n: usize) -> Result<Report, LoadError> {
+    let pid = opts.server_pids.first().copied();
+    let rss0 = pid.and_then(rss_kib);
+    let meters = Meters::start(opts);
+    let mut held = clients(opts, n)?;
+    let mut report = Report {
+        mode: format!("idle {n} sessions"),
+        expected: n as u64,
+        deliveries: held.len() as u64,
+        ..Report::default()
+    };
+    // Let the server settle (replies written, buffers released) first.
+    std::thread::sleep(Duration::from_secs(1));
+    meters.stop(&mut report);
+    if let (Some(a), Some(b)) = (rss0, pid.and_then(rss_kib)) {
+        report.rss_per_session_kib = Some((b - a) / n.max(1) as f64);
+    }
+    let mut latencies = Vec::new();
+    // One probe through the crowd: the last session messages the first.
+    if n >= 2 {
+        let receiver = held.remove(0);
+        let mut sender = held.pop().ok_or_else(|| fail("no sender"))?;
+        let key = ContentKey::random();
+        let start = Instant::now();
+        sender
+            .session
+            .writer
+            .send(&Request::Send {
+                to: receiver.name.clone(),
+                send_id: SendId::random(),
+                key: key.clone(),
+                body: key.seal(&message_text(100)),
+            })
+            .map_err(fail)?;
+        let mut reader = receiver.session.reader;
+        reader.set_timeout(Some(opts.deadline)).map_err(fail)?;
+        loop {
+            if let Incoming::Message(_) = reader.next().map_err(fail)? {
+                latencies.push(start.elapsed().as_micros() as u64);
+                break;
+            }
+        }
+    }
+    report.finish(latencies);
+    Ok(report)
+}
+
+fn storm(opts: &Options, n: usize) -> Result<Report, LoadError> {
+    // Accounts first (not measured), then the storm of logins.
+    drop(clients(opts, n)?);
+    let meters = Meters::start(opts);
+    let barrier = std::sync::Barrier::new(n);
+    let (tx, rx) = bounded(n);
+    std::thread::scope(|s| {
+        for i in 0..n {
+            let (tx, barrier) = (tx.clone(), &barrier);
+            s.spawn(move || {
+                barrier.wait();
+                let start = Instant::now();
+                let ok = client(opts, i);
+                let _ = tx.send((start.elapsed().as_micros() as u64, ok.is_ok()));
+                // Stay connected until everyone is in, so the crowd is real.
+                drop(ok);
+            });
+        }
+    });
+    drop(tx);
+    let results: Vec<(u64, bool)> = rx.iter().collect();
+    let mut report = Report {
+        mode: format!("login storm {n} clients"),
+        expected: n as u64,
+        deliveries: results.iter().filter(|r| r.1).count() as u64,
+        ..Report::default()
+    };
+    meters.stop(&mut report);
+    report.finish(results.iter().map(|r| r.0).collect());
+    Ok(report)
+}
+
+fn file(opts: &Options, size: u64, members: usize) -> Result<Report, LoadError> {
+    let mut all = clients(opts, members + 1)?;
+    let target = if members == 1 {
+        FileTarget::User(all[1].name.clone())
+    } else {
+        let g = GroupName::parse(&format!("{}f", opts.prefix)).map_err(fail)?;
+        for (i, c) in all.iter_mut().enumerate() {
+            if i == 0 {
+                c.ok(&Request::CreateGroup(g.clone()), &[ErrorCode::GroupExists])?;
+            }
+            c.ok(&Request::Join(g.clone()), &[ErrorCode::AlreadyMember])?;
+        }
+        FileTarget::Groups(vec![g])
+    };
+    let mut sender = all.remove(0);
+    let done = Arc::new(AtomicU64::new(0));
+    let chunks = size.div_ceil(FILE_CHUNK_SIZE as u64);
+    let mut receivers = Vec::new();
+    for r in all {
+        let done = Arc::clone(&done);
+        let Session {
+            mut reader, writer, ..
+        } = r.session;
+        receivers.push((
+            writer.stream(),
+            std::thread::spawn(move || {
+                // Counts chunk bytes until FILE_END; MACs verified, bodies not decrypted.
+                let mut bytes = 0u64;
+                let mut writer = writer;
+                loop {
+                    match reader.next() {
+                        Ok(Incoming::Chunk { body, .. }) => bytes += body.ciphertext_len() as u64,
+                        Ok(Incoming::FileEnd(at)) => {
+                            let mut acks = Acks::default();
+                            acks.handled(&at);
+                            for a in acks.take() {
+                                let _ = writer.send(&a);
+                            }
+                            break;
+                        }
+                        Ok(_) => {}
+                        Err(_) => break,
+                    }
+                }
+                done.fetch_add(1, Ordering::Relaxed);
+                bytes
+            }),
+        ));
+    }
+    let data = vec![0x5au8; FILE_CHUNK_SIZE];
+    let mut hasher = <sha2::Sha256 as sha2::Digest>::new();
+    for i in 0..chunks {
+        let n = (size - i * FILE_CHUNK_SIZE as u64).min(FILE_CHUNK_SIZE as u64) as usize;
+        sha2::Digest::update(&mut hasher, &data[..n]);
+    }
+    let sha256: [u8; 32] = sha2::Digest::finalize(hasher).into();
+    let meters = Meters::start(opts);
+    let offer = Request::SendFile(FileOffer {
+        target,
+        send_id: SendId::random(),
+        size,
+        sha256,
+        name: "loadgen.bin".into(),
+    });
+    let id = match sender.session.request(&offer).map_err(fail)?.0 {
+        Reply::Ok {
+            data: ReplyData::Transfer(id),
+            ..
+        } => id,
+        other => return Err(fail(format!("file offer: {other:?}"))),
+    };
+    for i in 0..chunks {
+        let offset = i * FILE_CHUNK_SIZE as u64;
+        let n = (size - offset).min(FILE_CHUNK_SIZE as u64) as usize;
+        let key = ContentKey::random();
+        let body = key.seal(&data[..n]);
+        sender
+            .session
+            .writer
+            .send(&Request::Chunk {
+                transfer: id,
+                offset,
+                key,
+                body,
+            })
+            .map_err(fail)?;
+    }
+    let end = sender.session.request(&Request::FileEnd(id)).map_err(fail)?.0;
+    if !end.is_ok() {
+        return Err(fail(format!("FILE_END: {}", end.text())));
+    }
+    let deadline = Instant::now() + opts.deadline;
+    while (done.load(Ordering::Relaxed) as usize) < receivers.len() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    let mut report = Report {
+        mode: format!("file {size} B to {members} recipient(s)"),
+        expected: members as u64,
+        deliveries: done.load(Ordering::Relaxed),
+        ..Report::default()
+    };
+    meters.stop(&mut report);
+    report.mb_per_s = Some(size as f64 / 1e6 / report.wall_s.max(1e-9));
+    for (stream, t) in receivers {
+        let _ = stream.shutdown(std::net::Shutdown::Both);
+        let _ = t.join();
+    }
+    report.finish(Vec::new());
+    Ok(report)
+}
+
+/// The raw single-core 3DES-CBC throughput of the `des` crate on this
+/// machine, in MB/s: encrypts `bytes` in 64 KiB messages under one cached
+/// key schedule. Printed with every run so ratios can be judged elsewhere.
+pub fn tdes_mb_per_s(bytes: usize) -> f64 {
+    let key = muchat::tdes::TdesKey::new(&[0x42; muchat::tdes::KEY_LEN]);
+    let chunk = vec![0x5au8; 64 * 1024];
+    let mut out = Vec::with_capacity(chunk.len() + 8);
+    let start = Instant::now();
+    let mut done = 0;
+    while done < bytes {
+        out.clear();
+        key.encrypt_into(&[1; 8], &chunk, &mut out);
+        done += chunk.len();
+    }
+    done as f64 / 1e6 / start.elapsed().as_secs_f64()
+}

@@ -1,0 +1,160 @@
+//! What a run measured, and how it is measured: wall time, CPU seconds of
+//! the server and of the generator (from `/proc`), resident memory, and
+//! latency percentiles.
+
+use std::time::Instant;
+
+use serde::Serialize;
+
+/// What a run measured.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Report {
+    /// The mode's name.
+    pub mode: String,
+    /// Deliveries (or logins, sessions, files) counted.
+    pub deliveries: u64,
+    /// How many were expected.
+    pub expected: u64,
+    /// Deliveries per second.
+    pub per_second: f64,
+    /// Latency percentiles in milliseconds.
+    pub p50_ms: f64,
+    /// 90th percentile.
+    pub p90_ms: f64,
+    /// 99th percentile.
+    pub p99_ms: f64,
+    /// The slowest.
+    pub max_ms: f64,
+    /// Wall time of the measured phase, seconds.
+    pub wall_s: f64,
+    /// Server CPU seconds during the measured phase (if its pid was given).
+    pub server_cpu_s: Option<f64>,
+    /// Server CPU microseconds per delivery.
+    pub server_us_per_delivery: Option<f64>,
+    /// Generator CPU seconds during the measured phase.
+    pub generator_cpu_s: f64,
+    /// Server resident memory per session in KiB (idle mode).
+    pub rss_per_session_kib: Option<f64>,
+    /// Server resident memory at the end, KiB (if its pid was given).
+    pub server_rss_kib: Option<f64>,
+    /// Megabytes per second (file mode).
+    pub mb_per_s: Option<f64>,
+    /// Bodies decrypted (the sample).
+    pub decrypted: u64,
+}
+
+impl Report {
+    /// Whether everything expected arrived.
+    pub fn complete(&self) -> bool {
+        self.deliveries >= self.expected
+    }
+
+    /// Fills in the figures derived from the others.
+    pub fn finish(&mut self, latencies_us: Vec<u64>) {
+        self.per_second = self.deliveries as f64 / self.wall_s.max(1e-9);
+        self.server_us_per_delivery = self
+            .server_cpu_s
+            .map(|cpu| cpu * 1e6 / self.deliveries.max(1) as f64);
+        [self.p50_ms, self.p90_ms, self.p99_ms, self.max_ms] = percentiles(latencies_us);
+    }
+
+    /// One JSON object on one line.
+    pub fn json(&self) -> String {
+        serde_json::to_string(self).unwrap_or_else(|e| format!("{{\"error\":\"{e}\"}}"))
+    }
+
+    /// A few lines for people.
+    pub fn summary(&self) -> String {
+        let mut s = format!(
+            "{}: {} of {} in {:.2} s = {:.0}/s; latency ms p50 {:.2} p90 {:.2} p99 {:.2} max {:.2}\n",
+            self.mode,
+            self.deliveries,
+            self.expected,
+            self.wall_s,
+            self.per_second,
+            self.p50_ms,
+            self.p90_ms,
+            self.p99_ms,
+            self.max_ms
+        );
+        if let (Some(cpu), Some(us)) = (self.server_cpu_s, self.server_us_per_delivery) {
+            s.push_str(&format!("server CPU {cpu:.2} s ({us:.2} us per delivery); "));
+        }
+        s.push_str(&format!("generator CPU {:.2} s", self.generator_cpu_s));
+        if let Some(kib) = self.rss_per_session_kib {
+            s.push_str(&format!("; server RSS {kib:.1} KiB per session"));
+        }
+        if let Some(kib) = self.server_rss_kib {
+            s.push_str(&format!("; server RSS {:.1} MiB", kib / 1024.0));
+        }
+        if let Some(mb) = self.mb_per_s {
+            s.push_str(&format!("; {mb:.2} MB/s end to end"));
+        }
+        s.push_str(&format!(
+            "\nbodies decrypted by the generator: {} (a sample; every MAC was verified)",
+            self.decrypted
+        ));
+        s
+    }
+}
+
+/// CPU seconds (user + system) of a process, or of this one.
+pub fn cpu_seconds(pid: Option<u32>) -> Option<f64> {
+    let path = match pid {
+        Some(p) => format!("/proc/{p}/stat"),
+        None => "/proc/self/stat".to_string(),
+    };
+    let stat = std::fs::read_to_string(path).ok()?;
+    // Fields after the parenthesised command name; utime and stime are 14 and 15.
+    let rest = stat.rsplit(')').next()?;
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let ticks: f64 = fields.get(11)?.parse::<f64>().ok()? + fields.get(12)?.parse::<f64>().ok()?;
+    Some(ticks / 100.0)
+}
+
+/// Resident memory of a process, KiB.
+pub fn rss_kib(pid: u32) -> Option<f64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
+    line.split_whitespace().nth(1)?.parse().ok()
+}
+
+fn percentiles(mut us: Vec<u64>) -> [f64; 4] {
+    if us.is_empty() {
+        return [0.0; 4];
+    }
+    us.sort_unstable();
+    let at = |q: f64| us[((us.len() - 1) as f64 * q).round() as usize] as f64 / 1000.0;
+    [at(0.5), at(0.9), at(0.99), at(1.0)]
+}
+
+/// Wall time and CPU of the server and of this process over a phase.
+pub struct Meter {
+    start: Instant,
+    server0: Option<f64>,
+    me0: f64,
+    pid: Option<u32>,
+}
+
+impl Meter {
+    /// Starts measuring.
+    pub fn start(pid: Option<u32>) -> Meter {
+        Meter {
+            start: Instant::now(),
+            server0: pid.and_then(|p| cpu_seconds(Some(p))),
+            me0: cpu_seconds(None).unwrap_or(0.0),
+            pid,
+        }
+    }
+
+    /// Stops, recording wall time and CPU into `report`.
+    pub fn stop(&self, report: &mut Report) {
+        report.wall_s = self.start.elapsed().as_secs_f64();
+        report.server_cpu_s = match (self.server0, self.pid.and_then(|p| cpu_seconds(Some(p)))) {
+            (Some(a), Some(b)) => Some(b - a),
+            _ => None,
+        };
+        report.generator_cpu_s = cpu_seconds(None).unwrap_or(0.0) - self.me0;
+        report.server_rss_kib = self.pid.and_then(rss_kib);
+    }
+}

@@ -1,0 +1,547 @@
+//! Delivery from the logs: what each logged-in connection has been sent of
+//! each conversation, live pushes while it keeps up, and catch-up from the
+//! store when it does not.
+//!
+//! Every logged-in connection has a [`Link`]: for each conversation it
+//! follows, the next sequence number to send it. When a message commits,
+//! the session that sent it offers it ([`Link::offer`]) to every link of
+//! every member: a link that is caught up and has room in its outbox gets
+//! the frame at once (for a group, the one `GMSG` shared by all members:
+//! per recipient only a MAC and a share of a write). Otherwise the link
+//! only notes that the conversation is ahead of it: the message is in the
+//! store, and the link's [`CatchUp`] job pages it from there (as `MSG`, or
+//! `FILE` + `CHUNK`s + `FILE_END`) whenever its outbox runs low. A login
+//! starts every conversation from the user's cursor the same way, so a
+//! backlog, a slow reader and a file download all cost the server a few
+//! pages of memory per connection, never the whole backlog.
+//!
+//! Order: a conversation's frames reach a connection in sequence order,
+//! because a link sends `n + 1` only after `n`, and everything it sends
+//! goes through one FIFO outbox.
+
+use std::collections::{BTreeSet, HashMap, HashSet};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock, Weak};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use crossbeam_channel::{unbounded, Sender};
+
+use crate::event::{Delivery, FileStart, ServerMessage};
+use crate::names::Username;
+use crate::store::{Content, ConvId, Cursor, FileInfo, LogEntry, Store, StoreError};
+
+use super::outbox::{DrainHook, Outbox, Outgoing};
+use super::state::SessionId;
+
+/// Log entries read from the store at a time.
+const PAGE: usize = 64;
+
+/// File chunks read from the store at a time.
+const CHUNK_PAGE: usize = 4;
+
+/// A committed message, with the frames its live recipients get, made once.
+pub struct Prepared {
+    /// The entry.
+    pub entry: LogEntry,
+    /// For a group message: the `GMSG` every member gets.
+    group_frame: Option<Outgoing>,
+    /// For a direct message: the `MSG` as each of its two users sees it.
+    direct_frames: [OnceLock<Outgoing>; 2],
+}
+
+impl Prepared {
+    /// Prepares `entry`; `group_frame` is its `GMSG` if it is a group text.
+    pub fn new(entry: LogEntry, group_frame: Option<Outgoing>) -> Prepared {
+        Prepared {
+            entry,
+            group_frame,
+            direct_frames: [OnceLock::new(), OnceLock::new()],
+        }
+    }
+
+    /// The frame a live recipient `viewer` gets, if this entry goes live
+    /// (files are always paged from the store).
+    fn live_frame(&self, viewer: &Username) -> Option<&Outgoing> {
+        if let Some(f) = &self.group_frame {
+            return Some(f);
+        }
+        let (a, _) = self.entry.conv.direct_users()?;
+        if !matches!(self.entry.content, Content::Text { .. }) {
+            return None;
+        }
+        let slot = &self.direct_frames[usize::from(viewer != a)];
+        Some(slot.get_or_init(|| Outgoing::from(&entry_message(&self.entry, viewer, false))))
+    }
+}
+
+/// The `MSG` (or file announcement) for `viewer`, as a stored entry
+/// becomes on the wire; `history` picks `HIST`/`HIST_FILE`.
+pub fn entry_message(entry: &LogEntry, viewer: &Username, history: bool) -> ServerMessage {
+    let at = entry.conv.message_ref(viewer, entry.seq);
+    match &entry.content {
+        Content::Text { key, body } => {
+            let d = Delivery {
+                at,
+                at_ms: entry.at_ms,
+                from: entry.from.clone(),
+                key: key.clone(),
+                body: body.clone(),
+            };
+            if history {
+                ServerMessage::History(d)
+            } else {
+                ServerMessage::Msg(d)
+            }
+        }
+        Content::File(f) => {
+            let start = file_start(entry, f, viewer);
+            if history {
+                ServerMessage::HistoryFile(start)
+            } else {
+                ServerMessage::File(start)
+            }
+        }
+    }
+}
+
+fn file_start(entry: &LogEntry, f: &FileInfo, viewer: &Username) -> FileStart {
+    FileStart {
+        at: entry.conv.message_ref(viewer, entry.seq),
+        at_ms: entry.at_ms,
+        from: entry.from.clone(),
+        size: f.size,
+        sha256: f.sha256,
+        name: f.name.clone(),
+    }
+}
+
+/// A file being paged to a connection.
+struct FileCursor {
+    info: FileInfo,
+    /// The next chunk offset to send.
+    offset: u64,
+}
+
+/// One conversation as one connection follows it.
+struct Progress {
+    /// The next sequence number to send.
+    next: u64,
+    /// The highest sequence number known to exist.
+    head: u64,
+    /// Acknowledged by this connection's user (as far as it knows).
+    acked: u64,
+    /// A file part-way sent.
+    file: Option<FileCursor>,
+}
+
+#[derive(Default)]
+struct LinkState {
+    convs: HashMap<ConvId, Progress>,
+    /// Entries this connection sent itself and need not get back (its own
+    /// files: it has them).
+    skip: HashSet<(ConvId, u64)>,
+    /// Conversations with entries to fetch from the store.
+    behind: BTreeSet<ConvId>,
+    /// The conversation served last (catch-up takes turns).
+    last_served: Option<ConvId>,
+}
+
+/// A logged-in connection, as delivery sees it.
+pub struct Link {
+    /// The connection.
+    pub session: SessionId,
+    /// Logged in as.
+    pub user: Username,
+    /// Where its frames go.
+    pub outbox: Outbox,
+    state: Mutex<LinkState>,
+    /// Whether a catch-up job is queued or running.
+    scheduled: AtomicBool,
+    catch_up: Sender<Option<Arc<Link>>>,
+    /// This link, for the outbox's drain hook to schedule it.
+    me: Weak<Link>,
+}
+
+impl Link {
+    /// A link for `user` on `session`, following nothing yet.
+    pub fn new(session: SessionId, user: Username, outbox: Outbox, catch_up: &CatchUp) -> Arc<Link> {
+        let link = Arc::new_cyclic(|me| Link {
+            session,
+            user,
+            outbox: outbox.clone(),
+            state: Mutex::new(LinkState::default()),
+            scheduled: AtomicBool::new(false),
+            catch_up: catch_up.jobs.clone(),
+            me: me.clone(),
+        });
+        let hook: Weak<dyn DrainHook> = link.me.clone();
+        outbox.set_drain_hook(Some(hook));
+        link
+    }
+
+    fn lock(&self) -> MutexGuard<'_, LinkState> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Starts following the user's conversations from their cursors (at
+    /// login): whatever lies past a cursor is fetched from the store.
+    pub fn start(self: &Arc<Self>, cursors: Vec<Cursor>) {
+        let mut st = self.lock();
+        for c in cursors {
+            if c.acked < c.head {
+                st.behind.insert(c.conv.clone());
+            }
+            st.convs.insert(
+                c.conv,
+                Progress {
+                    next: c.acked + 1,
+                    head: c.head,
+                    acked: c.acked,
+                    file: None,
+                },
+            );
+        }
+        let behind = !st.behind.is_empty();
+        drop(st);
+        if behind {
+            self.schedule();
+        }
+    }
+
+    /// Starts following a group just joined, after its `head`.
+    pub fn follow(&self, conv: ConvId, head: u64) {
+        self.lock().convs.insert(
+            conv,
+            Progress {
+                next: head + 1,
+                head,
+                acked: head,
+                file: None,
+            },
+        );
+    }
+
+    /// Stops following a conversation (a group left).
+    pub fn unfollow(&self, conv: &ConvId) {
+        let mut st = self.lock();
+        st.convs.remove(conv);
+        st.behind.remove(conv);
+    }
+
+    /// Stops delivering (logout or close).
+    pub fn detach(&self) {
+        self.outbox.set_drain_hook(None);
+        let mut st = self.lock();
+        st.convs.clear();
+        st.behind.clear();
+    }
+
+    /// A message just committed, for this link's user. Sent now if the
+    /// link is caught up in that conversation and has room; otherwise
+    /// noted, and fetched from the store when there is room.
+    pub fn offer(self: &Arc<Self>, p: &Prepared) {
+        let conv = &p.entry.conv;
+        let seq = p.entry.seq;
+        let mut st = self.lock();
+        // A direct conversation that began after this login starts at 1.
+        if !st.convs.contains_key(conv) && conv.direct_users().is_some() {
+            st.convs.insert(
+                conv.clone(),
+                Progress {
+                    next: 1,
+                    head: 0,
+                    acked: 0,
+                    file: None,
+                },
+            );
+        }
+        let behind = st.behind.contains(conv);
+        let Some(progress) = st.convs.get_mut(conv) else {
+            return;
+        };
+        if seq < progress.next {
+            return;
+        }
+        progress.head = progress.head.max(seq);
+        if seq == progress.next && !behind && self.outbox.has_room() {
+            if let Some(frame) = p.live_frame(&self.user) {
+                if self.outbox.push(frame.clone()).is_ok() {
+                    progress.next += 1;
+                }
+                return;
+            }
+        }
+        st.behind.insert(conv.clone());
+        drop(st);
+        self.schedule();
+    }
+
+    /// Marks an entry this connection sent itself as one it need not get.
+    pub fn skip(&self, conv: ConvId, seq: u64) {
+        self.lock().skip.insert((conv, seq));
+    }
+
+    /// The highest sequence number of `conv` sent on this connection: an
+    /// acknowledgement cannot go past it.
+    pub fn sent_up_to(&self, conv: &ConvId) -> u64 {
+        self.lock().convs.get(conv).map_or(0, |p| p.next - 1)
+    }
+
+    /// Records an acknowledgement up to `seq`; true if it moves the cursor.
+    pub fn note_ack(&self, conv: &ConvId, seq: u64) -> bool {
+        let mut st = self.lock();
+        match st.convs.get_mut(conv) {
+            Some(p) if seq > p.acked => {
+                p.acked = seq;
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// Queues a catch-up job unless one is queued or running.
+    fn schedule(self: &Arc<Self>) {
+        if self
+            .scheduled
+            .compare_exchange(false, true, Ordering::AcqRel, Ordering::Acquire)
+            .is_ok()
+            && self.catch_up.send(Some(Arc::clone(self))).is_err()
+        {
+            self.scheduled.store(false, Ordering::Release);
+        }
+    }
+
+    /// Picks the next conversation to serve, in turn.
+    fn next_behind(st: &LinkState) -> Option<ConvId> {
+        let after = st.last_served.as_ref().and_then(|last| {
+            st.behind
+                .range((std::ops::Bound::Excluded(last), std::ops::Bound::Unbounded))
+                .next()
+        });
+        after.or_else(|| st.behind.iter().next()).cloned()
+    }
+
+    /// Sends what the store holds for conversations this link is behind
+    /// in, while the outbox has room. Returns whether to come back later
+    /// (the server's memory budget, not this connection, is what is full).
+    fn catch_up(self: &Arc<Self>, store: &dyn Store) -> Result<Again, StoreError> {
+        loop {
+            if self.outbox.is_closed() {
+                return Ok(Again::No);
+            }
+            if !self.outbox.has_refill_room() {
+                // The outbox's drain hook calls again once it has room; if
+                // it is the server's budget that is full, try again soon.
+                return Ok(if self.outbox.queued() < super::outbox::REFILL_BELOW {
+                    Again::Later
+                } else {
+                    Again::No
+                });
+            }
+            let (conv, next, file) = {
+                let mut st = self.lock();
+                let Some(conv) = Self::next_behind(&st) else {
+                    return Ok(Again::No);
+                };
+                st.last_served = Some(conv.clone());
+                let p = st.convs.get(&conv);
+                match p {
+                    None => {
+                        st.behind.remove(&conv);
+                        continue;
+                    }
+                    Some(p) if p.next > p.head && p.file.is_none() => {
+                        st.behind.remove(&conv);
+                        continue;
+                    }
+                    Some(p) => (
+                        conv.clone(),
+                        p.next,
+                        p.file.as_ref().map(|f| (f.info.id, f.info.size, f.offset)),
+                    ),
+                }
+            };
+            match file {
+                Some((id, size, offset)) => self.send_chunks(store, &conv, next, id, size, offset)?,
+                None => self.send_entries(store, &conv, next)?,
+            }
+        }
+    }
+
+    /// Queues the next page of a conversation's entries (stopping at a file,
+    /// whose chunks follow on the next turns).
+    fn send_entries(&self, store: &dyn Store, conv: &ConvId, from: u64) -> Result<(), StoreError> {
+        let entries = store.read(conv, from, PAGE)?;
+        let mut st = self.lock();
+        if entries.is_empty() {
+            // Nothing stored past `from` (yet): the next offer brings it.
+            st.behind.remove(conv);
+            return Ok(());
+        }
+        let st = &mut *st;
+        for entry in entries {
+            let Some(p) = st.convs.get_mut(conv) else {
+                return Ok(());
+            };
+            if entry.seq != p.next || !self.outbox.has_refill_room() {
+                break;
+            }
+            if st.skip.remove(&(conv.clone(), entry.seq)) {
+                p.next += 1;
+                continue;
+            }
+            let message = entry_message(&entry, &self.user, false);
+            if self.outbox.send(&message).is_err() {
+                return Ok(());
+            }
+            if let Content::File(info) = &entry.content {
+                p.file = Some(FileCursor {
+                    info: info.clone(),
+                    offset: 0,
+                });
+                return Ok(());
+            }
+            p.next += 1;
+        }
+        if st.convs.get(conv).is_some_and(|p| p.next > p.head) {
+            // Caught up: from now on offers go straight out.
+            st.behind.remove(conv);
+        }
+        Ok(())
+    }
+
+    /// Queues the next chunks of a file part-way sent, and its end after
+    /// the last one.
+    fn send_chunks(
+        &self,
+        store: &dyn Store,
+        conv: &ConvId,
+        seq: u64,
+        file_id: u64,
+        size: u64,
+        offset: u64,
+    ) -> Result<(), StoreError> {
+        let chunks = if offset < size {
+            store.chunks(file_id, offset, CHUNK_PAGE)?
+        } else {
+            Vec::new()
+        };
+        let mut st = self.lock();
+        let Some(p) = st.convs.get_mut(conv) else {
+            return Ok(());
+        };
+        let Some(f) = p.file.as_mut() else {
+            return Ok(());
+        };
+        let at = conv.message_ref(&self.user, seq);
+        let mut ended = chunks.is_empty();
+        for c in chunks {
+            if c.offset < f.offset {
+                continue;
+            }
+            if !self.outbox.has_refill_room() {
+                return Ok(());
+            }
+            f.offset = c.offset + (crate::request::FILE_CHUNK_SIZE as u64);
+            let chunk = ServerMessage::Chunk {
+                at: at.clone(),
+                offset: c.offset,
+                key: c.key,
+                body: c.body,
+            };
+            if self.outbox.send(&chunk).is_err() {
+                return Ok(());
+            }
+            ended = f.offset >= size;
+        }
+        if ended {
+            // Every chunk sent (or, for a file whose chunks are gone, none
+            // left to send: the client's size and digest check then fails).
+            let _ = self.outbox.send(&ServerMessage::FileEnd(at));
+            p.file = None;
+            p.next += 1;
+        }
+        Ok(())
+    }
+}
+
+impl DrainHook for Link {
+    fn drained(&self) {
+        if self.lock().behind.is_empty() {
+            return;
+        }
+        if let Some(me) = self.me.upgrade() {
+            me.schedule();
+        }
+    }
+}
+
+/// Whether a catch-up job should run again soon.
+enum Again {
+    No,
+    Later,
+}
+
+/// Threads that page stored messages to links that are behind. Owned by
+/// the server; its threads end when it is dropped.
+pub struct CatchUp {
+    jobs: Sender<Option<Arc<Link>>>,
+    threads: Vec<JoinHandle<()>>,
+}
+
+/// Catch-up threads (store reads happen here, off the writers).
+const CATCH_UP_THREADS: usize = 2;
+
+impl CatchUp {
+    /// Starts the threads, reading from `store`.
+    pub fn start(store: Arc<dyn Store>) -> std::io::Result<CatchUp> {
+        let (jobs, rx) = unbounded::<Option<Arc<Link>>>();
+        let mut threads = Vec::new();
+        for _ in 0..CATCH_UP_THREADS {
+            let (rx, store) = (rx.clone(), Arc::clone(&store));
+            threads.push(
+                std::thread::Builder::new()
+                    .name("catch-up".into())
+                    .spawn(move || {
+                        for job in rx.iter() {
+                            let Some(link) = job else { return };
+                            let result = link.catch_up(store.as_ref());
+                            link.scheduled.store(false, Ordering::Release);
+                            match result {
+                                Ok(Again::No) => {
+                                    // Work that arrived while this ran.
+                                    if !link.lock().behind.is_empty()
+                                        && link.outbox.has_refill_room()
+                                    {
+                                        link.schedule();
+                                    }
+                                }
+                                Ok(Again::Later) => {
+                                    std::thread::sleep(Duration::from_millis(10));
+                                    link.schedule();
+                                }
+                                Err(e) => {
+                                    tracing::warn!(user = %link.user, "catch-up read failed: {e}");
+                                    std::thread::sleep(Duration::from_millis(200));
+                                    link.schedule();
+                                }
+                            }
+                        }
+                    })?,
+            );
+        }
+        Ok(CatchUp { jobs, threads })
+    }
+}
+
+impl Drop for CatchUp {
+    fn drop(&mut self) {
+        for _ in 0..CATCH_UP_THREADS {
+            let _ = self.jobs.send(None);
+        }
+        for t in self.threads.drain(..) {
+            let _ = t.join();
+        }
+    }
+}
