@@ -48,15 +48,15 @@ fn usage_and_name_errors_come_from_the_server_too() {
     // refuse these itself, and keep the connection.
     let mut raw = Raw::connect(&server);
     let code = |r: Reply| match r {
-        Reply::Err(c, _) => c,
-        Reply::Ok(t) => panic!("unexpected OK {t}"),
+        Reply::Err { code, .. } => code,
+        other => panic!("unexpected {other:?}"),
     };
     assert_eq!(code(raw.request("LOGIN onlyone")), ErrorCode::Usage);
     assert_eq!(code(raw.request("JOIN ../../x")), ErrorCode::BadName);
     assert_eq!(code(raw.request("DANCE now")), ErrorCode::UnknownCommand);
     assert_eq!(code(raw.request("list extra")), ErrorCode::Usage);
     assert_eq!(code(raw.request("FILE_END 5")), ErrorCode::NotLoggedIn);
-    assert!(matches!(raw.request("CREATE_USER A a pw"), Reply::Ok(_)));
+    assert!(raw.request("CREATE_USER a pw A").is_ok());
 }
 
 #[test]
@@ -95,18 +95,18 @@ fn direct_messages() {
     let server = start_server();
     let alice = login(&server, "alice");
     let bob = login(&server, "bob");
-    let reply = ok(&alice, "SEND bob  hello,   world  ");
-    let id: u64 = reply.split(' ').next().unwrap().parse().unwrap();
-    let (got_id, from, to, text) = next_message(&bob);
-    assert_eq!((got_id, from.as_str(), to.as_str()), (id, "alice", "@bob"));
-    assert_eq!(text, " hello,   world  ", "spaces are kept");
+    // The sender sees the conversation as @bob, the recipient as @alice.
+    assert_eq!(sent(&alice, "SEND bob  hello,   world  "), vec![at("@bob:1")]);
+    let m = next_message(&bob);
+    assert_eq!((m.at.as_str(), m.from.as_str()), ("@alice:1", "alice"));
+    assert_eq!(m.text, " hello,   world  ", "spaces are kept");
     err(&alice, "SEND nobody hi", ErrorCode::UnknownUser);
     ok(&bob, "LOGOUT");
     // Offline is no longer an error: the message waits for the next login.
-    assert!(ok(&alice, "SEND bob are you there").contains("0 live sessions"));
+    assert_eq!(sent(&alice, "SEND @bob are you there"), vec![at("@bob:2")]);
     assert_no_event(&bob);
     ok(&bob, "LOGIN bob pw-bob");
-    assert_eq!(next_message(&bob).3, "are you there");
+    assert_eq!(next_message(&bob).text, "are you there");
     assert_no_event(&alice);
 }
 
@@ -117,12 +117,18 @@ fn every_session_of_a_user_gets_live_deliveries() {
     let bob1 = login(&server, "bob");
     let bob2 = login_again(&server, "bob");
     ok(&alice, "SEND bob to both");
-    assert_eq!(next_message(&bob1).3, "to both");
-    assert_eq!(next_message(&bob2).3, "to both");
+    assert_eq!(next_message(&bob1).text, "to both");
+    assert_eq!(next_message(&bob2).text, "to both");
+    // What one session sends, the user's other sessions see too.
+    ok(&bob1, "SEND alice from bob1");
+    let m = next_message(&bob2);
+    assert_eq!((m.at.as_str(), m.from.as_str()), ("@alice:2", "bob"));
+    assert_eq!(next_message(&alice).text, "from bob1");
+    assert_no_event(&bob1);
     // One session logging out leaves the other online.
     ok(&bob1, "LOGOUT");
     ok(&alice, "SEND bob still here?");
-    assert_eq!(next_message(&bob2).3, "still here?");
+    assert_eq!(next_message(&bob2).text, "still here?");
     assert_no_event(&bob1);
 }
 
@@ -137,27 +143,15 @@ fn multi_group_send_is_labelled_once_per_group() {
     ok(&bob, "JOIN a");
     ok(&bob, "JOIN b");
     ok(&carol, "JOIN b");
-    let reply = ok(&alice, "SEND_TO_GROUP a,b hello groups");
-    let ids: Vec<u64> = reply
-        .split(' ')
-        .next()
-        .unwrap()
-        .split(',')
-        .map(|s| s.parse().unwrap())
-        .collect();
-    assert_eq!(ids.len(), 2);
+    assert_eq!(
+        sent(&alice, "SEND_TO_GROUP a, #b hello groups"),
+        vec![at("#a:1"), at("#b:1")]
+    );
     let m1 = next_message(&bob);
     let m2 = next_message(&bob);
-    assert_eq!(
-        (m1.0, m1.2.as_str(), m1.3.as_str()),
-        (ids[0], "#a", "hello groups")
-    );
-    assert_eq!(
-        (m2.0, m2.2.as_str(), m2.3.as_str()),
-        (ids[1], "#b", "hello groups")
-    );
-    let m = next_message(&carol);
-    assert_eq!((m.0, m.2.as_str()), (ids[1], "#b"));
+    assert_eq!((m1.at.as_str(), m1.text.as_str()), ("#a:1", "hello groups"));
+    assert_eq!((m2.at.as_str(), m2.text.as_str()), ("#b:1", "hello groups"));
+    assert_eq!(next_message(&carol).at, "#b:1");
     assert_no_event(&carol);
     // The sender's own session does not get its message back.
     assert_no_event(&alice);
@@ -183,9 +177,9 @@ fn fan_out_to_many_members() {
     }
     for m in &members {
         for i in 0..20 {
-            let (_, from, to, text) = next_message(m);
-            assert_eq!((from.as_str(), to.as_str()), ("sender", "#big"));
-            assert_eq!(text, format!("message {i}"));
+            let m = next_message(m);
+            assert_eq!((m.from.as_str(), m.at), ("sender", format!("#big:{}", i + 1)));
+            assert_eq!(m.text, format!("message {i}"));
         }
     }
 }
@@ -209,7 +203,7 @@ fn the_longest_allowed_message_arrives_and_a_longer_one_is_refused_locally() {
     let bob = login(&server, "bob");
     let longest = "é".repeat(muchat::request::MAX_MESSAGE_LEN / 2);
     alice.send_text(&user("bob"), &longest).unwrap();
-    assert_eq!(next_message(&bob).3, longest);
+    assert_eq!(next_message(&bob).text, longest);
     let too_long = "x".repeat(muchat::request::MAX_MESSAGE_LEN + 1);
     assert!(matches!(
         alice.send_text(&user("bob"), &too_long),
@@ -217,5 +211,5 @@ fn the_longest_allowed_message_arrives_and_a_longer_one_is_refused_locally() {
     ));
     // Still connected and usable.
     ok(&alice, "SEND bob short");
-    assert_eq!(next_message(&bob).3, "short");
+    assert_eq!(next_message(&bob).text, "short");
 }

@@ -48,9 +48,12 @@ fn fifty_clients_times_one_hundred_messages_nothing_lost_order_kept() {
             let c = Arc::clone(c);
             std::thread::spawn(move || {
                 let mut next: HashMap<usize, usize> = HashMap::new();
+                let mut last_seq = 0;
                 for _ in 0..(CLIENTS - 1) * MESSAGES {
-                    let (_, from, to, text) = next_message(&c);
-                    assert_eq!(to, "#crowd");
+                    let Msg { at, from, text } = next_message(&c);
+                    let seq: u64 = at.strip_prefix("#crowd:").unwrap().parse().unwrap();
+                    assert!(seq > last_seq, "one order for everyone: {seq} after {last_seq}");
+                    last_seq = seq;
                     let (who, n) = text.split_once(':').unwrap();
                     let (who, n): (usize, usize) = (who.parse().unwrap(), n.parse().unwrap());
                     assert_eq!(from, format!("u{who}"));
@@ -84,8 +87,8 @@ fn write_file(dir: &Path, name: &str, len: usize) -> (PathBuf, Vec<u8>) {
     (path, data)
 }
 
-fn client_with_downloads(server: &muchat::server::Server, name: &str) -> (Client, PathBuf) {
-    let dir = temp_dir("downloads");
+fn client_with_downloads(server: &TestServer, name: &str) -> (Client, PathBuf) {
+    let dir = server.path("downloads");
     let c = Client::connect(server.local_addr(), client_config(server, dir.clone())).unwrap();
     ok(&c, &format!("CREATE_USER {name} {name} pw-{name}"));
     ok(&c, &format!("LOGIN {name} pw-{name}"));
@@ -98,7 +101,7 @@ fn received_file(c: &Client) -> (PathBuf, String, usize) {
     loop {
         match next_event(c) {
             ClientEvent::FileProgress { .. } => progress += 1,
-            ClientEvent::FileReceived { path, to, .. } => return (path, to.to_string(), progress),
+            ClientEvent::FileReceived { path, at, .. } => return (path, at.to_string(), progress),
             other => panic!("expected a file, got {other:?}"),
         }
     }
@@ -114,18 +117,18 @@ fn sent_file(c: &Client) -> Reply {
 #[test]
 fn direct_file_arrives_byte_for_byte_with_progress() {
     let server = start_server();
-    let src = temp_dir("src");
+    let src = server.path("src");
     let (path, data) = write_file(&src, "big data.bin", 3 * 1024 * 1024 + 17);
     let alice = login(&server, "alice");
     let (bob, bob_dir) = client_with_downloads(&server, "bob");
     let reply = ok(&alice, &format!("SEND FILE bob {}", path.display()));
     assert!(reply.contains("big data.bin"));
-    let (got, to, progress) = received_file(&bob);
+    assert_eq!(sent_file(&alice).sent(), [at("@bob:1")]);
+    let (got, conv, progress) = received_file(&bob);
     assert_eq!(got, bob_dir.join("big data.bin"));
-    assert_eq!(to, "@bob");
+    assert_eq!(conv, "@alice:1");
     assert!(progress >= 5, "a 3 MiB file reports progress ({progress})");
     assert_eq!(std::fs::read(&got).unwrap(), data);
-    assert!(matches!(sent_file(&alice), Reply::Ok(_)));
     // A second copy gets a numbered name instead of overwriting.
     ok(&alice, &format!("SEND FILE bob {}", path.display()));
     let (again, _, _) = received_file(&bob);
@@ -136,7 +139,7 @@ fn direct_file_arrives_byte_for_byte_with_progress() {
 #[test]
 fn group_file_reaches_every_member_once() {
     let server = start_server();
-    let src = temp_dir("src");
+    let src = server.path("src");
     let (path, data) = write_file(&src, "notes.txt", 100_000);
     let (empty, _) = write_file(&src, "empty.txt", 0);
     let alice = login(&server, "alice");
@@ -154,66 +157,62 @@ fn group_file_reaches_every_member_once() {
         &alice,
         &format!("SEND_TO_GROUP FILE a,b {}", path.display()),
     );
+    assert_eq!(sent_file(&alice).sent(), [at("#a:1"), at("#b:1")]);
     for (c, dir) in &members {
-        let (got, to, _) = received_file(c);
-        assert_eq!(to, "#a", "labelled with the first listed group");
-        assert_eq!(got.parent().unwrap(), dir.as_path());
-        assert_eq!(std::fs::read(&got).unwrap(), data);
+        // Stored once, it is in both groups' logs, so each shows it.
+        let mut convs = Vec::new();
+        for _ in 0..2 {
+            let (got, conv, _) = received_file(c);
+            assert_eq!(got.parent().unwrap(), dir.as_path());
+            assert_eq!(std::fs::read(&got).unwrap(), data);
+            convs.push(conv);
+        }
+        convs.sort();
+        assert_eq!(convs, ["#a:1", "#b:1"]);
     }
     ok(&alice, &format!("SEND_TO_GROUP FILE b {}", empty.display()));
     for (c, _) in &members {
-        let (got, to, _) = received_file(c);
-        assert_eq!(to, "#b");
+        let (got, conv, _) = received_file(c);
+        assert_eq!(conv, "#b:2");
         assert!(std::fs::read(&got).unwrap().is_empty());
-        // Once per session, even though it is in both groups.
         assert_no_event(c);
     }
 }
 
-/// Chat keeps flowing both ways while a file is in flight.
+/// Chat keeps flowing while a file is on its way: a message sent during
+/// an upload goes first (the file joins the conversation once stored whole),
+/// and a message from someone else overtakes the rest of a download.
 #[test]
 fn chat_interleaves_with_a_transfer() {
     let server = start_server();
-    let src = temp_dir("src");
+    let src = server.path("src");
     let (path, data) = write_file(&src, "movie.bin", 4 * 1024 * 1024);
     let alice = login(&server, "alice");
+    let carol = login(&server, "carol");
     let (bob, _) = client_with_downloads(&server, "bob");
     ok(&alice, &format!("SEND FILE bob {}", path.display()));
-    // While chunks flow alice -> bob, messages go both ways.
-    ok(&alice, "SEND bob during the transfer");
-    ok(&bob, "SEND alice got it, still downloading");
+    // While the chunks go up, alice chats.
+    assert_eq!(sent(&alice, "SEND bob during the upload"), [at("@bob:1")]);
+    assert_eq!(sent_file(&alice).sent(), [at("@bob:2")]);
+    assert_eq!(next_message(&bob).text, "during the upload");
+    // The download starts; carol writes meanwhile.
+    assert!(matches!(next_event(&bob), ClientEvent::FileProgress { .. }));
+    ok(&carol, "SEND bob got a minute?");
     let mut saw_message = false;
-    let mut saw_progress_after_message = false;
+    let mut progress_after_message = false;
     let got = loop {
         match next_event(&bob) {
-            ClientEvent::Message { text, .. } => {
-                assert_eq!(text, "during the transfer");
+            ClientEvent::Message { text, at, .. } => {
+                assert_eq!((text.as_str(), at.to_string()), ("got a minute?", "@carol:1".into()));
                 saw_message = true;
             }
-            ClientEvent::FileProgress { .. } => saw_progress_after_message |= saw_message,
+            ClientEvent::FileProgress { .. } => progress_after_message |= saw_message,
             ClientEvent::FileReceived { path, .. } => break path,
             other => panic!("unexpected {other:?}"),
         }
     };
-    assert!(saw_message);
-    assert!(
-        saw_progress_after_message,
-        "the message overtook the rest of the file"
-    );
+    assert!(saw_message && progress_after_message, "the message overtook the download");
     assert_eq!(std::fs::read(got).unwrap(), data);
-    // Alice's incoming message and her transfer's end, in either order.
-    let mut events = [next_event(&alice), next_event(&alice)];
-    events.sort_by_key(|e| matches!(e, ClientEvent::FileSent { .. }));
-    assert!(
-        matches!(&events[0], ClientEvent::Message { text, .. } if text == "got it, still downloading")
-    );
-    assert!(matches!(
-        &events[1],
-        ClientEvent::FileSent {
-            reply: Reply::Ok(_),
-            ..
-        }
-    ));
 }
 
 /// Live group messages travel in envelopes under a group key; a member who
@@ -227,14 +226,11 @@ fn group_keys_change_when_a_member_leaves() {
     let join = |name: &str| {
         let mut raw = Raw::connect(&server);
         for line in [
-            format!("CREATE_USER {name} {name} pw"),
+            format!("CREATE_USER {name} pw {name}"),
             format!("LOGIN {name} pw"),
             "JOIN g".to_string(),
         ] {
-            assert!(
-                matches!(raw.request(&line), muchat::event::Reply::Ok(_)),
-                "{line}"
-            );
+            assert!(raw.request(&line).is_ok(), "{line}");
         }
         raw
     };
@@ -244,31 +240,30 @@ fn group_keys_change_when_a_member_leaves() {
     let next_gmsg = |carol: &mut Raw| loop {
         let f = carol.reader.read_frame().unwrap().unwrap();
         match ServerMessage::parse(f).unwrap() {
-            ServerMessage::GroupKey { key_id, key, .. } => {
-                carol.group_keys.insert(key_id, key);
+            ServerMessage::GroupKey { group, key_id, key } => {
+                carol.group_keys.insert(key_id, (group, key));
             }
-            ServerMessage::GroupMsg { key_id, body } => return (key_id, body),
+            ServerMessage::GroupMsg { key_id, seq, body } => return (key_id, seq, body),
             other => panic!("unexpected {other:?}"),
         }
     };
+    let g = group("g");
     ok(&alice, "SEND_TO_GROUP g before");
-    let (k1, body) = next_gmsg(&mut carol);
-    let d = Delivery::open_group(&carol.group_keys[&k1], &body).unwrap();
+    let (k1, seq, body) = next_gmsg(&mut carol);
+    let d = Delivery::open_group(&g, seq, &carol.group_keys[&k1].1, &body).unwrap();
     assert_eq!(d.key.open(&d.body).unwrap(), b"before");
+    assert_eq!(d.at, at("#g:1"));
     assert_eq!(bob.recv_message_text(), "before");
     assert!(bob.group_keys.contains_key(&k1));
 
-    assert!(matches!(
-        bob.request("LEAVE g"),
-        muchat::event::Reply::Ok(_)
-    ));
+    assert!(bob.request("LEAVE g").is_ok());
     ok(&alice, "SEND_TO_GROUP g after");
-    let (k2, body) = next_gmsg(&mut carol);
+    let (k2, seq, body) = next_gmsg(&mut carol);
     assert_ne!(k1, k2, "the key changed when bob left");
-    let d = Delivery::open_group(&carol.group_keys[&k2], &body).unwrap();
+    let d = Delivery::open_group(&g, seq, &carol.group_keys[&k2].1, &body).unwrap();
     assert_eq!(d.key.open(&d.body).unwrap(), b"after");
     // Bob's keys, had he captured the frame, do not open it.
-    for k in bob.group_keys.values() {
-        assert!(Delivery::open_group(k, &body).is_err());
+    for (_, k) in bob.group_keys.values() {
+        assert!(Delivery::open_group(&g, seq, k, &body).is_err());
     }
 }

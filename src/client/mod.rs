@@ -651,7 +651,7 @@ impl Inner {
                 reason: reason.clone(),
                 retry_in: backoff,
             });
-            std::thread::sleep(backoff);
+            self.sleep_unless_closing(backoff);
             backoff = (backoff * 2).min(Duration::from_secs(30));
             if self.closing.load(Ordering::SeqCst) {
                 self.fail_resends(&reason);
@@ -671,6 +671,14 @@ impl Inner {
                     }
                 }
             }
+        }
+    }
+
+    /// Waits `d`, or less if the client is closed meanwhile.
+    fn sleep_unless_closing(&self, d: Duration) {
+        let until = Instant::now() + d;
+        while !self.closing.load(Ordering::SeqCst) && Instant::now() < until {
+            std::thread::sleep(Duration::from_millis(20).min(until - Instant::now()));
         }
     }
 
@@ -856,6 +864,15 @@ impl Inner {
                     let typed = reply.typed(kind).map_err(|e| {
                         ClientError::Session(SessionError::BadMessage(e))
                     });
+                    // What this client sent is shown (by whoever asked)
+                    // and handled: the server does not send it back.
+                    if let Ok(r) = &typed {
+                        let mut seen = lock(&self.seen);
+                        for at in r.sent() {
+                            seen.shown(at);
+                            acks.handled(at);
+                        }
+                    }
                     if let Some(tx) = w.reply {
                         let _ = tx.send(typed);
                     }

@@ -370,7 +370,7 @@ mod tests {
         assert!(a.pending());
         assert_eq!(
             a.take(),
-            vec![Request::Ack(vec![r("#ops:5"), r("@bob:1")])]
+            vec![Request::Ack(vec![r("@bob:1"), r("#ops:5")])]
         );
         assert!(!a.pending());
         assert!(a.take().is_empty());

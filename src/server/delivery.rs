@@ -227,6 +227,7 @@ impl Link {
         let mut st = self.lock();
         st.convs.remove(conv);
         st.behind.remove(conv);
+        st.skip.retain(|(c, _)| c != conv);
     }
 
     /// Stops delivering (logout or close).
@@ -257,6 +258,7 @@ impl Link {
             );
         }
         let behind = st.behind.contains(conv);
+        let st = &mut *st;
         let Some(progress) = st.convs.get_mut(conv) else {
             return;
         };
@@ -264,6 +266,11 @@ impl Link {
             return;
         }
         progress.head = progress.head.max(seq);
+        if seq == progress.next && !behind && st.skip.remove(&(conv.clone(), seq)) {
+            // This connection sent it: its reply told it where it went.
+            progress.next += 1;
+            return;
+        }
         if seq == progress.next && !behind && self.outbox.has_room() {
             if let Some(frame) = p.live_frame(&self.user) {
                 if self.outbox.push(frame.clone()).is_ok() {
@@ -273,11 +280,11 @@ impl Link {
             }
         }
         st.behind.insert(conv.clone());
-        drop(st);
         self.schedule();
     }
 
-    /// Marks an entry this connection sent itself as one it need not get.
+    /// Marks an entry this connection sent itself as one it need not get
+    /// back (the reply to its send named it).
     pub fn skip(&self, conv: ConvId, seq: u64) {
         self.lock().skip.insert((conv, seq));
     }

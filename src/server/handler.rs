@@ -356,11 +356,9 @@ pub(super) fn commit(s: &Session, append: Append) {
     let done = s.begin_commit();
     let (shared, outbox) = (Arc::clone(&s.shared), s.outbox.clone());
     let me = append.from.clone();
-    // The sending connection has its own file: it is not sent it back.
-    let own = match (&append.content, &s.login) {
-        (Content::File(_), Some(login)) => Some(Arc::clone(&login.link)),
-        _ => None,
-    };
+    // The sending connection is not sent its own message back: the reply
+    // tells it where the message went.
+    let own = s.login.as_ref().map(|login| Arc::clone(&login.link));
     let store = Arc::clone(&shared.store);
     store.append(
         append,

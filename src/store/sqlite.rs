@@ -306,7 +306,7 @@ impl SqliteStore {
 
     /// Runs `f` on a read connection of its own (opened if none is idle),
     /// so one slow read never holds up another.
-    fn read<T>(&self, f: impl FnOnce(&Connection) -> StoreResult<T>) -> StoreResult<T> {
+    fn with_reader<T>(&self, f: impl FnOnce(&Connection) -> StoreResult<T>) -> StoreResult<T> {
         let idle = self
             .readers
             .lock()
@@ -786,7 +786,7 @@ const LOG_COLUMNS: &str = "l.seq, l.at_ms, l.sender, l.kind, l.key, l.body, f.id
 
 impl Store for SqliteStore {
     fn load(&self) -> StoreResult<Snapshot> {
-        self.read(|c| {
+        self.with_reader(|c| {
             let corrupt = |what| move |_| StoreError::Corrupt(what);
             let mut users = Vec::new();
             let mut stmt = c.prepare("SELECT username, name, verifier FROM users")?;
@@ -903,7 +903,7 @@ impl Store for SqliteStore {
         send_id: &SendId,
     ) -> StoreResult<Option<Vec<(ConvId, u64)>>> {
         self.sync()?;
-        self.read(|c| {
+        self.with_reader(|c| {
             let refs: Option<String> = c
                 .prepare_cached("SELECT refs FROM sends WHERE username = ?1 AND send_id = ?2")?
                 .query_row(params![user.as_str(), send_id.as_str()], |r| r.get(0))
@@ -913,7 +913,7 @@ impl Store for SqliteStore {
     }
 
     fn read(&self, conv: &ConvId, from_seq: u64, limit: usize) -> StoreResult<Vec<LogEntry>> {
-        self.read(|c| {
+        self.with_reader(|c| {
             let sql = format!(
                 "SELECT {LOG_COLUMNS} WHERE l.conv = ?1 AND l.seq >= ?2 ORDER BY l.seq LIMIT ?3"
             );
@@ -927,7 +927,7 @@ impl Store for SqliteStore {
     }
 
     fn history(&self, conv: &ConvId, limit: usize) -> StoreResult<Vec<LogEntry>> {
-        self.read(|c| {
+        self.with_reader(|c| {
             let sql = format!(
                 "SELECT {LOG_COLUMNS} WHERE l.conv = ?1 ORDER BY l.seq DESC LIMIT ?2"
             );
@@ -958,7 +958,7 @@ impl Store for SqliteStore {
     }
 
     fn chunks(&self, file_id: u64, from: u64, limit: usize) -> StoreResult<Vec<StoredChunk>> {
-        self.read(|c| {
+        self.with_reader(|c| {
             let mut stmt = c.prepare_cached(
                 "SELECT offset, key, body FROM file_chunks WHERE file_id = ?1 AND offset >= ?2
                  ORDER BY offset LIMIT ?3",
@@ -981,7 +981,7 @@ impl Store for SqliteStore {
 
     fn undelivered_file_bytes(&self, conv: &ConvId) -> StoreResult<u64> {
         self.sync()?;
-        self.read(|c| {
+        self.with_reader(|c| {
             let n: i64 = c
                 .prepare_cached(
                     "SELECT COALESCE(SUM(f.size), 0) FROM log l JOIN files f ON f.id = l.file_id
