@@ -20,7 +20,8 @@ use crate::request::{
 pub fn help() -> String {
     let rows: Vec<(&str, &str)> = Verb::ALL.iter().filter_map(|v| v.spec().typed).collect();
     let width = rows.iter().map(|(u, _)| u.len()).max().unwrap_or(0);
-    let mut out = String::from("Commands (command words in any case; #group and @user work everywhere):\n");
+    let mut out =
+        String::from("Commands (command words in any case; #group and @user work everywhere):\n");
     for (usage, what) in rows {
         out.push_str(&format!("  {usage:width$}  {what}\n"));
     }
@@ -33,7 +34,11 @@ pub fn words() -> Vec<&'static str> {
     let mut w: Vec<&str> = Verb::ALL
         .iter()
         .filter(|v| v.spec().typed.is_some())
-        .map(|v| v.spec().typed.map_or("", |(u, _)| u.split(' ').next().unwrap_or("")))
+        .map(|v| {
+            v.spec()
+                .typed
+                .map_or("", |(u, _)| u.split(' ').next().unwrap_or(""))
+        })
         .collect();
     w.push("HELP");
     let mut seen = std::collections::HashSet::new();
@@ -186,7 +191,8 @@ fn display_name(s: &str) -> Option<(String, &str)> {
 }
 
 fn password(s: &str) -> Option<String> {
-    let ok = !s.is_empty() && s.len() <= MAX_FIELD_LEN && !s.chars().any(|c| c.is_control() || c == ' ');
+    let ok =
+        !s.is_empty() && s.len() <= MAX_FIELD_LEN && !s.chars().any(|c| c.is_control() || c == ' ');
     ok.then(|| s.to_string())
 }
 
@@ -287,12 +293,9 @@ impl Command {
             Verb::Send | Verb::SendToGroup => parse_send(v, rest),
             Verb::SendFile | Verb::SendToGroupFile => parse_send(v, rest),
             // Not typed: filtered out above.
-            Verb::Help
-            | Verb::Chunk
-            | Verb::FileEnd
-            | Verb::FileAbort
-            | Verb::Ack
-            | Verb::Pong => Err(CommandError::Unknown(first.to_string())),
+            Verb::Help | Verb::Chunk | Verb::FileEnd | Verb::FileAbort | Verb::Ack | Verb::Pong => {
+                Err(CommandError::Unknown(first.to_string()))
+            }
         }
     }
 }
@@ -455,7 +458,9 @@ mod tests {
         for line in ["join devs", "JOIN #devs", "/join #devs"] {
             assert_eq!(
                 Command::parse(line),
-                Ok(Command::Plain(Request::Join(GroupName::parse("devs").unwrap()))),
+                Ok(Command::Plain(Request::Join(
+                    GroupName::parse("devs").unwrap()
+                ))),
                 "{line}"
             );
         }

@@ -357,13 +357,7 @@ pub enum ServerMessage {
 pub struct BadServerMessage(pub String);
 
 fn delivery_head(verb: &str, d: &Delivery) -> String {
-    format!(
-        "{verb} {} {} {} {}",
-        d.at,
-        d.at_ms,
-        d.from,
-        d.key.to_b64()
-    )
+    format!("{verb} {} {} {} {}", d.at, d.at_ms, d.from, d.key.to_b64())
 }
 
 fn file_head(verb: &str, f: &FileStart) -> String {
@@ -440,7 +434,13 @@ impl ServerMessage {
         let num = |s: &str| s.parse::<u64>().map_err(|_| bad());
         let at = |s: &str| MessageRef::parse(s).ok_or_else(bad);
         let body = || frame.body.clone().ok_or_else(bad);
-        let no_body = || if frame.body.is_some() { Err(bad()) } else { Ok(()) };
+        let no_body = || {
+            if frame.body.is_some() {
+                Err(bad())
+            } else {
+                Ok(())
+            }
+        };
         let message = match verb {
             "OK" => {
                 no_body()?;
@@ -496,12 +496,19 @@ impl ServerMessage {
                     ServerMessage::HistoryFile(f)
                 }
             }
-            "CHUNK" => ServerMessage::Chunk {
-                at: at(next()?)?,
-                offset: num(next()?)?,
-                key: ContentKey::from_b64(next()?).map_err(|_| bad())?,
-                body: body()?,
-            },
+            "CHUNK" => {
+                let chunk = ServerMessage::Chunk {
+                    at: at(next()?)?,
+                    offset: num(next()?)?,
+                    key: ContentKey::from_b64(next()?).map_err(|_| bad())?,
+                    body: body()?,
+                };
+                let plain = matches!(&chunk, ServerMessage::Chunk { body, .. } if body.is_plain());
+                if t.next().is_some() || !plain {
+                    return Err(bad());
+                }
+                chunk
+            }
             "FILE_END" => {
                 no_body()?;
                 ServerMessage::FileEnd(at(args)?)
@@ -517,11 +524,15 @@ impl ServerMessage {
             }
             "GROUP_KEY" => {
                 no_body()?;
-                ServerMessage::GroupKey {
+                let key = ServerMessage::GroupKey {
                     group: GroupName::parse(next()?).map_err(|_| bad())?,
                     key_id: num(next()?)?,
                     key: ContentKey::from_b64(next()?).map_err(|_| bad())?,
+                };
+                if t.next().is_some() {
+                    return Err(bad());
                 }
+                key
             }
             "PING" => {
                 no_body()?;

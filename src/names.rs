@@ -220,7 +220,15 @@ mod tests {
         let r = MessageRef::parse("#ops:17").unwrap();
         assert_eq!(r.to_string(), "#ops:17");
         assert_eq!(MessageRef::parse("@bob:3").unwrap().seq, 3);
-        for bad in ["#ops", "#ops:", "ops:1", "#ops:-1", "#ops:1x", "#:1", "@a:99999999999999999999999"] {
+        for bad in [
+            "#ops",
+            "#ops:",
+            "ops:1",
+            "#ops:-1",
+            "#ops:1x",
+            "#:1",
+            "@a:99999999999999999999999",
+        ] {
             assert!(MessageRef::parse(bad).is_none(), "{bad}");
         }
         let list = MessageRef::parse_list("#a:1,@b:2").unwrap();

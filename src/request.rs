@@ -312,11 +312,13 @@ verbs! {
         rated: false,
         typed: None,
     },
-    /// Everything up to these messages was handled.
+    /// Everything up to these messages was handled (ignored when not
+    /// logged in: a client may still be acknowledging what it got before
+    /// its `LOGOUT`).
     Ack => VerbSpec {
         word: "ACK",
         usage: "ACK <conversation>:<seq>[,<conversation>:<seq>...]",
-        access: Access::LoggedIn,
+        access: Access::Anyone,
         body: false,
         reply: ReplyKind::Unanswered,
         rated: false,
@@ -376,7 +378,8 @@ impl SendId {
     pub fn parse(s: &str) -> Option<SendId> {
         let ok = !s.is_empty()
             && s.len() <= MAX_SEND_ID_LEN
-            && s.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
+            && s.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
         ok.then(|| SendId(s.to_string()))
     }
 
@@ -934,7 +937,10 @@ mod tests {
             assert_eq!(Verb::from_word(v.spec().word), Some(*v));
             assert!(v.spec().usage.starts_with(v.spec().word), "{v}");
             let unanswered = v.spec().reply == ReplyKind::Unanswered;
-            assert!(!(unanswered && v.spec().rated), "{v}: unanswered verbs are not rated");
+            assert!(
+                !(unanswered && v.spec().rated),
+                "{v}: unanswered verbs are not rated"
+            );
         }
     }
 
@@ -960,11 +966,12 @@ mod tests {
             Err(ParseError::Usage(Verb::Send)),
             "no body"
         );
-        assert_eq!(parse("LOGIN  alice pw"), Err(ParseError::Usage(Verb::Login)));
+        assert_eq!(
+            parse("LOGIN  alice pw"),
+            Err(ParseError::Usage(Verb::Login))
+        );
         let body = ContentKey::random().seal(b"x");
-        let with_body = |h: &str| {
-            Request::parse(Frame::with_body(h, body.clone()))
-        };
+        let with_body = |h: &str| Request::parse(Frame::with_body(h, body.clone()));
         assert_eq!(
             with_body("FLY x"),
             Err(ParseError::UnknownCommand("FLY".into()))
@@ -1107,7 +1114,10 @@ mod tests {
                 limit: MAX_HISTORY
             })
         );
-        assert_eq!(parse("HISTORY devs 0"), Err(ParseError::Usage(Verb::History)));
+        assert_eq!(
+            parse("HISTORY devs 0"),
+            Err(ParseError::Usage(Verb::History))
+        );
         assert_eq!(
             parse("HISTORY devs 5 6"),
             Err(ParseError::Usage(Verb::History))

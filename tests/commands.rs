@@ -96,7 +96,10 @@ fn direct_messages() {
     let alice = login(&server, "alice");
     let bob = login(&server, "bob");
     // The sender sees the conversation as @bob, the recipient as @alice.
-    assert_eq!(sent(&alice, "SEND bob  hello,   world  "), vec![at("@bob:1")]);
+    assert_eq!(
+        sent(&alice, "SEND bob  hello,   world  "),
+        vec![at("@bob:1")]
+    );
     let m = next_message(&bob);
     assert_eq!((m.at.as_str(), m.from.as_str()), ("@alice:1", "alice"));
     assert_eq!(m.text, " hello,   world  ", "spaces are kept");
@@ -178,7 +181,10 @@ fn fan_out_to_many_members() {
     for m in &members {
         for i in 0..20 {
             let m = next_message(m);
-            assert_eq!((m.from.as_str(), m.at), ("sender", format!("#big:{}", i + 1)));
+            assert_eq!(
+                (m.from.as_str(), m.at),
+                ("sender", format!("#big:{}", i + 1))
+            );
             assert_eq!(m.text, format!("message {i}"));
         }
     }

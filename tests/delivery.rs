@@ -52,7 +52,10 @@ fn fifty_clients_times_one_hundred_messages_nothing_lost_order_kept() {
                 for _ in 0..(CLIENTS - 1) * MESSAGES {
                     let Msg { at, from, text } = next_message(&c);
                     let seq: u64 = at.strip_prefix("#crowd:").unwrap().parse().unwrap();
-                    assert!(seq > last_seq, "one order for everyone: {seq} after {last_seq}");
+                    assert!(
+                        seq > last_seq,
+                        "one order for everyone: {seq} after {last_seq}"
+                    );
                     last_seq = seq;
                     let (who, n) = text.split_once(':').unwrap();
                     let (who, n): (usize, usize) = (who.parse().unwrap(), n.parse().unwrap());
@@ -203,7 +206,10 @@ fn chat_interleaves_with_a_transfer() {
     let got = loop {
         match next_event(&bob) {
             ClientEvent::Message { text, at, .. } => {
-                assert_eq!((text.as_str(), at.to_string()), ("got a minute?", "@carol:1".into()));
+                assert_eq!(
+                    (text.as_str(), at.to_string()),
+                    ("got a minute?", "@carol:1".into())
+                );
                 saw_message = true;
             }
             ClientEvent::FileProgress { .. } => progress_after_message |= saw_message,
@@ -211,7 +217,10 @@ fn chat_interleaves_with_a_transfer() {
             other => panic!("unexpected {other:?}"),
         }
     };
-    assert!(saw_message && progress_after_message, "the message overtook the download");
+    assert!(
+        saw_message && progress_after_message,
+        "the message overtook the download"
+    );
     assert_eq!(std::fs::read(got).unwrap(), data);
 }
 

@@ -1,5 +1,6 @@
 //! Fuzz target: Opener::open with fixed session keys: raw lines, lines with valid tags
-//! over arbitrary contents, encrypted arbitrary heads, and one-bit flips.
+//! over arbitrary contents, arbitrary heads encrypted or in clear (`=` heads),
+//! and one-bit flips of sealed lines.
 //! The body is `muchat_fuzz::frame_decoder` (fuzz/src/lib.rs), which
 //! tests/fuzz_parsers.rs also runs.
 

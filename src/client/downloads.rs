@@ -66,8 +66,10 @@ impl Downloads {
     /// A file begins.
     pub fn start(&mut self, start: FileStart) -> Vec<ClientEvent> {
         let id = start.at.clone();
-        if self.active.contains_key(&id) {
-            return vec![failed(&id, "the same file began twice")];
+        // The server starts a file again from the beginning after an
+        // interruption: the partial copy goes.
+        if let Some(old) = self.active.remove(&id) {
+            let _ = fs::remove_file(&old.temp);
         }
         let temp = self.dir.join(format!(".muchat-{}.part", rand_suffix()));
         let opened = fs::create_dir_all(&self.dir).and_then(|()| {

@@ -249,6 +249,9 @@ struct Inner {
     sending: AtomicUsize,
     /// What was shown, per conversation (per logged-in user).
     seen: Mutex<Seen>,
+    /// What was handled and is still to be acknowledged (the reader adds,
+    /// a closing client flushes).
+    acks: Mutex<Acks>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -268,7 +271,10 @@ pub struct Client {
 impl Client {
     /// Connects to `addr` (`host:port`), runs the handshake, and checks the
     /// server's key against `config.trust` before anything is sent.
-    pub fn connect(addr: impl std::fmt::Display, config: ClientConfig) -> Result<Client, ClientError> {
+    pub fn connect(
+        addr: impl std::fmt::Display,
+        config: ClientConfig,
+    ) -> Result<Client, ClientError> {
         let addr = addr.to_string();
         let session = Session::connect(&addr, &config.trust)?;
         let (commands, commands_rx) = unbounded();
@@ -289,9 +295,12 @@ impl Client {
             uploads: Mutex::new(HashMap::new()),
             sending: AtomicUsize::new(0),
             seen: Mutex::new(Seen::in_memory()),
+            acks: Mutex::new(Acks::default()),
             config,
         });
         let pinned = session.pinned.clone();
+        // Before the reader starts, so a close right away finds the socket.
+        *lock(&inner.stream) = Some(session.writer.stream());
         let runner = Arc::clone(&inner);
         let runner = std::thread::Builder::new()
             .name("client-reader".into())
@@ -317,10 +326,18 @@ impl Client {
 
     /// Sends one request and waits for its typed reply.
     pub fn request(&self, request: &Request) -> Result<Reply, ClientError> {
+        match request {
+            // Before the request goes: the user's backlog follows the reply
+            // at once, and must meet the record of what was shown.
+            Request::Login { username, .. } => self.use_record_of(username),
+            // What was handled is acknowledged while it still counts.
+            Request::Logout => self.inner.flush_acks(),
+            _ => {}
+        }
         let reply = self.submit(&self.inner.commands, request.clone())?;
         match request {
             Request::Login { username, password } if reply.is_ok() => {
-                self.logged_in(username, password)
+                *lock(&self.inner.credentials) = Some((username.clone(), password.clone()));
             }
             Request::Logout => *lock(&self.inner.credentials) = None,
             _ => {}
@@ -340,15 +357,16 @@ impl Client {
         self.inner.wait(&rx)
     }
 
-    /// Remembers who logged in: to log in again after a reconnect, and
-    /// whose record of shown messages to use.
-    fn logged_in(&self, user: &Username, password: &str) {
-        *lock(&self.inner.credentials) = Some((user.clone(), password.to_string()));
+    /// Switches to `user`'s record of shown messages (kept in the state
+    /// directory, if there is one).
+    fn use_record_of(&self, user: &Username) {
         let seen = match &self.inner.config.state_dir {
             Some(dir) => Seen::load(&seen::user_dir(dir, &self.inner.addr, user)),
             None => Seen::in_memory(),
         };
-        *lock(&self.inner.seen) = seen;
+        let mut current = lock(&self.inner.seen);
+        let _ = current.save();
+        *current = seen;
     }
 
     /// Encrypts `text` under a fresh content key and sends it to a user.
@@ -442,9 +460,25 @@ impl Client {
         self.inner.sending.load(Ordering::SeqCst)
     }
 
-    /// Closes the connection for good.
+    /// Closes the connection for good, politely: what was handled is
+    /// acknowledged first and the server is told (`QUIT`), so nothing
+    /// already shown comes again; a server that does not answer within a
+    /// moment is simply cut off.
     pub fn close(&self) {
-        self.inner.closing.store(true, Ordering::SeqCst);
+        if self.inner.closing.swap(true, Ordering::SeqCst) {
+            return;
+        }
+        if !self.inner.gone.load(Ordering::SeqCst) {
+            self.inner.flush_acks();
+            let (tx, rx) = bounded(1);
+            let quit = Outbound {
+                request: Request::Quit,
+                reply: Some(tx),
+            };
+            if self.inner.commands.send(quit).is_ok() {
+                let _ = rx.recv_timeout(Duration::from_secs(2));
+            }
+        }
         if let Some(s) = lock(&self.inner.stream).as_ref() {
             let _ = s.shutdown(Shutdown::Both);
         }
@@ -630,14 +664,13 @@ impl Inner {
     /// current one, and on a drop reconnects (if configured) with backoff.
     fn run(self: Arc<Self>, first: Session) {
         let mut session = Some(first);
-        let mut acks = Acks::default();
         let mut downloads = Downloads::new(self.config.downloads.clone());
         let mut backoff = Duration::from_millis(250);
         loop {
             let reason = match session.take() {
                 Some(s) => {
                     backoff = Duration::from_millis(250);
-                    self.serve(s, &mut acks, &mut downloads)
+                    self.serve(s, &mut downloads)
                 }
                 None => "cannot reconnect".into(),
             };
@@ -659,7 +692,7 @@ impl Inner {
             }
             match self.reconnect() {
                 Ok(s) => {
-                    acks.reconnected();
+                    lock(&self.acks).reconnected();
                     session = Some(s);
                     let _ = self.events.send(ClientEvent::Reconnected);
                 }
@@ -721,21 +754,25 @@ impl Inner {
     }
 
     /// Serves one connection until it drops; returns why.
-    fn serve(self: &Arc<Self>, session: Session, acks: &mut Acks, downloads: &mut Downloads) -> String {
+    fn serve(self: &Arc<Self>, session: Session, downloads: &mut Downloads) -> String {
         let Session { reader, writer, .. } = session;
         *lock(&self.stream) = Some(writer.stream());
         let waiters = Arc::new(Mutex::new(Waiters::default()));
         let resend: Vec<Outbound> = lock(&self.resend).drain(..).collect();
+        // Dropping `stop` ends this connection's writer, so it cannot take
+        // requests meant for the next connection.
+        let (stop, stopped) = bounded::<()>(0);
         let writer_thread = {
             let (inner, waiters) = (Arc::clone(self), Arc::clone(&waiters));
             std::thread::Builder::new()
                 .name("client-writer".into())
-                .spawn(move || inner.write_loop(writer, &waiters, resend))
+                .spawn(move || inner.write_loop(writer, &waiters, resend, &stopped))
         };
-        if let Err(e) = writer_thread {
-            return format!("cannot start the writer: {e}");
-        }
-        let reason = self.read_loop(reader, &waiters, acks, downloads);
+        let writer_thread = match writer_thread {
+            Ok(t) => t,
+            Err(e) => return format!("cannot start the writer: {e}"),
+        };
+        let reason = self.read_loop(reader, &waiters, downloads);
         // Replies that will not come: sends wait for the next connection,
         // everything else fails now.
         let mut w = lock(&waiters);
@@ -748,6 +785,8 @@ impl Inner {
         if let Some(s) = lock(&self.stream).take() {
             let _ = s.shutdown(Shutdown::Both);
         }
+        drop(stop);
+        let _ = writer_thread.join();
         for aborted in lock(&self.uploads).values() {
             *lock(aborted) = Some(format!("connection lost: {reason}"));
         }
@@ -763,12 +802,19 @@ impl Inner {
         }
     }
 
-    fn write_loop(&self, mut w: SessionWriter, waiters: &Mutex<Waiters>, first: Vec<Outbound>) {
+    fn write_loop(
+        &self,
+        mut w: SessionWriter,
+        waiters: &Mutex<Waiters>,
+        first: Vec<Outbound>,
+        stopped: &Receiver<()>,
+    ) {
         let mut first = first.into_iter();
         loop {
             let next = match first.next() {
                 Some(o) => Ok(o),
                 None => select_biased! {
+                    recv(stopped) -> _ => break,
                     recv(self.commands_rx) -> m => m,
                     recv(self.bulk_rx) -> m => m,
                 },
@@ -791,7 +837,11 @@ impl Inner {
                 if w.pending() >= 256 * 1024 {
                     break;
                 }
-                item = match self.commands_rx.try_recv().or_else(|_| self.bulk_rx.try_recv()) {
+                item = match self
+                    .commands_rx
+                    .try_recv()
+                    .or_else(|_| self.bulk_rx.try_recv())
+                {
                     Ok(next) => next,
                     Err(_) => break,
                 };
@@ -800,12 +850,19 @@ impl Inner {
                 break;
             }
         }
+        // Sends kept for a reconnect but not sent on this connection wait
+        // for the next one.
+        let reconnecting = self.config.reconnect && !self.closing.load(Ordering::SeqCst);
+        for o in first {
+            self.lost(o, reconnecting, "connection closed");
+        }
         w.close();
     }
 
     /// Sends acknowledgements (and saves what was shown).
-    fn flush_acks(&self, acks: &mut Acks) {
-        for request in acks.take() {
+    fn flush_acks(&self) {
+        let requests = lock(&self.acks).take();
+        for request in requests {
             let _ = self.commands.send(Outbound {
                 request,
                 reply: None,
@@ -820,7 +877,6 @@ impl Inner {
         &self,
         mut r: SessionReader,
         waiters: &Mutex<Waiters>,
-        acks: &mut Acks,
         downloads: &mut Downloads,
     ) -> String {
         let mut last_flush = Instant::now();
@@ -829,7 +885,7 @@ impl Inner {
         let mut skipping: Vec<MessageRef> = Vec::new();
         loop {
             // With acknowledgements waiting, wake up in time to send them.
-            let want_timeout = acks.pending();
+            let want_timeout = lock(&self.acks).pending();
             if want_timeout != timeout_set {
                 let t = want_timeout.then_some(ACK_EVERY);
                 if r.set_timeout(t).is_err() {
@@ -837,7 +893,7 @@ impl Inner {
                 }
                 timeout_set = want_timeout;
             }
-            let incoming = match r.next() {
+            let incoming = match r.recv() {
                 Ok(i) => i,
                 Err(SessionError::Io(e))
                     if matches!(
@@ -845,12 +901,12 @@ impl Inner {
                         io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
                     ) =>
                 {
-                    self.flush_acks(acks);
+                    self.flush_acks();
                     last_flush = Instant::now();
                     continue;
                 }
                 Err(e) => {
-                    self.flush_acks(acks);
+                    self.flush_acks();
                     return e.to_string();
                 }
             };
@@ -861,24 +917,24 @@ impl Inner {
                         return "server sent a reply nobody asked for".into();
                     };
                     let kind = w.request.verb().spec().reply;
-                    let typed = reply.typed(kind).map_err(|e| {
-                        ClientError::Session(SessionError::BadMessage(e))
-                    });
+                    let typed = reply
+                        .typed(kind)
+                        .map_err(|e| ClientError::Session(SessionError::BadMessage(e)));
                     // What this client sent is shown (by whoever asked)
                     // and handled: the server does not send it back.
                     if let Ok(r) = &typed {
                         let mut seen = lock(&self.seen);
                         for at in r.sent() {
                             seen.shown(at);
-                            acks.handled(at);
+                            lock(&self.acks).handled(at);
                         }
                     }
                     if let Some(tx) = w.reply {
                         let _ = tx.send(typed);
                     }
-                    continue;
+                    Vec::new()
                 }
-                Incoming::Message(d) => self.message(d, acks),
+                Incoming::Message(d) => self.message(d),
                 Incoming::History(d) => vec![open_message(d, true)],
                 Incoming::HistoryFile(f) => vec![ClientEvent::HistoryFile {
                     at: f.at,
@@ -904,7 +960,7 @@ impl Inner {
                 Incoming::FileEnd(at) => {
                     if let Some(i) = skipping.iter().position(|s| *s == at) {
                         skipping.swap_remove(i);
-                        acks.handled(&at);
+                        lock(&self.acks).handled(&at);
                         Vec::new()
                     } else {
                         downloads.end(&at)
@@ -925,18 +981,19 @@ impl Inner {
                         request: Request::Pong(n),
                         reply: None,
                     });
-                    continue;
+                    Vec::new()
                 }
             };
             for at in downloads.take_done() {
                 lock(&self.seen).shown(&at);
-                acks.handled(&at);
+                lock(&self.acks).handled(&at);
             }
             for e in events {
                 let _ = self.events.send(e);
             }
-            if acks.pending() && !r.has_buffered() && last_flush.elapsed() >= ACK_EVERY {
-                self.flush_acks(acks);
+            if !r.has_buffered() && last_flush.elapsed() >= ACK_EVERY && lock(&self.acks).pending()
+            {
+                self.flush_acks();
                 last_flush = Instant::now();
             }
         }
@@ -944,7 +1001,7 @@ impl Inner {
 
     /// A delivered message: shown unless it was shown before, and handled
     /// either way.
-    fn message(&self, d: Delivery, acks: &mut Acks) -> Vec<ClientEvent> {
+    fn message(&self, d: Delivery) -> Vec<ClientEvent> {
         let at = d.at.clone();
         let mut seen = lock(&self.seen);
         let out = if seen.is_new(&at) {
@@ -953,7 +1010,7 @@ impl Inner {
         } else {
             Vec::new()
         };
-        acks.handled(&at);
+        lock(&self.acks).handled(&at);
         out
     }
 }
@@ -975,4 +1032,3 @@ fn open_message(d: Delivery, history: bool) -> ClientEvent {
         },
     }
 }
-

@@ -113,15 +113,17 @@ impl Session {
             .to_socket_addrs()?
             .next()
             .ok_or_else(|| std::io::Error::other(format!("cannot resolve {addr}")))?;
-        let stream = Arc::new(TcpStream::connect_timeout(&target, Duration::from_secs(10))?);
+        let stream = Arc::new(TcpStream::connect_timeout(
+            &target,
+            Duration::from_secs(10),
+        )?);
         stream.set_nodelay(true)?;
         stream.set_read_timeout(Some(Duration::from_secs(30)))?;
         let mut reader = BufReader::new(SharedStream(Arc::clone(&stream)));
         let mut w = SharedStream(Arc::clone(&stream));
         let keyed = handshake::client(&mut reader, &mut w)?;
-        let verdict =
-            known_servers::check(trust, addr, &Fingerprint::of(&keyed.server_key))
-                .map_err(SessionError::Untrusted)?;
+        let verdict = known_servers::check(trust, addr, &Fingerprint::of(&keyed.server_key))
+            .map_err(SessionError::Untrusted)?;
         stream.set_read_timeout(None)?;
         Ok(Session {
             reader: SessionReader {
@@ -145,7 +147,7 @@ impl Session {
         self.writer.send(r)?;
         let mut before = Vec::new();
         loop {
-            match self.reader.next()? {
+            match self.reader.recv()? {
                 Incoming::Reply(reply) => return Ok((reply.typed(r.verb().spec().reply)?, before)),
                 Incoming::Ping(n) => self.writer.send(&Request::Pong(n))?,
                 other => before.push(other),
@@ -210,7 +212,7 @@ impl SessionReader {
     /// The next reply or event. A clean close (after a `BYE` or not) is
     /// [`SessionError::Closed`]; a read timeout is [`SessionError::Io`]
     /// with kind `WouldBlock`/`TimedOut` and loses nothing (call again).
-    pub fn next(&mut self) -> Result<Incoming, SessionError> {
+    pub fn recv(&mut self) -> Result<Incoming, SessionError> {
         loop {
             let frame = match self.frames.read_frame() {
                 Ok(Some(f)) => f,
@@ -268,12 +270,12 @@ impl SessionReader {
     }
 
     /// Whether a whole frame may already be buffered (so the next
-    /// [`next`](Self::next) may not need the socket).
+    /// [`recv`](Self::recv) may not need the socket).
     pub fn has_buffered(&self) -> bool {
         self.frames.has_buffered()
     }
 
-    /// Sets how long [`next`](Self::next) may wait (None: for ever).
+    /// Sets how long [`recv`](Self::recv) may wait (None: for ever).
     pub fn set_timeout(&self, t: Option<Duration>) -> std::io::Result<()> {
         self.frames.get_ref().get_ref().0.set_read_timeout(t)
     }
@@ -368,10 +370,7 @@ mod tests {
         a.handled(&r("#ops:4"));
         a.handled(&r("@bob:1"));
         assert!(a.pending());
-        assert_eq!(
-            a.take(),
-            vec![Request::Ack(vec![r("@bob:1"), r("#ops:5")])]
-        );
+        assert_eq!(a.take(), vec![Request::Ack(vec![r("@bob:1"), r("#ops:5")])]);
         assert!(!a.pending());
         assert!(a.take().is_empty());
         a.handled(&r("#ops:6"));

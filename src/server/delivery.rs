@@ -165,7 +165,12 @@ pub struct Link {
 
 impl Link {
     /// A link for `user` on `session`, following nothing yet.
-    pub fn new(session: SessionId, user: Username, outbox: Outbox, catch_up: &CatchUp) -> Arc<Link> {
+    pub fn new(
+        session: SessionId,
+        user: Username,
+        outbox: Outbox,
+        catch_up: &CatchUp,
+    ) -> Arc<Link> {
         let link = Arc::new_cyclic(|me| Link {
             session,
             user,
@@ -230,10 +235,18 @@ impl Link {
         st.skip.retain(|(c, _)| c != conv);
     }
 
-    /// Stops delivering (logout or close).
-    pub fn detach(&self) {
+    /// Stops delivering (logout or close). A file part-way sent is
+    /// broken off with `FILE_ABORT`, so the client discards its partial
+    /// copy (it comes again, whole, at the next login).
+    pub fn detach(&self, why: &str) {
         self.outbox.set_drain_hook(None);
         let mut st = self.lock();
+        for (conv, p) in &st.convs {
+            if p.file.is_some() {
+                let at = conv.message_ref(&self.user, p.next);
+                let _ = self.outbox.send(&ServerMessage::FileAbort(at, why.into()));
+            }
+        }
         st.convs.clear();
         st.behind.clear();
     }
@@ -370,7 +383,9 @@ impl Link {
                 }
             };
             match file {
-                Some((id, size, offset)) => self.send_chunks(store, &conv, next, id, size, offset)?,
+                Some((id, size, offset)) => {
+                    self.send_chunks(store, &conv, next, id, size, offset)?
+                }
                 None => self.send_entries(store, &conv, next)?,
             }
         }

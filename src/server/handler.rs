@@ -41,7 +41,10 @@ pub(super) fn handle(s: &mut Session, request: Request) -> Flow {
         Request::CreateGroup(g) => create_group(s, &g),
         Request::Join(g) => set_member(s, &g, true),
         Request::Leave(g) => set_member(s, &g, false),
-        Request::List => s.user().map(|me| Reply::ok(s.shared.state().list(&me))).into(),
+        Request::List => s
+            .user()
+            .map(|me| Reply::ok(s.shared.state().list(&me)))
+            .into(),
         Request::Help => Answer::Now(Reply::ok(wire_help())),
         Request::Logout => {
             s.logout("sender logged out");
@@ -83,7 +86,9 @@ pub(super) fn handle(s: &mut Session, request: Request) -> Flow {
         }
         Request::FileEnd(id) => file_end(s, id),
         Request::FileAbort(id) => {
-            if s.transfers.abort(&s.shared, &s.outbox, id, "sender cancelled") {
+            if s.transfers
+                .abort(&s.shared, &s.outbox, id, "sender cancelled")
+            {
                 Answer::Now(Reply::ok(format!("{id} transfer cancelled")))
             } else {
                 Answer::Now(no_transfer(id).into())
@@ -209,9 +214,9 @@ fn login(s: &mut Session, username: &Username, password: &str) -> Answer {
                     let notices = shared.state().add_link(&link);
                     // Group keys first, so no GMSG can come before its key.
                     notices.send();
-                    let _ = link
-                        .outbox
-                        .send(&ServerMessage::Reply(Reply::ok(format!("logged in as {user}"))));
+                    let _ = link.outbox.send(&ServerMessage::Reply(Reply::ok(format!(
+                        "logged in as {user}"
+                    ))));
                     link.start(cursors);
                     None
                 }

@@ -69,7 +69,12 @@ fn parse_millis(s: &str) -> Result<Duration, String> {
 #[derive(Debug, Clone, clap::Args)]
 pub struct Config {
     /// Where accounts, groups and messages are stored (created if missing)
-    #[arg(long, env = "MUCHAT_DATA_DIR", value_name = "DIR", default_value = "muchat-data")]
+    #[arg(
+        long,
+        env = "MUCHAT_DATA_DIR",
+        value_name = "DIR",
+        default_value = "muchat-data"
+    )]
     pub data_dir: PathBuf,
 
     /// Largest file accepted, in bytes
@@ -239,9 +244,9 @@ impl Shared {
     /// Opens the store and starts the pools.
     fn open(config: Config) -> io::Result<Shared> {
         let store = SqliteStore::open(&config.data_dir).map_err(io::Error::other)?;
-        let snapshot = store.load().map_err(|e| {
-            io::Error::other(format!("{}: {e}", store.path().display()))
-        })?;
+        let snapshot = store
+            .load()
+            .map_err(|e| io::Error::other(format!("{}: {e}", store.path().display())))?;
         let store: Arc<dyn Store> = Arc::new(store);
         let passwords = Passwords::new(config.password_cost).map_err(io::Error::other)?;
         let identity = identity::load_or_create(&config.data_dir).map_err(io::Error::other)?;

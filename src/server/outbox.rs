@@ -477,7 +477,12 @@ fn unschedule(inner: Arc<Inner>) {
 /// One turn: seal what is queued (up to [`FLUSH_AT`] bytes) and write as
 /// much as the socket takes.
 fn serve(inner: &Arc<Inner>) -> Served {
-    let Some(mut w) = inner.writer.lock().unwrap_or_else(|e| e.into_inner()).take() else {
+    let Some(mut w) = inner
+        .writer
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .take()
+    else {
         return Served::Finished;
     };
     let mut closing = false;
@@ -531,7 +536,10 @@ fn serve(inner: &Arc<Inner>) -> Served {
             h.drained();
         }
     }
-    let mut stalled = inner.stalled_since.lock().unwrap_or_else(|e| e.into_inner());
+    let mut stalled = inner
+        .stalled_since
+        .lock()
+        .unwrap_or_else(|e| e.into_inner());
     let mut backoff = inner.backoff.lock().unwrap_or_else(|e| e.into_inner());
     if left > 0 && left == before {
         let since = *stalled.get_or_insert_with(Instant::now);

@@ -85,7 +85,8 @@ fn start(
     let keyed = handshake::server(&mut reader, &mut writer, &shared.identity)
         .map_err(|e| CloseReason::Handshake(e.to_string()))?;
     reader.get_mut().deadline = None;
-    let writer = crate::connection::FrameWriter::new(SharedStream(Arc::clone(stream)), keyed.sealer);
+    let writer =
+        crate::connection::FrameWriter::new(SharedStream(Arc::clone(stream)), keyed.sealer);
     let outbox = shared.writers.outbox(writer).map_err(io)?;
     shared.connections().insert(id, outbox.clone());
     let session = Session {
@@ -304,7 +305,7 @@ impl Session {
     pub fn logout(&mut self, why: &str) {
         self.transfers.abort_all(&self.shared, &self.outbox, why);
         if let Some(Login { user, link }) = self.login.take() {
-            link.detach();
+            link.detach("logged out");
             let (shared, id) = (Arc::clone(&self.shared), self.id);
             // After a login still registering (its completion is in flight).
             self.ordered(move || shared.state().remove_link(&user, id));

@@ -248,7 +248,12 @@ impl State {
     /// new member count. A member who joins gets the group key; one who
     /// leaves makes it change, so the leaver cannot open later envelopes.
     /// An emptied group stays, with its history and its name.
-    pub fn set_member(&mut self, user: &Username, group: &GroupName, member: bool) -> (usize, Notices) {
+    pub fn set_member(
+        &mut self,
+        user: &Username,
+        group: &GroupName,
+        member: bool,
+    ) -> (usize, Notices) {
         let Some(g) = self.groups.get_mut(group) else {
             return (0, Notices::default());
         };

@@ -80,14 +80,14 @@ impl Transfers {
             .previous_send(me, &offer.send_id)
             .map_err(storage)?
         {
-            let refs = refs.iter().map(|(c, seq)| c.message_ref(me, *seq)).collect();
+            let refs = refs
+                .iter()
+                .map(|(c, seq)| c.message_ref(me, *seq))
+                .collect();
             return Ok(sent_reply(refs, "already sent (a repeated send id)"));
         }
         for conv in &convs {
-            let waiting = shared
-                .store
-                .undelivered_file_bytes(conv)
-                .map_err(storage)?;
+            let waiting = shared.store.undelivered_file_bytes(conv).map_err(storage)?;
             if waiting.saturating_add(offer.size) > shared.config.max_pending_bytes {
                 return Err(Failure::new(
                     ErrorCode::QuotaExceeded,
@@ -117,7 +117,10 @@ impl Transfers {
         );
         Ok(Reply::Ok {
             data: ReplyData::Transfer(id),
-            text: format!("send {} ({} bytes) as transfer {id}", offer.name, offer.size),
+            text: format!(
+                "send {} ({} bytes) as transfer {id}",
+                offer.name, offer.size
+            ),
         })
     }
 
@@ -131,12 +134,13 @@ impl Transfers {
         key: ContentKey,
         body: Body,
     ) -> Option<ServerMessage> {
-        if self.aborted.contains(&id) {
-            return None;
-        }
         let Some(u) = self.open.get_mut(&id) else {
-            self.aborted.insert(id);
-            return Some(ServerMessage::UploadAbort(id, "no such transfer".into()));
+            // Chunks still in flight for an upload this connection stopped
+            // are dropped quietly; any other is answered once.
+            if self.aborted.insert(id) {
+                return Some(ServerMessage::UploadAbort(id, "no such transfer".into()));
+            }
+            return None;
         };
         // Chunks are FILE_CHUNK_SIZE bytes, except a shorter last one. The
         // server sees only ciphertext, whose padded length is fixed by the

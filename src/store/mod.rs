@@ -319,7 +319,11 @@ pub trait Store: Send + Sync {
     fn cursors(&self, user: &Username, done: Completion<Vec<Cursor>>);
 
     /// The entries a send id made, if `user` used it before.
-    fn previous_send(&self, user: &Username, send_id: &SendId) -> StoreResult<Option<Vec<(ConvId, u64)>>>;
+    fn previous_send(
+        &self,
+        user: &Username,
+        send_id: &SendId,
+    ) -> StoreResult<Option<Vec<(ConvId, u64)>>>;
 
     /// Up to `limit` entries of `conv` from `from_seq` on, in order.
     fn read(&self, conv: &ConvId, from_seq: u64, limit: usize) -> StoreResult<Vec<LogEntry>>;

@@ -101,7 +101,7 @@ const MIGRATIONS: &[&str] = &[
      );
      CREATE INDEX log_by_file ON log (file_id) WHERE file_id IS NOT NULL;
      CREATE TABLE files (
-        id         INTEGER PRIMARY KEY,
+        id         INTEGER PRIMARY KEY AUTOINCREMENT,  -- ids are never reused
         size       INTEGER NOT NULL,
         sha256     TEXT NOT NULL,
         name       TEXT NOT NULL,
@@ -307,11 +307,7 @@ impl SqliteStore {
     /// Runs `f` on a read connection of its own (opened if none is idle),
     /// so one slow read never holds up another.
     fn with_reader<T>(&self, f: impl FnOnce(&Connection) -> StoreResult<T>) -> StoreResult<T> {
-        let idle = self
-            .readers
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .pop();
+        let idle = self.readers.lock().unwrap_or_else(|e| e.into_inner()).pop();
         let conn = match idle {
             Some(c) => c,
             None => open_connection(&self.path)?,
@@ -648,7 +644,9 @@ fn append(tx: &Connection, a: &Append) -> StoreResult<Appended> {
             cursor.execute(params![y.as_str(), k])?;
         }
         let seq: i64 = tx
-            .prepare_cached("UPDATE conversations SET head = head + 1 WHERE key = ?1 RETURNING head")?
+            .prepare_cached(
+                "UPDATE conversations SET head = head + 1 WHERE key = ?1 RETURNING head",
+            )?
             .query_row([&k], |r| r.get(0))?;
         tx.prepare_cached(
             "INSERT INTO log (conv, seq, at_ms, sender, kind, key, body, file_id)
@@ -781,7 +779,8 @@ fn entry_from_row(conv: &ConvId, r: &rusqlite::Row<'_>) -> rusqlite::Result<LogE
     })
 }
 
-const LOG_COLUMNS: &str = "l.seq, l.at_ms, l.sender, l.kind, l.key, l.body, f.id, f.size, f.sha256, f.name
+const LOG_COLUMNS: &str =
+    "l.seq, l.at_ms, l.sender, l.kind, l.key, l.body, f.id, f.size, f.sha256, f.name
      FROM log l LEFT JOIN files f ON f.id = l.file_id";
 
 impl Store for SqliteStore {
@@ -835,7 +834,8 @@ impl Store for SqliteStore {
     }
 
     fn create_user(&self, user: &UserRecord) -> StoreResult<bool> {
-        self.wait_count(Op::CreateUser(user.clone())).map(|n| n == 1)
+        self.wait_count(Op::CreateUser(user.clone()))
+            .map(|n| n == 1)
     }
 
     fn create_group(&self, name: &GroupName, owner: &Username) -> StoreResult<bool> {
@@ -874,7 +874,10 @@ impl Store for SqliteStore {
     }
 
     fn then(&self, done: Completion<()>) {
-        self.queue(Op::Nothing, Done::Then(Box::new(move |r| done(r.map(|_| ())))));
+        self.queue(
+            Op::Nothing,
+            Done::Then(Box::new(move |r| done(r.map(|_| ())))),
+        );
     }
 
     fn sync(&self) -> StoreResult<()> {
@@ -918,19 +921,17 @@ impl Store for SqliteStore {
                 "SELECT {LOG_COLUMNS} WHERE l.conv = ?1 AND l.seq >= ?2 ORDER BY l.seq LIMIT ?3"
             );
             let mut stmt = c.prepare_cached(&sql)?;
-            let rows = stmt.query_map(
-                params![conv.key(), from_seq as i64, limit as i64],
-                |r| entry_from_row(conv, r),
-            )?;
+            let rows = stmt.query_map(params![conv.key(), from_seq as i64, limit as i64], |r| {
+                entry_from_row(conv, r)
+            })?;
             Ok(rows.collect::<rusqlite::Result<_>>()?)
         })
     }
 
     fn history(&self, conv: &ConvId, limit: usize) -> StoreResult<Vec<LogEntry>> {
         self.with_reader(|c| {
-            let sql = format!(
-                "SELECT {LOG_COLUMNS} WHERE l.conv = ?1 ORDER BY l.seq DESC LIMIT ?2"
-            );
+            let sql =
+                format!("SELECT {LOG_COLUMNS} WHERE l.conv = ?1 ORDER BY l.seq DESC LIMIT ?2");
             let mut stmt = c.prepare_cached(&sql)?;
             let rows = stmt.query_map(params![conv.key(), limit as i64], |r| {
                 entry_from_row(conv, r)

@@ -81,7 +81,14 @@ pub fn run(opts: &Options) -> Result<Report, LoadError> {
             messages,
             size,
             window,
-        } => fan_out(opts, members, senders.clamp(1, members), messages, size, window.max(1)),
+        } => fan_out(
+            opts,
+            members,
+            senders.clamp(1, members),
+            messages,
+            size,
+            window.max(1),
+        ),
         Mode::Idle { sessions } => idle(opts, sessions),
         Mode::Storm { clients } => storm(opts, clients),
         Mode::File { size, members } => file(opts, size, members.max(1)),
@@ -191,7 +198,10 @@ struct Meters(Vec<Meter>, Meter);
 impl Meters {
     fn start(opts: &Options) -> Meters {
         Meters(
-            opts.server_pids.iter().map(|p| Meter::start(Some(*p))).collect(),
+            opts.server_pids
+                .iter()
+                .map(|p| Meter::start(Some(*p)))
+                .collect(),
             Meter::start(None),
         )
     }
@@ -243,7 +253,7 @@ fn receive(
         if got.count >= expected && replies.is_none() {
             break;
         }
-        match reader.next() {
+        match reader.recv() {
             Ok(Incoming::Message(d)) => {
                 acks.handled(&d.at);
                 if d.from != me {
@@ -272,7 +282,10 @@ fn receive(
                 ) => {}
             Err(_) => break,
         }
-        if acks.pending() && !reader.has_buffered() && last_ack.elapsed() >= Duration::from_millis(200) {
+        if acks.pending()
+            && !reader.has_buffered()
+            && last_ack.elapsed() >= Duration::from_millis(200)
+        {
             last_ack = Instant::now();
             let mut w = writer.lock().unwrap_or_else(|e| e.into_inner());
             for a in acks.take() {
@@ -308,7 +321,10 @@ fn fan_out(
     let mut all = clients(opts, members)?;
     for (i, c) in all.iter_mut().enumerate() {
         if i == 0 {
-            c.ok(&Request::CreateGroup(group.clone()), &[ErrorCode::GroupExists])?;
+            c.ok(
+                &Request::CreateGroup(group.clone()),
+                &[ErrorCode::GroupExists],
+            )?;
         }
         c.ok(&Request::Join(group.clone()), &[ErrorCode::AlreadyMember])?;
     }
@@ -426,7 +442,9 @@ fn send_loop(
         let left = deadline.saturating_duration_since(Instant::now());
         match replies.recv_timeout(left) {
             Ok(Reply::Ok { .. }) => answered += 1,
-            Ok(Reply::Err { code, text }) => return Err(fail(format!("send refused: {code} {text}"))),
+            Ok(Reply::Err { code, text }) => {
+                return Err(fail(format!("send refused: {code} {text}")))
+            }
             Err(_) => return Err(fail("deadline passed waiting for replies")),
         }
     }
@@ -470,7 +488,7 @@ fn idle(opts: &Options, n: usize) -> Result<Report, LoadError> {
         let mut reader = receiver.session.reader;
         reader.set_timeout(Some(opts.deadline)).map_err(fail)?;
         loop {
-            if let Incoming::Message(_) = reader.next().map_err(fail)? {
+            if let Incoming::Message(_) = reader.recv().map_err(fail)? {
                 latencies.push(start.elapsed().as_micros() as u64);
                 break;
             }
@@ -542,7 +560,7 @@ fn file(opts: &Options, size: u64, members: usize) -> Result<Report, LoadError> 
                 let mut bytes = 0u64;
                 let mut writer = writer;
                 loop {
-                    match reader.next() {
+                    match reader.recv() {
                         Ok(Incoming::Chunk { body, .. }) => bytes += body.ciphertext_len() as u64,
                         Ok(Incoming::FileEnd(at)) => {
                             let mut acks = Acks::default();
@@ -599,7 +617,11 @@ fn file(opts: &Options, size: u64, members: usize) -> Result<Report, LoadError> 
             })
             .map_err(fail)?;
     }
-    let end = sender.session.request(&Request::FileEnd(id)).map_err(fail)?.0;
+    let end = sender
+        .session
+        .request(&Request::FileEnd(id))
+        .map_err(fail)?
+        .0;
     if !end.is_ok() {
         return Err(fail(format!("FILE_END: {}", end.text())));
     }

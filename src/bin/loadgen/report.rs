@@ -78,7 +78,9 @@ impl Report {
             self.max_ms
         );
         if let (Some(cpu), Some(us)) = (self.server_cpu_s, self.server_us_per_delivery) {
-            s.push_str(&format!("server CPU {cpu:.2} s ({us:.2} us per delivery); "));
+            s.push_str(&format!(
+                "server CPU {cpu:.2} s ({us:.2} us per delivery); "
+            ));
         }
         s.push_str(&format!("generator CPU {:.2} s", self.generator_cpu_s));
         if let Some(kib) = self.rss_per_session_kib {

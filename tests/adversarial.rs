@@ -1,0 +1,1178 @@
+//! Attacks on the live server and client: men in the middle (with their own
+//! key, or forwarding the real one), changed keys for pinned hosts, the
+//! real binaries' fingerprint flags, idle sessions, connection floods from
+//! one address, password guessing, command floods, and the group and name
+//! limits.
+//!
+//! test_config() turns the rate and per-address limits off; the tests here
+//! that need them turn them back on explicitly.
+//!
+//! Timing: every duration asserted here is a lower bound (an attempt waited
+//! at least so long), which a slow machine cannot break. Where an attack's
+//! point is that something is *not* delayed, the delay it would otherwise
+//! get is made longer than [`WAIT`], the suite's limit on any single wait,
+//! so a delayed answer fails the test by timing out.
+
+mod common;
+
+use std::io::{BufRead, BufReader, ErrorKind, Read, Write};
+use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use base64::Engine as _;
+use hmac::{KeyInit, Mac};
+use sha2::{Digest, Sha256};
+
+use common::{
+    assert_no_event, connect, err, login, next_message, ok, run, start_server, start_server_with,
+    user, Raw, TestServer, WAIT,
+};
+use muchat::client::session::SessionError;
+use muchat::client::{Client, ClientConfig, ClientError, Trust};
+use muchat::connection::{FrameReader, FrameWriter, ReadError};
+use muchat::dh::{EphemeralSecret, PublicValue, StaticSecret};
+use muchat::event::{ErrorCode, Reply, ServerMessage};
+use muchat::handshake::{self, HandshakeError, PROTOCOL};
+use muchat::identity::Fingerprint;
+use muchat::keys::{SessionKeys, Transcript, SERVER_FINISHED};
+
+const B64: base64::engine::GeneralPurpose = base64::engine::general_purpose::STANDARD;
+
+/// Client settings trusting exactly `fp`.
+fn pinned_to(server: &TestServer, fp: Fingerprint) -> ClientConfig {
+    ClientConfig {
+        downloads: server.path("dl"),
+        trust: Trust::Fingerprint(fp),
+        state_dir: None,
+        reconnect: false,
+    }
+}
+
+/// Client settings pinning on first use in `file`.
+fn known_in(server: &TestServer, file: &Path) -> ClientConfig {
+    ClientConfig {
+        downloads: server.path("dl"),
+        trust: Trust::KnownServers(file.to_path_buf()),
+        state_dir: None,
+        reconnect: false,
+    }
+}
+
+fn connect_err(addr: SocketAddr, config: ClientConfig) -> ClientError {
+    match Client::connect(addr, config) {
+        Ok(_) => panic!("the client connected to {addr}; it should have refused"),
+        Err(e) => e,
+    }
+}
+
+fn untrusted(e: ClientError) -> String {
+    match e {
+        ClientError::Session(SessionError::Untrusted(why)) => why,
+        other => panic!("expected SessionError::Untrusted, got {other:?}"),
+    }
+}
+
+fn is_timeout(e: &std::io::Error) -> bool {
+    matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut)
+}
+
+// ---------------------------------------------------------------------------
+// 1. A man in the middle with its own keys.
+// ---------------------------------------------------------------------------
+
+/// What a relaying man in the middle got out of one client connection.
+struct MitmReport {
+    /// Every frame head the client sent, decrypted by the proxy.
+    from_client: Vec<String>,
+    /// How the client side ended.
+    end: String,
+}
+
+/// A proxy on 127.0.0.1:0 that accepts one client, runs the real server
+/// handshake towards it with its OWN static key, runs the client handshake
+/// towards the real server, and relays frames both ways (opening each with
+/// one side's keys and sealing it with the other's), recording what the
+/// client sent.
+fn spawn_mitm(real: SocketAddr, key: StaticSecret) -> (SocketAddr, JoinHandle<MitmReport>) {
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind proxy");
+    let addr = listener.local_addr().unwrap();
+    let handle = std::thread::spawn(move || {
+        let (victim, _) = listener.accept().expect("accept victim");
+        victim.set_read_timeout(Some(WAIT)).unwrap();
+        let mut v_reader = BufReader::new(victim.try_clone().unwrap());
+        let mut v_writer = victim.try_clone().unwrap();
+        let towards_victim = handshake::server(&mut v_reader, &mut v_writer, &key)
+            .expect("the proxy's handshake with the client");
+
+        let upstream = TcpStream::connect(real).expect("proxy connects to the real server");
+        let mut u_reader = BufReader::new(upstream.try_clone().unwrap());
+        let mut u_writer = upstream.try_clone().unwrap();
+        let towards_server = handshake::client(&mut u_reader, &mut u_writer)
+            .expect("the proxy's handshake with the real server");
+
+        // Server -> client (group messages' clear heads are relayed as such).
+        let down = std::thread::spawn(move || {
+            let mut r = FrameReader::new(u_reader, towards_server.opener);
+            let mut w = FrameWriter::new(v_writer, towards_victim.sealer);
+            while let Ok(Some(f)) = r.read_frame() {
+                if w.write_frame(&f).is_err() {
+                    break;
+                }
+            }
+        });
+        // Client -> server, recording.
+        let mut r = FrameReader::new(v_reader, towards_victim.opener);
+        let mut w = FrameWriter::new(u_writer, towards_server.sealer);
+        let mut from_client = Vec::new();
+        let end = loop {
+            match r.read_frame() {
+                Ok(Some(f)) => {
+                    from_client.push(f.head.clone());
+                    if w.write_frame(&f).is_err() {
+                        break "the real server went away".to_string();
+                    }
+                }
+                Ok(None) => break "EOF".to_string(),
+                Err(e) => break format!("error: {e}"),
+            }
+        };
+        let _ = upstream.shutdown(Shutdown::Both);
+        let _ = victim.shutdown(Shutdown::Both);
+        down.join().unwrap();
+        MitmReport { from_client, end }
+    });
+    (addr, handle)
+}
+
+#[test]
+fn a_man_in_the_middle_with_its_own_key_is_refused_before_any_frame_is_sent() {
+    let server = start_server();
+    let real_fp = server.fingerprint();
+
+    // Control: a client that trusts the proxy's key is fully relayed, and
+    // the proxy reads everything, passwords included. This is what the pin
+    // prevents (and proves the proxy is a working man in the middle).
+    let mallory = StaticSecret::random().unwrap();
+    let mallory_fp = Fingerprint::of(mallory.public_value());
+    assert_ne!(mallory_fp, real_fp);
+    let (proxy, report) = spawn_mitm(server.local_addr(), mallory);
+    let fooled =
+        Client::connect(proxy, pinned_to(&server, mallory_fp)).expect("connect via the proxy");
+    ok(&fooled, "CREATE_USER Victim victim hunter2");
+    ok(&fooled, "LOGIN victim hunter2");
+    drop(fooled);
+    let seen = report.join().unwrap().from_client;
+    assert!(
+        seen.iter().any(|h| h == "LOGIN victim hunter2"),
+        "the control proxy should have read the login: {seen:?}"
+    );
+    assert!(
+        seen.iter()
+            .any(|h| h == "CREATE_USER victim hunter2 Victim"),
+        "{seen:?}"
+    );
+
+    // Pinned by fingerprint: refused, and not one frame reached the proxy.
+    let (proxy, report) = spawn_mitm(server.local_addr(), StaticSecret::random().unwrap());
+    let why = untrusted(connect_err(proxy, pinned_to(&server, real_fp.clone())));
+    assert!(why.contains(&real_fp.to_string()), "{why}");
+    let report = report.join().unwrap();
+    assert!(
+        report.from_client.is_empty(),
+        "frames crossed to the impostor: {:?}",
+        report.from_client
+    );
+    assert!(
+        report.end == "EOF" || report.end.starts_with("error"),
+        "{}",
+        report.end
+    );
+
+    // Pinned in known_servers under the proxy's address (an earlier honest
+    // connection there): refused loudly, naming the file and the line.
+    let known = server.path("mitm-known").join("known_servers");
+    let (proxy, report) = spawn_mitm(server.local_addr(), StaticSecret::random().unwrap());
+    let before = format!(
+        "# pins\n127.0.0.1:1 {}\n{proxy} {real_fp}\n",
+        Fingerprint::of(StaticSecret::random().unwrap().public_value())
+    );
+    std::fs::write(&known, &before).unwrap();
+    let why = untrusted(connect_err(proxy, known_in(&server, &known)));
+    assert!(why.contains("HAS CHANGED"), "{why}");
+    assert!(why.contains(&known.display().to_string()), "{why}");
+    assert!(why.contains("line 3 of"), "{why}");
+    assert!(why.contains(&real_fp.to_string()), "{why}");
+    let report = report.join().unwrap();
+    assert!(report.from_client.is_empty(), "{:?}", report.from_client);
+    assert_eq!(
+        std::fs::read_to_string(&known).unwrap(),
+        before,
+        "a refused key must not be pinned"
+    );
+}
+
+// ---------------------------------------------------------------------------
+// 2. A man in the middle forwarding the real server's static key.
+// ---------------------------------------------------------------------------
+
+/// A proxy that reads the client's hello, answers with the line `forge`
+/// makes from it (given the client's value A), then records every byte the
+/// client sends afterwards until it closes.
+fn forged_hello(
+    forge: impl FnOnce(&str, &PublicValue) -> String + Send + 'static,
+) -> (SocketAddr, JoinHandle<Vec<u8>>) {
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind proxy");
+    let addr = listener.local_addr().unwrap();
+    let handle = std::thread::spawn(move || {
+        let (victim, _) = listener.accept().expect("accept victim");
+        victim.set_read_timeout(Some(WAIT)).unwrap();
+        let mut reader = BufReader::new(victim.try_clone().unwrap());
+        let mut hello = String::new();
+        reader.read_line(&mut hello).expect("client hello");
+        let hello = hello.trim_end().to_string();
+        let a_hex = hello
+            .strip_prefix(&format!("{PROTOCOL} "))
+            .unwrap_or_else(|| panic!("a {PROTOCOL} hello: {hello:?}"));
+        let a = PublicValue::from_hex(a_hex).expect("the client's value");
+        let line = forge(&hello, &a);
+        (&victim).write_all(line.as_bytes()).unwrap();
+        let mut after = Vec::new();
+        // Ends at the client's close (EOF) or a reset.
+        let _ = reader.read_to_end(&mut after);
+        after
+    });
+    (addr, handle)
+}
+
+/// The confirmation a server would send for these keys.
+fn confirm_for(keys: &SessionKeys) -> String {
+    let mut mac = hmac::Hmac::<Sha256>::new_from_slice(&keys.confirm).unwrap();
+    mac.update(SERVER_FINISHED.as_bytes());
+    B64.encode(mac.finalize().into_bytes())
+}
+
+/// A hello with the proxy's own ephemeral value, `static_value` as S, and a
+/// confirmation computed from what the proxy can derive: its ephemeral
+/// secret with A, and its own static secret with A standing in for `Zes`.
+fn hello_from_own_keys(a: &PublicValue, own: &StaticSecret, static_value: &PublicValue) -> String {
+    let b = EphemeralSecret::random().unwrap();
+    let b_pub = b.public_value().clone();
+    let ee = b.diffie_hellman(a);
+    let es = own.diffie_hellman(a);
+    let keys = SessionKeys::derive(
+        &ee,
+        &es,
+        &Transcript {
+            client: a,
+            server: &b_pub,
+            server_static: static_value,
+        },
+    );
+    format!(
+        "{PROTOCOL} {} {} {}\n",
+        b_pub.to_hex(),
+        static_value.to_hex(),
+        confirm_for(&keys)
+    )
+}
+
+#[test]
+fn a_man_in_the_middle_forwarding_the_real_key_cannot_confirm() {
+    let server = start_server();
+    let real_fp = server.fingerprint();
+    // The real S, as anyone connecting to the server sees it.
+    let real_s = {
+        let s = TcpStream::connect(server.local_addr()).unwrap();
+        s.set_read_timeout(Some(WAIT)).unwrap();
+        let mut r = BufReader::new(s.try_clone().unwrap());
+        handshake::client(&mut r, &mut &s).unwrap().server_key
+    };
+    assert_eq!(Fingerprint::of(&real_s), real_fp);
+
+    let attempt = |name: &str, proxy: SocketAddr, got: JoinHandle<Vec<u8>>| {
+        match connect_err(proxy, pinned_to(&server, real_fp.clone())) {
+            ClientError::Session(SessionError::Handshake(HandshakeError::BadConfirmation)) => {}
+            other => panic!("{name}: expected BadConfirmation, got {other:?}"),
+        }
+        let after = got.join().unwrap();
+        assert!(
+            after.is_empty(),
+            "{name}: the client sent {} bytes after the forged hello",
+            after.len()
+        );
+    };
+
+    // An arbitrary (random) confirmation.
+    let s = real_s.clone();
+    let (proxy, got) = forged_hello(move |_, _| {
+        let b = EphemeralSecret::random().unwrap();
+        let noise: [u8; 32] = Sha256::digest(b.public_value().to_bytes()).into();
+        format!(
+            "{PROTOCOL} {} {} {}\n",
+            b.public_value().to_hex(),
+            s.to_hex(),
+            B64.encode(noise)
+        )
+    });
+    attempt("random confirmation", proxy, got);
+
+    // A confirmation from keys the proxy can derive, treating its own
+    // secret as if it were the server's.
+    let s = real_s.clone();
+    let (proxy, got) =
+        forged_hello(move |_, a| hello_from_own_keys(a, &StaticSecret::random().unwrap(), &s));
+    attempt("confirmation from the proxy's keys", proxy, got);
+
+    // The real server's genuine confirmation for this very client's A
+    // (the proxy forwards the client's hello), with the proxy's own B
+    // substituted so it could learn Zee.
+    let real = server.local_addr();
+    let (proxy, got) = forged_hello(move |hello, _| {
+        let up = TcpStream::connect(real).unwrap();
+        up.set_read_timeout(Some(WAIT)).unwrap();
+        (&up).write_all(format!("{hello}\n").as_bytes()).unwrap();
+        let mut line = String::new();
+        BufReader::new(&up).read_line(&mut line).unwrap();
+        let parts: Vec<&str> = line.trim_end().split(' ').collect();
+        assert_eq!(parts.len(), 4, "{line}");
+        assert_eq!(parts[0], PROTOCOL, "{line}");
+        let b = EphemeralSecret::random().unwrap();
+        format!(
+            "{PROTOCOL} {} {} {}\n",
+            b.public_value().to_hex(),
+            parts[2],
+            parts[3]
+        )
+    });
+    attempt("relayed confirmation with the proxy's B", proxy, got);
+
+    // Control: the same computation, honest about its own static key,
+    // passes the confirmation; only the pin stops it. So the refusals
+    // above come from the confirmation, not from a badly forged line.
+    let (proxy, got) = forged_hello(move |_, a| {
+        let own = StaticSecret::random().unwrap();
+        let own_pub = own.public_value().clone();
+        hello_from_own_keys(a, &own, &own_pub)
+    });
+    untrusted(connect_err(proxy, pinned_to(&server, real_fp.clone())));
+    assert!(got.join().unwrap().is_empty());
+}
+
+// ---------------------------------------------------------------------------
+// 3. A changed key for a pinned host.
+// ---------------------------------------------------------------------------
+
+#[test]
+fn a_changed_key_for_a_pinned_address_is_refused_loudly() {
+    let first = start_server();
+    let second = start_server();
+    let (fp1, fp2) = (first.fingerprint(), second.fingerprint());
+    assert_ne!(fp1, fp2, "different data directories, different keys");
+
+    let known = first.path("known").join("known_servers");
+    let c = Client::connect(first.local_addr(), known_in(&first, &known)).expect("first contact");
+    let note = c
+        .first_use_note()
+        .expect("a note on first contact")
+        .to_string();
+    assert!(note.contains(&fp1.to_string()), "{note}");
+    assert!(note.contains(&known.display().to_string()), "{note}");
+    ok(&c, "CREATE_USER A a pw");
+    drop(c);
+    let text = std::fs::read_to_string(&known).unwrap();
+    assert_eq!(text, format!("{} {fp1}\n", first.local_addr()));
+
+    // The second server's address, pinned to the first server's key (as if
+    // the first had run there before): its own key is a changed key.
+    let mut f = std::fs::OpenOptions::new()
+        .append(true)
+        .open(&known)
+        .unwrap();
+    writeln!(f, "{} {fp1}", second.local_addr()).unwrap();
+    drop(f);
+    let before = std::fs::read_to_string(&known).unwrap();
+    let why = untrusted(connect_err(second.local_addr(), known_in(&first, &known)));
+    for needle in [
+        "HAS CHANGED".to_string(),
+        second.local_addr().to_string(),
+        fp1.to_string(),
+        fp2.to_string(),
+        format!("line 2 of {}", known.display()),
+    ] {
+        assert!(why.contains(&needle), "{needle:?} missing from: {why}");
+    }
+    assert_eq!(std::fs::read_to_string(&known).unwrap(), before);
+
+    // The first server is still known and trusted, silently.
+    let c = Client::connect(first.local_addr(), known_in(&first, &known)).expect("known server");
+    assert_eq!(c.first_use_note(), None);
+    ok(&c, "LOGIN a pw");
+    assert_eq!(std::fs::read_to_string(&known).unwrap(), before);
+}
+
+// ---------------------------------------------------------------------------
+// 4. The real binaries' fingerprint flags (and the server's log).
+// ---------------------------------------------------------------------------
+
+const SERVER: &str = env!("CARGO_BIN_EXE_server");
+const CLIENT: &str = env!("CARGO_BIN_EXE_client");
+
+/// A command for one of the binaries, with none of the caller's settings:
+/// no MUCHAT_* variable (the server reads every flag from one), and the
+/// log at its default level (the tests read its info lines).
+fn bin(path: &str) -> Command {
+    let mut c = Command::new(path);
+    for (name, _) in std::env::vars_os() {
+        if name.to_string_lossy().starts_with("MUCHAT_") {
+            c.env_remove(name);
+        }
+    }
+    c.env("RUST_LOG", "info");
+    c
+}
+
+/// A child process killed when the test ends, however it ends.
+struct Killed(Child);
+
+impl Drop for Killed {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Reads `r` to its end on a thread; the text arrives on the channel.
+fn collect(mut r: impl Read + Send + 'static) -> mpsc::Receiver<String> {
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        let mut s = String::new();
+        let _ = r.read_to_string(&mut s);
+        let _ = tx.send(s);
+    });
+    rx
+}
+
+/// Runs `cmd` with `input` on stdin; returns (exit code, stdout, stderr).
+/// Fails the test if its output is not closed (it has not exited) within
+/// WAIT.
+fn run_bin(cmd: &mut Command, input: &str) -> (i32, String, String) {
+    let mut child = Killed(
+        cmd.stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn"),
+    );
+    let out = collect(child.0.stdout.take().unwrap());
+    let errs = collect(child.0.stderr.take().unwrap());
+    let mut stdin = child.0.stdin.take().unwrap();
+    let _ = stdin.write_all(input.as_bytes());
+    drop(stdin);
+    // Both pipes close when the process exits.
+    let out = out
+        .recv_timeout(WAIT)
+        .unwrap_or_else(|_| panic!("{cmd:?} did not exit"));
+    let errs = errs
+        .recv_timeout(WAIT)
+        .unwrap_or_else(|_| panic!("{cmd:?} did not exit"));
+    let status = child.0.wait().expect("wait");
+    (status.code().unwrap_or(-1), out, errs)
+}
+
+fn server_fingerprint_of(data: &Path) -> String {
+    let (code, out, errs) = run_bin(
+        bin(SERVER).arg("--fingerprint").arg("--data-dir").arg(data),
+        "",
+    );
+    assert_eq!(code, 0, "{errs}");
+    let fp = out.trim().to_string();
+    assert!(Fingerprint::parse(&fp).is_some(), "{out:?}");
+    fp
+}
+
+/// The server binary, running on 127.0.0.1:0.
+struct ServerBin {
+    /// Where it listens, from its log.
+    addr: String,
+    /// The fingerprint it logged before listening.
+    fingerprint: String,
+    /// Its log lines as they come.
+    log: mpsc::Receiver<String>,
+    _child: Killed,
+}
+
+impl ServerBin {
+    fn start(data: &Path, flags: &[&str]) -> ServerBin {
+        let mut child = Killed(
+            bin(SERVER)
+                .arg("127.0.0.1:0")
+                .arg("--data-dir")
+                .arg(data)
+                .args(flags)
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(Stdio::piped())
+                .spawn()
+                .expect("spawn server"),
+        );
+        // Every line is read (so the server never blocks on its log) and
+        // passed on.
+        let stderr = BufReader::new(child.0.stderr.take().unwrap());
+        let (tx, log) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in stderr.lines() {
+                let Ok(line) = line else { break };
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        // `<time>  INFO key fingerprint=SHA256:...`, then
+        // `<time>  INFO listening addr=127.0.0.1:PORT`.
+        let value = |line: &str, key: &str| -> Option<String> {
+            let rest = line.split(&format!(" {key}")).nth(1)?;
+            Some(rest.split_whitespace().next().unwrap_or("").to_string())
+        };
+        let (mut fingerprint, mut addr) = (None, None);
+        while addr.is_none() {
+            let line = log
+                .recv_timeout(WAIT)
+                .expect("the server logs where it listens");
+            if line.contains(" INFO key ") {
+                fingerprint = value(&line, "fingerprint=");
+            }
+            if line.contains(" INFO listening ") {
+                addr = value(&line, "addr=");
+            }
+        }
+        ServerBin {
+            addr: addr.unwrap(),
+            fingerprint: fingerprint.expect("the server logs its fingerprint before listening"),
+            log,
+            _child: child,
+        }
+    }
+}
+
+#[test]
+fn the_binaries_pin_fingerprints_and_refuse_a_wrong_one() {
+    let tmp = tempfile::tempdir().expect("temp dir");
+    let data = tmp.path().join("data");
+    let server = ServerBin::start(&data, &["--rate", "0"]);
+    let (addr, fp) = (server.addr.clone(), server.fingerprint.clone());
+    assert!(Fingerprint::parse(&fp).is_some(), "{fp}");
+    assert_eq!(server_fingerprint_of(&data), fp, "server --fingerprint");
+
+    // Another key, for the wrong-fingerprint case.
+    let other = server_fingerprint_of(&tmp.path().join("other-data"));
+    assert_ne!(other, fp);
+
+    // No client run may touch a real known_servers file or state directory.
+    let home = tmp.path().join("home");
+    let downloads = tmp.path().join("downloads");
+    let state = tmp.path().join("state");
+    let client = || {
+        let mut c = bin(CLIENT);
+        c.env("HOME", &home)
+            .env("XDG_DATA_HOME", home.join("xdg"))
+            .env("XDG_STATE_HOME", home.join("xdg-state"))
+            .arg(&addr)
+            .arg("--downloads")
+            .arg(&downloads)
+            .arg("--state-dir")
+            .arg(&state);
+        c
+    };
+
+    let (code, out, errs) = run_bin(
+        client().args(["--server-fingerprint", &fp]),
+        "CREATE_USER A a pw\n",
+    );
+    assert_eq!(code, 0, "stdout: {out}\nstderr: {errs}");
+    assert!(out.contains("OK created user a"), "{out}");
+
+    let (code, out, errs) = run_bin(
+        client().args(["--server-fingerprint", &other]),
+        "CREATE_USER B b pw\n",
+    );
+    assert_ne!(code, 0, "a wrong fingerprint must fail; stderr: {errs}");
+    assert_eq!(out, "", "nothing may be printed (or sent) on a refused key");
+    assert!(errs.contains(&fp) && errs.contains(&other), "{errs}");
+    assert!(
+        !home.join("xdg").exists(),
+        "--server-fingerprint must not write a known_servers file"
+    );
+
+    // Trust on first use with --known-servers. (Each run makes one round
+    // trip: a client ending its input at once may hang, see
+    // a_client_closed_right_after_connecting_lets_go.)
+    let known = tmp.path().join("known").join("known_servers");
+    let known_s = known.display().to_string();
+    let (code, out, errs) = run_bin(client().args(["--known-servers", &known_s]), "LOGIN a pw\n");
+    assert_eq!(code, 0, "stdout: {out}\nstderr: {errs}");
+    assert!(out.contains("OK logged in as a"), "{out}");
+    assert!(errs.contains(&known_s) && errs.contains(&fp), "{errs}");
+    assert_eq!(
+        std::fs::read_to_string(&known).unwrap(),
+        format!("{addr} {fp}\n")
+    );
+    // The second time: known, no note.
+    let (code, out, errs) = run_bin(client().args(["--known-servers", &known_s]), "LOGIN a pw\n");
+    assert_eq!(code, 0, "{errs}");
+    assert!(out.contains("OK logged in as a"), "{out}");
+    assert!(!errs.contains(&known_s), "{errs}");
+
+    // A pin to another key for this address: refused, nothing printed.
+    std::fs::write(&known, format!("{addr} {other}\n")).unwrap();
+    let (code, out, errs) = run_bin(
+        client().args(["--known-servers", &known_s]),
+        "CREATE_USER C c pw\n",
+    );
+    assert_ne!(code, 0, "{errs}");
+    assert_eq!(out, "");
+    assert!(
+        errs.contains("HAS CHANGED") && errs.contains(&known_s),
+        "{errs}"
+    );
+    assert!(
+        !home.join("xdg").exists() && !home.join("xdg-state").exists(),
+        "nothing may be written outside the given files"
+    );
+}
+
+/// A client closed (here: dropped) as soon as it has connected must let
+/// go of the connection. The `client` binary does exactly this when its
+/// input ends at once (`client ADDR --server-fingerprint FP < /dev/null`).
+#[test]
+fn a_client_closed_right_after_connecting_lets_go() {
+    let server = start_server();
+    // The race is lost about one time in five; a hundred tries find it.
+    for i in 0..100 {
+        let c = connect(&server);
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            drop(c);
+            let _ = tx.send(());
+        });
+        // (A client left hanging lets go when the server shuts down.)
+        rx.recv_timeout(WAIT).unwrap_or_else(|_| {
+            panic!("connection {i}: dropping the client did not return within {WAIT:?}")
+        });
+    }
+}
+
+#[test]
+fn failed_logins_are_logged_with_the_guessers_address() {
+    let tmp = tempfile::tempdir().expect("temp dir");
+    let server = ServerBin::start(&tmp.path().join("data"), &[]);
+    let c = Client::connect(
+        &server.addr,
+        ClientConfig {
+            downloads: tmp.path().join("dl"),
+            trust: Trust::Fingerprint(Fingerprint::parse(&server.fingerprint).unwrap()),
+            state_dir: None,
+            reconnect: false,
+        },
+    )
+    .expect("connect to the server binary");
+    err(&c, "LOGIN mallet guess1", ErrorCode::LoginFailed);
+    // The reply is sent after the line is logged; every line before it is
+    // read in turn (a bounded number: nothing else happens on the server).
+    let line = (0..1000)
+        .map(|_| {
+            server
+                .log
+                .recv_timeout(WAIT)
+                .expect("the failed login is logged")
+        })
+        .find(|l| l.contains("login failed"))
+        .expect("a \"login failed\" line");
+    assert!(line.contains(" WARN "), "{line}");
+    assert!(line.contains("user=mallet"), "{line}");
+    assert!(line.contains("peer=127.0.0.1:"), "{line}");
+    assert!(
+        !line.contains("guess1"),
+        "the password must not be logged: {line}"
+    );
+}
+
+// ---------------------------------------------------------------------------
+// 5. Idle sessions.
+// ---------------------------------------------------------------------------
+
+fn online(c: &Client) -> String {
+    let list = ok(c, "LIST");
+    list.split("online: ").nth(1).unwrap_or("").to_string()
+}
+
+#[test]
+fn idle_sessions_are_pinged_then_closed_while_answering_clients_stay() {
+    let idle_timeout = Duration::from_secs(1);
+    let server = start_server_with(|c| c.idle_timeout = idle_timeout);
+    // The library client answers PING with PONG.
+    let keeper = login(&server, "keeper");
+
+    let mut idle = Raw::connect(&server);
+    assert!(idle.request("CREATE_USER idle pw Idle").is_ok());
+    // Before the last frame idle sends: the server's idle clock starts
+    // after it reads it.
+    let t0 = Instant::now();
+    assert!(idle.request("LOGIN idle pw").is_ok());
+    assert!(online(&keeper).contains("idle"));
+    // The keeper sends nothing of its own from here on.
+    let keeper_quiet = Instant::now();
+
+    // Pinged after half the idle timeout, closed after the whole (the
+    // margins allow for the kernel's timer granularity).
+    assert_eq!(idle.recv(), ServerMessage::Ping(1));
+    let pinged = t0.elapsed();
+    assert_eq!(idle.expect_close().as_deref(), Some("idle timeout"));
+    let closed = t0.elapsed();
+    assert!(
+        pinged >= Duration::from_millis(400),
+        "pinged after {pinged:?}"
+    );
+    assert!(
+        closed >= Duration::from_millis(800),
+        "closed after {closed:?}"
+    );
+
+    // Past the handshake but never logged in, also silent.
+    let mut anon = Raw::connect(&server);
+    assert_eq!(anon.recv(), ServerMessage::Ping(1));
+    assert_eq!(anon.expect_close().as_deref(), Some("idle timeout"));
+
+    // The keeper has now been silent longer than the idle timeout (anon
+    // connected after its last request and has been closed for idleness),
+    // but it answered its PINGs: still connected, and the idle user is gone.
+    assert!(
+        keeper_quiet.elapsed() >= Duration::from_millis(800),
+        "{:?}",
+        keeper_quiet.elapsed()
+    );
+    let list = online(&keeper);
+    assert!(list.contains("keeper") && !list.contains("idle"), "{list}");
+    assert_no_event(&keeper);
+}
+
+// ---------------------------------------------------------------------------
+// 6. Connections per address, and freed places.
+// ---------------------------------------------------------------------------
+
+/// Reads what the server sends until it closes; fails on a timeout.
+fn read_until_close(s: &TcpStream) -> Vec<u8> {
+    let mut all = Vec::new();
+    let mut buf = [0u8; 4096];
+    loop {
+        match (&mut &*s).read(&mut buf) {
+            Ok(0) => return all,
+            Ok(n) => all.extend_from_slice(&buf[..n]),
+            Err(e) if is_timeout(&e) => panic!("the server did not close the connection"),
+            Err(_) => return all, // reset: closed too
+        }
+    }
+}
+
+fn refused_for_too_many(server: &TestServer) {
+    let s = TcpStream::connect(server.local_addr()).unwrap();
+    s.set_read_timeout(Some(WAIT)).unwrap();
+    let text = String::from_utf8(read_until_close(&s)).unwrap();
+    assert!(
+        text.starts_with(&format!("{PROTOCOL} ERROR too many connections")),
+        "{text:?}"
+    );
+    assert!(
+        text.ends_with('\n') && text.lines().count() == 1,
+        "{text:?}"
+    );
+}
+
+#[test]
+fn connections_per_address_are_capped_and_freed_places_reused() {
+    let server = start_server_with(|c| {
+        c.max_connections_per_ip = 2;
+        c.handshake_timeout = Duration::from_secs(1);
+    });
+    let silent: Vec<TcpStream> = (0..2)
+        .map(|_| {
+            let s = TcpStream::connect(server.local_addr()).unwrap();
+            s.set_read_timeout(Some(WAIT)).unwrap();
+            s
+        })
+        .collect();
+    refused_for_too_many(&server);
+    refused_for_too_many(&server);
+
+    // The handshake deadline closes both, without a word.
+    for s in &silent {
+        assert_eq!(read_until_close(s), b"");
+    }
+
+    // The server gives a connection's place back before it closes the
+    // socket, so once a close is seen the place is free.
+    let a = connect(&server);
+    ok(&a, "CREATE_USER A a pw");
+    ok(&a, "LOGIN a pw");
+    let b = connect(&server);
+    ok(&b, "CREATE_USER B b pw");
+    // Both places are taken again: the refusals did not leak any.
+    refused_for_too_many(&server);
+    ok(&a, "LIST");
+}
+
+// ---------------------------------------------------------------------------
+// 7. Password guessing.
+// ---------------------------------------------------------------------------
+
+/// One login attempt on a fresh connection (as a guesser reconnecting would
+/// make it); returns the reply and how long the server took to give it.
+fn timed_login(server: &TestServer, name: &str, password: &str) -> (Reply, Duration) {
+    let c = connect(server);
+    let start = Instant::now();
+    let reply = run(&c, &format!("LOGIN {name} {password}"));
+    (reply, start.elapsed())
+}
+
+fn login_failed() -> Reply {
+    Reply::err(ErrorCode::LoginFailed, "wrong username or password")
+}
+
+fn is_login_failed(r: &Reply) -> bool {
+    matches!(
+        r,
+        Reply::Err {
+            code: ErrorCode::LoginFailed,
+            ..
+        }
+    )
+}
+
+#[test]
+fn password_guessing_is_slowed_by_account_and_by_address() {
+    let server = start_server_with(|c| c.login_backoff = Duration::from_millis(200));
+    let c = connect(&server);
+    ok(&c, "CREATE_USER Alice alice right-pw");
+    drop(c);
+
+    // Three free failures (that they are not delayed at all is
+    // a_few_failures_and_a_success_are_not_delayed), then 200 ms, 400 ms.
+    for i in 1..=3 {
+        let (reply, _) = timed_login(&server, "alice", &format!("guess{i}"));
+        assert_eq!(reply, login_failed(), "attempt {i}");
+    }
+    let (reply, took) = timed_login(&server, "alice", "guess4");
+    assert_eq!(reply, login_failed());
+    assert!(
+        took >= Duration::from_millis(180),
+        "4th attempt took {took:?}"
+    );
+    let (reply, took) = timed_login(&server, "alice", "guess5");
+    assert_eq!(reply, login_failed());
+    assert!(
+        took >= Duration::from_millis(360),
+        "5th attempt took {took:?}"
+    );
+
+    // Another (non-existent) account from the same address: the same
+    // reply, and throttled by the address (5 failures: 200 ms x 4).
+    let (reply, took) = timed_login(&server, "nobody", "guess");
+    assert_eq!(reply, login_failed());
+    assert!(
+        took >= Duration::from_millis(720),
+        "other name took {took:?}"
+    );
+
+    // The right password still works, after its wait (6 failures from the
+    // address: 200 ms x 8).
+    let (reply, took) = timed_login(&server, "alice", "right-pw");
+    assert_eq!(reply, Reply::ok("logged in as alice"));
+    assert!(
+        took >= Duration::from_millis(1400),
+        "right password took {took:?}"
+    );
+}
+
+/// A login attempt on a fresh raw connection that must be answered within
+/// [`WAIT`] (the raw connection's read timeout): on a server whose backoff
+/// is longer than that, an answer means the attempt was not delayed.
+fn undelayed_login(server: &TestServer, name: &str, password: &str) -> Reply {
+    let mut raw = Raw::connect(server);
+    raw.send(&format!("LOGIN {name} {password}"));
+    loop {
+        match raw.reader.read_frame() {
+            Ok(Some(f)) => match ServerMessage::parse(f).expect("a server message") {
+                ServerMessage::Reply(r) => return r,
+                // A successful login's group keys come first (none here).
+                ServerMessage::GroupKey { .. } => {}
+                other => panic!("LOGIN {name}: unexpected {other:?}"),
+            },
+            Err(ReadError::Io(e)) if is_timeout(&e) => {
+                panic!("LOGIN {name} {password}: no answer within {WAIT:?}: it was delayed")
+            }
+            other => panic!("LOGIN {name}: {other:?}"),
+        }
+    }
+}
+
+#[test]
+fn a_few_failures_and_a_success_are_not_delayed() {
+    // Any delay at all would be longer than the test waits for an answer.
+    let backoff = WAIT + Duration::from_secs(10);
+    let server = start_server_with(|c| c.login_backoff = backoff);
+    let c = connect(&server);
+    ok(&c, "CREATE_USER Alice alice right-pw");
+    drop(c);
+
+    // Two failures: not delayed, and the right password is not either.
+    for i in 1..=2 {
+        assert_eq!(
+            undelayed_login(&server, "alice", &format!("guess{i}")),
+            login_failed()
+        );
+    }
+    assert_eq!(
+        undelayed_login(&server, "alice", "right-pw"),
+        Reply::ok("logged in as alice")
+    );
+    // The success cleared the account's count and took its failures off
+    // the address's: three more failures are free again. Without either,
+    // the second of these would be the third failure counted and the
+    // third would wait.
+    for i in 3..=5 {
+        assert_eq!(
+            undelayed_login(&server, "alice", &format!("guess{i}")),
+            login_failed(),
+            "failure {i}"
+        );
+    }
+}
+
+/// Fails `n` wrong logins for distinct (non-existent) accounts, one
+/// connection each, as a password sprayer would.
+fn spray(server: &TestServer, tag: &str, n: usize) {
+    for i in 0..n {
+        let (reply, _) = timed_login(server, &format!("{tag}{i}"), "Summer2024");
+        assert!(is_login_failed(&reply), "{reply:?}");
+    }
+}
+
+#[test]
+fn concurrent_guesses_do_not_share_one_backoff_window() {
+    let backoff = Duration::from_millis(200);
+    let server = start_server_with(|c| c.login_backoff = backoff);
+    let c = connect(&server);
+    ok(&c, "CREATE_USER Alice alice right-pw");
+    drop(c);
+    for i in 1..=3 {
+        let (reply, _) = timed_login(&server, "alice", &format!("free{i}"));
+        assert!(is_login_failed(&reply), "{reply:?}");
+    }
+    // Eight guesses at once, one connection each.
+    const GUESSES: usize = 8;
+    let clients: Vec<Client> = (0..GUESSES).map(|_| connect(&server)).collect();
+    let (tx, rx) = mpsc::channel();
+    let start = Instant::now();
+    for (i, c) in clients.into_iter().enumerate() {
+        let tx = tx.clone();
+        std::thread::spawn(move || {
+            let cmd = muchat::command::Command::parse(&format!("LOGIN alice guess{i}")).unwrap();
+            let reply = c.execute(&cmd);
+            let _ = tx.send((reply, start.elapsed()));
+        });
+    }
+    drop(tx);
+    // Checked one after another, the k-th is checked no sooner than
+    // 200 ms x (2^k - 1) after they were sent: 200 ms, 600 ms, 1400 ms...
+    // Any k answers include one that waited at least that long. (The rest
+    // are left waiting; the server's shutdown ends them.)
+    const CHECKED: u32 = 3;
+    let mut answered: Vec<Duration> = (0..CHECKED)
+        .map(|_| {
+            let (reply, at) = rx.recv_timeout(WAIT).expect("a guess is answered");
+            match reply {
+                Ok(r) if is_login_failed(&r) => at,
+                other => panic!("{other:?}"),
+            }
+        })
+        .collect();
+    answered.sort();
+    for (k, at) in (1..=CHECKED).zip(&answered) {
+        let earliest = backoff * (2u32.pow(k) - 1);
+        assert!(
+            *at >= earliest,
+            "concurrent guess no. {k} was checked after {at:?}, before {earliest:?} \
+             (all: {answered:?})"
+        );
+    }
+}
+
+#[test]
+fn logging_in_to_your_own_account_does_not_reset_the_address_throttle() {
+    let server = start_server_with(|c| c.login_backoff = Duration::from_millis(200));
+    let c = connect(&server);
+    ok(&c, "CREATE_USER Mallory mallory mallory-pw");
+    drop(c);
+    spray(&server, "victim", 4);
+    let (reply, _) = timed_login(&server, "mallory", "mallory-pw");
+    assert!(reply.is_ok(), "{reply:?}");
+    // Four failures against other accounts still count for this address.
+    let (reply, took) = timed_login(&server, "victim9", "Summer2024");
+    assert!(is_login_failed(&reply), "{reply:?}");
+    assert!(
+        took >= Duration::from_millis(180),
+        "the sprayer's next guess waited only {took:?}"
+    );
+}
+
+// ---------------------------------------------------------------------------
+// 8. Command floods.
+// ---------------------------------------------------------------------------
+
+/// Sends `head` until it is not rate-limited, pacing the attacker; returns
+/// the OK text, which must start with `prefix`. Ten times 1/rate of pauses
+/// is always enough for a token to come back.
+fn paced(raw: &mut Raw, head: &str, prefix: &str, rate: u32) -> String {
+    let pause = Duration::from_secs(1) / rate / 10;
+    for _ in 0..100 {
+        match raw.request(head) {
+            Reply::Ok { text, .. } => {
+                assert!(text.starts_with(prefix), "{head}: {text}");
+                return text;
+            }
+            Reply::Err {
+                code: ErrorCode::RateLimited,
+                ..
+            } => std::thread::sleep(pause),
+            other => panic!("{head}: {other:?}"),
+        }
+    }
+    panic!("{head} was still rate-limited after 10 x 1/rate of pauses");
+}
+
+#[test]
+fn a_command_flood_is_rate_limited_without_starving_others() {
+    const RATE: u32 = 20;
+    const BURST: u32 = 20;
+    let server = start_server_with(|c| {
+        c.rate = RATE;
+        c.burst = BURST;
+    });
+    let bob = login(&server, "bob");
+    let carol = login(&server, "carol");
+    let mut raw = Raw::connect(&server);
+    assert!(raw.request("CREATE_USER flooder pw F").is_ok());
+    assert!(raw.request("LOGIN flooder pw").is_ok());
+
+    const FLOOD: usize = 300;
+    std::thread::scope(|scope| {
+        // Bob and Carol chat while the flood runs (well within their own
+        // bursts: rate limits are per session).
+        let chat = scope.spawn(|| {
+            for i in 0..10 {
+                for (from, to) in [(&bob, "carol"), (&carol, "bob")] {
+                    match from.send_text(&user(to), &format!("to {to} #{i}")) {
+                        Ok(r) if r.is_ok() => {}
+                        other => panic!("send to {to} #{i}: {other:?}"),
+                    }
+                }
+            }
+            for (me, name, other) in [(&bob, "bob", "carol"), (&carol, "carol", "bob")] {
+                for i in 0..10 {
+                    let m = next_message(me);
+                    assert_eq!(m.from, other);
+                    assert_eq!(m.text, format!("to {name} #{i}"));
+                }
+            }
+        });
+
+        // Every request written before any reply is read.
+        let flood_start = Instant::now();
+        for _ in 0..FLOOD {
+            raw.writer.queue("LIST", None);
+        }
+        raw.writer.flush().unwrap();
+        let (mut oks, mut limited) = (0u32, 0u32);
+        for n in 0..FLOOD {
+            match raw.recv() {
+                ServerMessage::Reply(Reply::Ok { text, .. }) if text.starts_with("groups:") => {
+                    oks += 1
+                }
+                ServerMessage::Reply(Reply::Err {
+                    code: ErrorCode::RateLimited,
+                    ..
+                }) => limited += 1,
+                other => panic!("reply {n}: unexpected {other:?}"),
+            }
+        }
+        let took = flood_start.elapsed();
+        assert_eq!((oks + limited) as usize, FLOOD);
+        // The burst was served: the bucket held BURST less CREATE_USER and
+        // LOGIN when the flood began.
+        assert!(oks >= BURST - 2, "the burst should have been served: {oks}");
+        // And no more than the burst and the rate allow over the time the
+        // flood took (that is: serving `oks` took at least
+        // (oks - BURST) / RATE seconds).
+        let allowed = f64::from(BURST) + f64::from(RATE) * took.as_secs_f64();
+        assert!(
+            f64::from(oks) <= allowed + 1e-3,
+            "{oks} of {FLOOD} served in {took:?}: at most {allowed:.1} allowed ({limited} limited)"
+        );
+        chat.join().unwrap();
+    });
+
+    // Still connected: once tokens come back, requests succeed.
+    paced(&mut raw, "LIST", "groups:", RATE);
+    paced(&mut raw, "HELP", "requests:", RATE);
+    // Exactly one reply each: QUIT (never rate-limited) is answered next,
+    // with nothing left over from the flood before it or after it.
+    assert_eq!(raw.request("QUIT"), Reply::ok("bye"));
+    match raw.reader.read_frame() {
+        Ok(None) => {}
+        Err(ReadError::Io(e)) if !is_timeout(&e) => {}
+        other => panic!("expected the close after QUIT, got {other:?}"),
+    }
+}
+
+// ---------------------------------------------------------------------------
+// 9. Group limits and case-insensitive names.
+// ---------------------------------------------------------------------------
+
+#[test]
+fn the_group_cap_holds_and_names_ignore_case() {
+    let server = start_server_with(|c| c.max_groups_per_user = 2);
+    let a = login(&server, "gia");
+    let b = login(&server, "gib");
+    ok(&a, "CREATE_GROUP g1");
+    ok(&a, "CREATE_GROUP g2");
+    err(&a, "CREATE_GROUP g3", ErrorCode::TooManyGroups);
+    ok(&b, "CREATE_GROUP g4");
+    err(&a, "JOIN g4", ErrorCode::TooManyGroups);
+    // The refused CREATE_GROUP made nothing.
+    assert!(!ok(&a, "LIST").contains("#g3"));
+    ok(&b, "CREATE_GROUP g3");
+    err(&b, "CREATE_GROUP G3", ErrorCode::GroupExists);
+
+    ok(&a, "LEAVE g1");
+    ok(&a, "JOIN g4");
+    err(&a, "JOIN g3", ErrorCode::TooManyGroups);
+    let list = ok(&a, "LIST");
+    assert!(list.contains("#g4 (2 members, joined)"), "{list}");
+
+    let c = connect(&server);
+    ok(&c, "CREATE_USER Alice Alice pw");
+    err(&c, "CREATE_USER x ALICE pw", ErrorCode::UserExists);
+    err(&c, "CREATE_USER x alice pw", ErrorCode::UserExists);
+    ok(&c, "LOGIN ALICE pw");
+    let list = online(&c);
+    assert!(
+        list.split(", ").any(|u| u == "alice") && !list.contains("Alice"),
+        "{list}"
+    );
+    drop(c);
+    let c = connect(&server);
+    ok(&c, "LOGIN aLiCe pw");
+}
