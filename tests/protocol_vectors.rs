@@ -460,20 +460,20 @@ fn content(doc: &BTreeMap<String, String>) -> Content {
         body: Body::enveloped(&envelope, &group_delivery.body),
     };
 
-    let file = get(doc, "file_plaintext").as_bytes();
+    let data = get(doc, "file_plaintext").as_bytes();
     let chunk_key = content_key(doc, "chunk_key");
     let chunk = ServerMessage::Chunk {
         at: at(FILE_AT),
         offset: 0,
         key: chunk_key.clone(),
-        body: chunk_key.seal_with_iv(&fixed(get(doc, "chunk_iv")), file),
+        body: chunk_key.seal_with_iv(&fixed(get(doc, "chunk_iv")), data),
     };
     let file = ServerMessage::File(FileStart {
         at: at(FILE_AT),
         at_ms: num(doc, "file_unix_ms"),
         from: user(SENDER),
-        size: file.len() as u64,
-        sha256: Sha256::digest(file).into(),
+        size: data.len() as u64,
+        sha256: Sha256::digest(data).into(),
         name: FILE_NAME.to_string(),
     });
     Content {

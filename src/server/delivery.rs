@@ -161,6 +161,9 @@ pub struct Link {
     catch_up: Sender<Option<Arc<Link>>>,
     /// This link, for the outbox's drain hook to schedule it.
     me: Weak<Link>,
+    /// Whether any conversation is behind (a lock-free hint for the drain
+    /// hook, which runs after every write).
+    has_behind: AtomicBool,
 }
 
 impl Link {
@@ -179,6 +182,7 @@ impl Link {
             scheduled: AtomicBool::new(false),
             catch_up: catch_up.jobs.clone(),
             me: me.clone(),
+            has_behind: AtomicBool::new(false),
         });
         let hook: Weak<dyn DrainHook> = link.me.clone();
         outbox.set_drain_hook(Some(hook));
@@ -279,7 +283,11 @@ impl Link {
             return;
         }
         progress.head = progress.head.max(seq);
-        if seq == progress.next && !behind && st.skip.remove(&(conv.clone(), seq)) {
+        if seq == progress.next
+            && !behind
+            && !st.skip.is_empty()
+            && st.skip.remove(&(conv.clone(), seq))
+        {
             // This connection sent it: its reply told it where it went.
             progress.next += 1;
             return;
@@ -322,6 +330,7 @@ impl Link {
 
     /// Queues a catch-up job unless one is queued or running.
     fn schedule(self: &Arc<Self>) {
+        self.has_behind.store(true, Ordering::Release);
         if self
             .scheduled
             .compare_exchange(false, true, Ordering::AcqRel, Ordering::Acquire)
@@ -362,6 +371,7 @@ impl Link {
             let (conv, next, file) = {
                 let mut st = self.lock();
                 let Some(conv) = Self::next_behind(&st) else {
+                    self.has_behind.store(false, Ordering::Release);
                     return Ok(Again::No);
                 };
                 st.last_served = Some(conv.clone());
@@ -490,7 +500,7 @@ impl Link {
 
 impl DrainHook for Link {
     fn drained(&self) {
-        if self.lock().behind.is_empty() {
+        if !self.has_behind.load(Ordering::Acquire) || self.lock().behind.is_empty() {
             return;
         }
         if let Some(me) = self.me.upgrade() {

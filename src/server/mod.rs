@@ -243,7 +243,9 @@ pub(crate) struct Shared {
 impl Shared {
     /// Opens the store and starts the pools.
     fn open(config: Config) -> io::Result<Shared> {
-        let store = SqliteStore::open(&config.data_dir).map_err(io::Error::other)?;
+        let hook: crate::store::BatchHook = Arc::new(outbox::deferring_wakeups);
+        let store =
+            SqliteStore::open_with(&config.data_dir, Some(hook)).map_err(io::Error::other)?;
         let snapshot = store
             .load()
             .map_err(|e| io::Error::other(format!("{}: {e}", store.path().display())))?;

@@ -217,7 +217,16 @@ impl Outbox {
             self.inner.sub_bytes(cost);
             return Err(Closed);
         }
-        self.ensure_writer();
+        let deferred = DEFERRED.with(|d| match d.borrow_mut().as_mut() {
+            Some(list) => {
+                list.push(Arc::clone(&self.inner));
+                true
+            }
+            None => false,
+        });
+        if !deferred {
+            self.ensure_writer();
+        }
         Ok(())
     }
 
@@ -315,6 +324,24 @@ impl Outbox {
     }
 }
 
+thread_local! {
+    /// Outboxes pushed to while [`deferring_wakeups`] runs on this thread.
+    static DEFERRED: std::cell::RefCell<Option<Vec<Arc<Inner>>>> =
+        const { std::cell::RefCell::new(None) };
+}
+
+/// Runs `f`, then wakes the writers for every outbox it pushed to, once
+/// each: the messages of one commit then reach each connection in one
+/// write, as an event-loop server would send them.
+pub fn deferring_wakeups(f: &mut dyn FnMut()) {
+    let outer = DEFERRED.with(|d| d.borrow_mut().replace(Vec::new()));
+    f();
+    let pushed = DEFERRED.with(|d| std::mem::replace(&mut *d.borrow_mut(), outer));
+    for inner in pushed.into_iter().flatten() {
+        ensure_writer(&inner);
+    }
+}
+
 fn ensure_writer(inner: &Arc<Inner>) {
     if inner
         .scheduled
@@ -326,7 +353,7 @@ fn ensure_writer(inner: &Arc<Inner>) {
 }
 
 /// Threads that write for every connection.
-const POOL_THREADS: usize = 4;
+const POOL_THREADS: usize = 2;
 
 /// How long one write may wait for a client's socket before the writer
 /// moves on to other connections (the rest is retried shortly).

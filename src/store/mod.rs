@@ -261,6 +261,11 @@ pub struct StoredChunk {
     pub body: Body,
 }
 
+/// Runs the completions of one commit together (the server uses it to
+/// wake its writers once per commit rather than once per message, so a
+/// connection gets several messages in one write).
+pub type BatchHook = std::sync::Arc<dyn Fn(&mut dyn FnMut()) + Send + Sync>;
+
 /// Work to run on the store's writer when a queued write has committed (or
 /// failed). Completions run one at a time, in the order their writes were
 /// queued, which is also the order of the sequence numbers they assigned.

@@ -24,8 +24,8 @@ use crossbeam_channel::{bounded, unbounded, Receiver, Sender};
 use rusqlite::{params, Connection, OpenFlags, OptionalExtension};
 
 use super::{
-    Append, Appended, Completion, Content, ConvId, Cursor, FileInfo, GroupRecord, LogEntry,
-    Snapshot, Store, StoreError, StoreResult, StoredChunk, UserRecord,
+    Append, Appended, BatchHook, Completion, Content, ConvId, Cursor, FileInfo, GroupRecord,
+    LogEntry, Snapshot, Store, StoreError, StoreResult, StoredChunk, UserRecord,
 };
 use crate::content::{Body, ContentKey};
 use crate::names::{GroupName, Username};
@@ -234,6 +234,11 @@ impl SqliteStore {
     /// path, if the directory cannot be created or written, or the
     /// database is corrupt or from a newer version.
     pub fn open(dir: &Path) -> StoreResult<SqliteStore> {
+        Self::open_with(dir, None)
+    }
+
+    /// [`open`](Self::open), running each commit's completions inside `batch`.
+    pub fn open_with(dir: &Path, batch: Option<BatchHook>) -> StoreResult<SqliteStore> {
         let unusable = |path: &Path, why: String| StoreError::Unusable {
             path: path.display().to_string(),
             why,
@@ -263,7 +268,7 @@ impl SqliteStore {
         let (writes, jobs) = unbounded();
         std::thread::Builder::new()
             .name("store-writer".into())
-            .spawn(move || write_loop(writer, &jobs))
+            .spawn(move || write_loop(writer, &jobs, batch))
             .map_err(|e| problem(&e))?;
         Ok(SqliteStore {
             path,
@@ -398,7 +403,7 @@ fn migrate(conn: &Connection) -> Result<(), String> {
     Ok(())
 }
 
-fn write_loop(mut conn: Connection, jobs: &Receiver<Job>) {
+fn write_loop(mut conn: Connection, jobs: &Receiver<Job>, batch_hook: Option<BatchHook>) {
     let mut last_release = Instant::now();
     let mut acked_since_release = false;
     if let Err(e) = forget_old_sends(&conn) {
@@ -428,19 +433,26 @@ fn write_loop(mut conn: Connection, jobs: &Receiver<Job>) {
             }
             acked_since_release |= batch.iter().any(|j| matches!(j.op, Op::Ack(..)));
             let outcome = apply_batch(&mut conn, &mut batch);
-            // In queue order, so completions (replies) keep their order.
-            for (job, result) in batch.into_iter().zip(outcome) {
-                match job.done {
-                    Done::Nobody => {
-                        if let Err(e) = result {
-                            tracing::error!("store write failed: {e}");
+            let mut jobs = Some(batch.into_iter().zip(outcome));
+            let mut complete = || {
+                // In queue order, so completions (replies) keep their order.
+                for (job, result) in jobs.take().into_iter().flatten() {
+                    match job.done {
+                        Done::Nobody => {
+                            if let Err(e) = result {
+                                tracing::error!("store write failed: {e}");
+                            }
                         }
+                        Done::Waiter(tx) => {
+                            let _ = tx.send(result);
+                        }
+                        Done::Then(f) => f(result),
                     }
-                    Done::Waiter(tx) => {
-                        let _ = tx.send(result);
-                    }
-                    Done::Then(f) => f(result),
                 }
+            };
+            match &batch_hook {
+                Some(hook) => hook(&mut complete),
+                None => complete(),
             }
         }
         if acked_since_release && last_release.elapsed() >= RELEASE_EVERY {
