@@ -197,46 +197,77 @@ pub fn server_with_secret(
     identity: &StaticSecret,
     secret: EphemeralSecret,
 ) -> Result<Keyed, HandshakeError> {
+    let theirs = read_client_hello(reader, writer)?;
+    let ServerHello { line, keyed } = answer(&theirs, identity, secret);
+    writer.write_all(line.as_bytes())?;
+    writer.flush()?;
+    Ok(keyed)
+}
+
+/// The first half of the server's side: reads and checks the client's
+/// hello, returning its public value. A bad hello is refused (best effort)
+/// before the error is returned. No exponentiation happens here, so a
+/// server can decide whether to spend one on this peer.
+pub fn read_client_hello(
+    reader: &mut impl BufRead,
+    writer: &mut impl Write,
+) -> Result<PublicValue, HandshakeError> {
     let result = read_hello(reader).and_then(|(proto, rest)| {
         if proto != PROTOCOL {
             return Err(HandshakeError::Version(proto));
         }
         PublicValue::from_hex(&rest).map_err(HandshakeError::BadPublicValue)
     });
-    let theirs = match result {
-        Ok(v) => v,
-        Err(e) => {
-            if !matches!(e, HandshakeError::Io(_) | HandshakeError::Closed) {
-                refuse(writer, &e.to_string());
-            }
-            return Err(e);
+    if let Err(e) = &result {
+        if !matches!(e, HandshakeError::Io(_) | HandshakeError::Closed) {
+            refuse(writer, &e.to_string());
         }
-    };
+    }
+    result
+}
+
+/// The server's answer to a client's public value: its hello line
+/// (newline included) and the keyed halves.
+pub struct ServerHello {
+    /// The line to send.
+    pub line: String,
+    /// The session's sealer and opener.
+    pub keyed: Keyed,
+}
+
+/// The second half of the server's side: the exponentiations (the
+/// ephemeral secret's own, and the two agreements) and the confirmation.
+pub fn answer(
+    theirs: &PublicValue,
+    identity: &StaticSecret,
+    secret: EphemeralSecret,
+) -> ServerHello {
     let ours = secret.public_value().clone();
     let server_key = identity.public_value().clone();
     let transcript = Transcript {
-        client: &theirs,
+        client: theirs,
         server: &ours,
         server_static: &server_key,
     };
     let keys = SessionKeys::derive(
-        &secret.diffie_hellman(&theirs),
-        &identity.diffie_hellman(&theirs),
+        &secret.diffie_hellman(theirs),
+        &identity.diffie_hellman(theirs),
         &transcript,
     );
     let confirm = B64.encode(confirmation(&keys).finalize().into_bytes());
-    let hello = format!(
+    let line = format!(
         "{PROTOCOL} {} {} {confirm}\n",
         ours.to_hex(),
         server_key.to_hex()
     );
-    writer.write_all(hello.as_bytes())?;
-    writer.flush()?;
-    Ok(Keyed {
-        sealer: Sealer::new(&keys.server_to_client),
-        opener: Opener::new(&keys.client_to_server),
-        server_key,
-    })
+    ServerHello {
+        line,
+        keyed: Keyed {
+            sealer: Sealer::new(&keys.server_to_client),
+            opener: Opener::new(&keys.client_to_server),
+            server_key,
+        },
+    }
 }
 
 /// Sends a handshake refusal line (best effort: the peer may be gone).

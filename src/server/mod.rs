@@ -23,6 +23,7 @@ pub mod outbox;
 mod session;
 pub mod state;
 mod transfer;
+mod workers;
 
 use std::collections::HashMap;
 use std::fmt;
@@ -224,7 +225,7 @@ impl fmt::Display for CloseReason {
 pub(crate) struct Shared {
     config: Config,
     /// The static key that authenticates this server.
-    identity: StaticSecret,
+    identity: Arc<StaticSecret>,
     store: Arc<dyn Store>,
     passwords: Passwords,
     state: Mutex<State>,
@@ -238,6 +239,8 @@ pub(crate) struct Shared {
     writers: WriterPool,
     /// Pages stored messages to connections that are behind.
     catch_up: CatchUp,
+    /// Runs the handshakes' exponentiations.
+    workers: workers::Workers,
 }
 
 impl Shared {
@@ -251,7 +254,8 @@ impl Shared {
             .map_err(|e| io::Error::other(format!("{}: {e}", store.path().display())))?;
         let store: Arc<dyn Store> = Arc::new(store);
         let passwords = Passwords::new(config.password_cost).map_err(io::Error::other)?;
-        let identity = identity::load_or_create(&config.data_dir).map_err(io::Error::other)?;
+        let identity =
+            Arc::new(identity::load_or_create(&config.data_dir).map_err(io::Error::other)?);
         let budget = Arc::new(Budget::new(config.memory_budget));
         Ok(Shared {
             identity,
@@ -262,6 +266,7 @@ impl Shared {
             throttle: LoginThrottle::new(config.login_backoff, Duration::from_secs(60)),
             writers: WriterPool::start(config.outbox_limits(), budget)?,
             catch_up: CatchUp::start(Arc::clone(&store))?,
+            workers: workers::Workers::start()?,
             store,
             config,
         })

@@ -7,7 +7,7 @@
 //! it (see [`Session::reply`]). Anything a client sends ends, at worst,
 //! this one connection.
 
-use std::io::{BufReader, ErrorKind, Read};
+use std::io::{BufReader, ErrorKind, Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -82,8 +82,21 @@ fn start(
         },
     );
     let mut writer: &TcpStream = stream;
-    let keyed = handshake::server(&mut reader, &mut writer, &shared.identity)
+    let handshake_failed = |e: handshake::HandshakeError| CloseReason::Handshake(e.to_string());
+    let theirs =
+        handshake::read_client_hello(&mut reader, &mut writer).map_err(handshake_failed)?;
+    // The exponentiations run on a worker, not on this thread's stack.
+    let identity = Arc::clone(&shared.identity);
+    let hello = shared
+        .workers
+        .run(move || {
+            let secret = crate::dh::EphemeralSecret::random()?;
+            Ok::<_, crate::dh::DhError>(handshake::answer(&theirs, &identity, secret))
+        })
+        .ok_or(CloseReason::ShuttingDown)?
         .map_err(|e| CloseReason::Handshake(e.to_string()))?;
+    writer.write_all(hello.line.as_bytes()).map_err(io)?;
+    let keyed = hello.keyed;
     reader.get_mut().deadline = None;
     let writer =
         crate::connection::FrameWriter::new(SharedStream(Arc::clone(stream)), keyed.sealer);
