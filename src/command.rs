@@ -99,7 +99,11 @@ impl Command {
             Command::NeedsPassword {
                 create: None,
                 username,
-            } => Command::Plain(Request::Login { username, password }),
+            } => Command::Plain(Request::Login {
+                username,
+                password,
+                token: None,
+            }),
             other => other,
         }
     }
@@ -258,10 +262,30 @@ impl Command {
                 [u, pw] => plain(Request::Login {
                     username: user(u)?,
                     password: password(pw).ok_or_else(bad)?,
+                    token: None,
                 }),
                 _ => Err(bad()),
             },
-            Verb::CreateGroup => plain(Request::CreateGroup(group(&one(&args)?)?)),
+            Verb::CreateGroup => match args.as_slice() {
+                [g] => plain(Request::CreateGroup {
+                    group: group(g)?,
+                    private: false,
+                }),
+                [g, p] if p.eq_ignore_ascii_case("private") => plain(Request::CreateGroup {
+                    group: group(g)?,
+                    private: true,
+                }),
+                _ => Err(bad()),
+            },
+            Verb::Invite | Verb::Kick | Verb::Promote | Verb::Demote | Verb::Handover => {
+                let [g, u] = args.as_slice() else {
+                    return Err(bad());
+                };
+                let head = format!("{} {} {}", v.spec().word, group(g)?, user(u)?);
+                Request::parse(crate::frame::Frame::head(head))
+                    .map(Command::Plain)
+                    .map_err(|_| bad())
+            }
             Verb::Join => plain(Request::Join(group(&one(&args)?)?)),
             Verb::Leave => plain(Request::Leave(group(&one(&args)?)?)),
             Verb::List | Verb::Logout | Verb::Quit if !args.is_empty() => Err(bad()),
@@ -293,9 +317,13 @@ impl Command {
             Verb::Send | Verb::SendToGroup => parse_send(v, rest),
             Verb::SendFile | Verb::SendToGroupFile => parse_send(v, rest),
             // Not typed: filtered out above.
-            Verb::Help | Verb::Chunk | Verb::FileEnd | Verb::FileAbort | Verb::Ack | Verb::Pong => {
-                Err(CommandError::Unknown(first.to_string()))
-            }
+            Verb::Help
+            | Verb::Resume
+            | Verb::Chunk
+            | Verb::FileEnd
+            | Verb::FileAbort
+            | Verb::Ack
+            | Verb::Pong => Err(CommandError::Unknown(first.to_string())),
         }
     }
 }

@@ -20,6 +20,8 @@
 //! HIST <conv>:<seq> <unix-ms> <from> <content-key>             + body
 //! HIST_FILE <conv>:<seq> <unix-ms> <from> <size> <sha256-hex> <file name>
 //! GROUP_KEY <group> <key-id> <key>
+//! INVITED <group> <by>
+//! REMOVED <group> <by>
 //! PING <n>
 //! BYE <reason>
 //! ```
@@ -36,7 +38,7 @@ use std::fmt;
 use crate::content::{Body, ContentKey};
 use crate::frame::Frame;
 use crate::names::{Conversation, GroupName, MessageRef, Username};
-use crate::request::{format_sha256, parse_sha256, ReplyKind};
+use crate::request::{format_sha256, parse_sha256, DeviceToken, ReplyKind};
 
 macro_rules! error_codes {
     ($($(#[$doc:meta])* $variant:ident = $wire:literal,)*) => {
@@ -98,6 +100,11 @@ error_codes! {
     QuotaExceeded = "QUOTA_EXCEEDED",
     /// The server could not store the change; nothing was done.
     Storage = "STORAGE",
+    /// The user already has the most sessions the server allows.
+    TooManySessions = "TOO_MANY_SESSIONS",
+    /// Not allowed in this group: it is private, or it takes its owner
+    /// or an admin.
+    NotAllowed = "NOT_ALLOWED",
 }
 
 impl ErrorCode {
@@ -123,6 +130,8 @@ pub enum ReplyData {
     Sent(Vec<MessageRef>),
     /// The id of a new upload, for its chunks.
     Transfer(u64),
+    /// The token this device presents at its next login.
+    Token(DeviceToken),
 }
 
 /// The answer to one request.
@@ -204,6 +213,7 @@ impl Reply {
                 Ok(id) => ReplyData::Transfer(id),
                 Err(_) => ReplyData::Sent(MessageRef::parse_list(first).ok_or_else(bad)?),
             },
+            ReplyKind::Login => ReplyData::Token(DeviceToken::parse(first).ok_or_else(bad)?),
         };
         Ok(Reply::Ok {
             data,
@@ -345,6 +355,20 @@ pub enum ServerMessage {
         /// The key.
         key: ContentKey,
     },
+    /// The reader was invited to a group.
+    Invited {
+        /// The group.
+        group: GroupName,
+        /// Its owner or admin who invited.
+        by: Username,
+    },
+    /// The reader was removed from a group (it follows it no more).
+    Removed {
+        /// The group.
+        group: GroupName,
+        /// Its owner or admin who removed them.
+        by: Username,
+    },
     /// The server checks the connection is alive; answer `PONG <n>`.
     Ping(u64),
     /// The server is closing this connection.
@@ -387,6 +411,7 @@ impl ServerMessage {
                     ReplyData::None => String::new(),
                     ReplyData::Sent(refs) => MessageRef::format_list(refs),
                     ReplyData::Transfer(id) => id.to_string(),
+                    ReplyData::Token(t) => t.to_string(),
                 };
                 let parts: Vec<&str> = ["OK", &data, text]
                     .into_iter()
@@ -416,6 +441,8 @@ impl ServerMessage {
             ServerMessage::GroupKey { group, key_id, key } => {
                 plain(format!("GROUP_KEY {group} {key_id} {}", key.to_b64()))
             }
+            ServerMessage::Invited { group, by } => plain(format!("INVITED {group} {by}")),
+            ServerMessage::Removed { group, by } => plain(format!("REMOVED {group} {by}")),
             ServerMessage::Ping(n) => plain(format!("PING {n}")),
             ServerMessage::Bye(why) => plain(format!("BYE {why}")),
         }
@@ -534,6 +561,19 @@ impl ServerMessage {
                 }
                 key
             }
+            "INVITED" | "REMOVED" => {
+                no_body()?;
+                let group = GroupName::parse(next()?).map_err(|_| bad())?;
+                let by = Username::parse(next()?).map_err(|_| bad())?;
+                if t.next().is_some() {
+                    return Err(bad());
+                }
+                if verb == "INVITED" {
+                    ServerMessage::Invited { group, by }
+                } else {
+                    ServerMessage::Removed { group, by }
+                }
+            }
             "PING" => {
                 no_body()?;
                 ServerMessage::Ping(num(args)?)
@@ -613,6 +653,14 @@ mod tests {
             ServerMessage::FileAbort(bob_ref, "server is shutting down".into()),
             ServerMessage::UploadAbort(18, "chunk out of order".into()),
             ServerMessage::Bye("server shutting down".into()),
+            ServerMessage::Invited {
+                group: GroupName::parse("g").unwrap(),
+                by: alice.clone(),
+            },
+            ServerMessage::Removed {
+                group: GroupName::parse("g").unwrap(),
+                by: alice.clone(),
+            },
             ServerMessage::Ping(3),
             ServerMessage::GroupKey {
                 group: GroupName::parse("g").unwrap(),

@@ -18,8 +18,10 @@
 //!
 //! ```text
 //! CREATE_USER <username> <password> <display name>
-//! LOGIN <username> <password>
-//! CREATE_GROUP <group> | JOIN <group> | LEAVE <group>
+//! LOGIN <username> <password> [<device-token>]
+//! RESUME <username> <device-token>
+//! CREATE_GROUP <group> [private] | JOIN <group> | LEAVE <group>
+//! INVITE | KICK | PROMOTE | DEMOTE | HANDOVER <group> <username>
 //! LIST | HELP | LOGOUT | QUIT
 //! SEND <username> <send-id> <content-key>                      + body
 //! SEND_TO_GROUP <group>[,<group>...] <send-id> <content-key>   + body
@@ -107,6 +109,9 @@ pub enum ReplyKind {
     /// `OK <transfer-id> <text>` for a new upload, or `OK <ref>[,...]
     /// <text>` for a repeated send id whose file is already stored.
     Upload,
+    /// `OK <device-token> <text>`: logged in, and the token this device
+    /// presents next time.
+    Login,
 }
 
 /// Everything about one verb, in one place.
@@ -165,22 +170,32 @@ verbs! {
     /// Log in.
     Login => VerbSpec {
         word: "LOGIN",
-        usage: "LOGIN <username> <password>",
+        usage: "LOGIN <username> <password> [<device-token>]",
         access: Access::LoggedOut,
         body: false,
-        reply: ReplyKind::Text,
+        reply: ReplyKind::Login,
         rated: true,
         typed: Some(("LOGIN <username> [<password>]", "log in (asks for the password if left out)")),
+    },
+    /// Log in again with this device's token alone (reconnecting).
+    Resume => VerbSpec {
+        word: "RESUME",
+        usage: "RESUME <username> <device-token>",
+        access: Access::LoggedOut,
+        body: false,
+        reply: ReplyKind::Login,
+        rated: true,
+        typed: None,
     },
     /// Create a group and join it.
     CreateGroup => VerbSpec {
         word: "CREATE_GROUP",
-        usage: "CREATE_GROUP <group>",
+        usage: "CREATE_GROUP <group> [private]",
         access: Access::LoggedIn,
         body: false,
         reply: ReplyKind::Text,
         rated: true,
-        typed: Some(("CREATE_GROUP <group>", "create a group and join it")),
+        typed: Some(("CREATE_GROUP <group> [private]", "create a group and join it (private: invited users only)")),
     },
     /// Join a group.
     Join => VerbSpec {
@@ -201,6 +216,56 @@ verbs! {
         reply: ReplyKind::Text,
         rated: true,
         typed: Some(("LEAVE <group>", "leave a group")),
+    },
+    /// Let a user join (a private group).
+    Invite => VerbSpec {
+        word: "INVITE",
+        usage: "INVITE <group> <username>",
+        access: Access::LoggedIn,
+        body: false,
+        reply: ReplyKind::Text,
+        rated: true,
+        typed: Some(("INVITE <group> <user>", "let a user join your private group (owner, admins)")),
+    },
+    /// Remove a member.
+    Kick => VerbSpec {
+        word: "KICK",
+        usage: "KICK <group> <username>",
+        access: Access::LoggedIn,
+        body: false,
+        reply: ReplyKind::Text,
+        rated: true,
+        typed: Some(("KICK <group> <user>", "remove a member (owner, admins)")),
+    },
+    /// Make a member an admin.
+    Promote => VerbSpec {
+        word: "PROMOTE",
+        usage: "PROMOTE <group> <username>",
+        access: Access::LoggedIn,
+        body: false,
+        reply: ReplyKind::Text,
+        rated: true,
+        typed: Some(("PROMOTE <group> <user>", "make a member an admin (owner)")),
+    },
+    /// Make an admin a plain member again.
+    Demote => VerbSpec {
+        word: "DEMOTE",
+        usage: "DEMOTE <group> <username>",
+        access: Access::LoggedIn,
+        body: false,
+        reply: ReplyKind::Text,
+        rated: true,
+        typed: Some(("DEMOTE <group> <user>", "make an admin a plain member (owner)")),
+    },
+    /// Hand the group over to another member.
+    Handover => VerbSpec {
+        word: "HANDOVER",
+        usage: "HANDOVER <group> <username>",
+        access: Access::LoggedIn,
+        body: false,
+        reply: ReplyKind::Text,
+        rated: true,
+        typed: Some(("HANDOVER <group> <user>", "make a member the owner (owner)")),
     },
     /// Groups and who is online.
     List => VerbSpec {
@@ -401,6 +466,55 @@ impl fmt::Display for SendId {
     }
 }
 
+/// A secret the server gives a device at login: presented with the
+/// password, it spares that device the account's login throttling; alone
+/// (`RESUME`) it logs the device back in. 64 lowercase hex digits (32
+/// random bytes); the server keeps only its SHA-256.
+#[derive(Clone, PartialEq, Eq)]
+pub struct DeviceToken(String);
+
+impl DeviceToken {
+    /// Validates a token.
+    pub fn parse(s: &str) -> Option<DeviceToken> {
+        (s.len() == 64
+            && s.bytes()
+                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)))
+        .then(|| DeviceToken(s.to_string()))
+    }
+
+    /// A fresh token from the operating system's random number generator.
+    pub fn random() -> DeviceToken {
+        use rand::Rng as _;
+        let mut bytes = [0u8; 32];
+        // The thread-local generator is seeded from the OS; it cannot fail.
+        rand::rng().fill_bytes(&mut bytes);
+        DeviceToken(format_sha256(&bytes))
+    }
+
+    /// What the server keeps: the SHA-256 of the token's text.
+    pub fn hash(&self) -> [u8; 32] {
+        use sha2::Digest as _;
+        sha2::Sha256::digest(self.0.as_bytes()).into()
+    }
+
+    /// The token as text.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for DeviceToken {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("DeviceToken(<redacted>)")
+    }
+}
+
+impl fmt::Display for DeviceToken {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
 /// Where a file goes.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum FileTarget {
@@ -423,6 +537,33 @@ pub struct FileOffer {
     pub sha256: [u8; 32],
     /// The sender's name for the file: untrusted, sanitised by receivers.
     pub name: String,
+}
+
+/// What an owner or admin does to a user in a group.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Manage {
+    /// `INVITE`: the user may join (a private group).
+    Invite,
+    /// `KICK`: the member is removed.
+    Kick,
+    /// `PROMOTE`: the member becomes an admin.
+    Promote,
+    /// `DEMOTE`: the admin becomes a plain member.
+    Demote,
+    /// `HANDOVER`: the member becomes the owner.
+    Handover,
+}
+
+impl Manage {
+    fn verb(self) -> Verb {
+        match self {
+            Manage::Invite => Verb::Invite,
+            Manage::Kick => Verb::Kick,
+            Manage::Promote => Verb::Promote,
+            Manage::Demote => Verb::Demote,
+            Manage::Handover => Verb::Handover,
+        }
+    }
 }
 
 /// The conversation a `HISTORY` request names.
@@ -458,15 +599,38 @@ pub enum Request {
         /// Display name (may contain spaces).
         name: String,
     },
-    /// `LOGIN <username> <password>`
+    /// `LOGIN <username> <password> [<device-token>]`
     Login {
         /// Login name.
         username: Username,
         /// Password (never logged).
         password: String,
+        /// This device's token from an earlier login, if it has one.
+        token: Option<DeviceToken>,
     },
-    /// `CREATE_GROUP <group>`
-    CreateGroup(GroupName),
+    /// `RESUME <username> <device-token>`
+    Resume {
+        /// Login name.
+        username: Username,
+        /// This device's token (never logged).
+        token: DeviceToken,
+    },
+    /// `CREATE_GROUP <group> [private]`
+    CreateGroup {
+        /// The new group.
+        group: GroupName,
+        /// Whether only invited users may join.
+        private: bool,
+    },
+    /// `INVITE`, `KICK`, `PROMOTE`, `DEMOTE` or `HANDOVER <group> <username>`.
+    Manage {
+        /// What to do.
+        action: Manage,
+        /// In which group.
+        group: GroupName,
+        /// To whom.
+        user: Username,
+    },
     /// `JOIN <group>`
     Join(GroupName),
     /// `LEAVE <group>`
@@ -706,8 +870,36 @@ impl Request {
             Verb::Login => Request::Login {
                 username: Username::parse(a.next()?)?,
                 password: a.field(false)?,
+                token: match a.optional()? {
+                    None => None,
+                    Some(t) => Some(DeviceToken::parse(t).ok_or(ParseError::Usage(verb))?),
+                },
             },
-            Verb::CreateGroup => Request::CreateGroup(GroupName::parse(a.next()?)?),
+            Verb::Resume => Request::Resume {
+                username: Username::parse(a.next()?)?,
+                token: DeviceToken::parse(a.next()?).ok_or(ParseError::Usage(verb))?,
+            },
+            Verb::CreateGroup => Request::CreateGroup {
+                group: GroupName::parse(a.next()?)?,
+                private: match a.optional()? {
+                    None => false,
+                    Some(w) if w.eq_ignore_ascii_case("private") => true,
+                    Some(_) => return Err(ParseError::Usage(verb)),
+                },
+            },
+            Verb::Invite | Verb::Kick | Verb::Promote | Verb::Demote | Verb::Handover => {
+                Request::Manage {
+                    action: match verb {
+                        Verb::Invite => Manage::Invite,
+                        Verb::Kick => Manage::Kick,
+                        Verb::Promote => Manage::Promote,
+                        Verb::Demote => Manage::Demote,
+                        _ => Manage::Handover,
+                    },
+                    group: GroupName::parse(a.next()?)?,
+                    user: Username::parse(a.next()?)?,
+                }
+            }
             Verb::Join => Request::Join(GroupName::parse(a.next()?)?),
             Verb::Leave => Request::Leave(GroupName::parse(a.next()?)?),
             Verb::List => Request::List,
@@ -792,7 +984,9 @@ impl Request {
         match self {
             Request::CreateUser { .. } => Verb::CreateUser,
             Request::Login { .. } => Verb::Login,
-            Request::CreateGroup(_) => Verb::CreateGroup,
+            Request::Resume { .. } => Verb::Resume,
+            Request::CreateGroup { .. } => Verb::CreateGroup,
+            Request::Manage { action, .. } => action.verb(),
             Request::Join(_) => Verb::Join,
             Request::Leave(_) => Verb::Leave,
             Request::List => Verb::List,
@@ -824,8 +1018,27 @@ impl Request {
                 password,
                 name,
             } => (format!("{username} {password} {name}"), None),
-            Request::Login { username, password } => (format!("{username} {password}"), None),
-            Request::CreateGroup(g) | Request::Join(g) | Request::Leave(g) => (g.to_string(), None),
+            Request::Login {
+                username,
+                password,
+                token: None,
+            } => (format!("{username} {password}"), None),
+            Request::Login {
+                username,
+                password,
+                token: Some(t),
+            } => (format!("{username} {password} {t}"), None),
+            Request::Resume { username, token } => (format!("{username} {token}"), None),
+            Request::CreateGroup {
+                group,
+                private: false,
+            } => (group.to_string(), None),
+            Request::CreateGroup {
+                group,
+                private: true,
+            } => (format!("{group} private"), None),
+            Request::Manage { group, user, .. } => (format!("{group} {user}"), None),
+            Request::Join(g) | Request::Leave(g) => (g.to_string(), None),
             Request::List | Request::Help | Request::Logout | Request::Quit => {
                 (String::new(), None)
             }
@@ -891,6 +1104,7 @@ impl Request {
                 format!("CREATE_USER {username} <password> {name}")
             }
             Request::Login { username, .. } => format!("LOGIN {username} <password>"),
+            Request::Resume { username, .. } => format!("RESUME {username} <device-token>"),
             other => other.to_frame().head,
         }
     }
@@ -918,7 +1132,8 @@ mod tests {
             parse("login alice pw"),
             Ok(Request::Login {
                 username: Username::parse("alice").unwrap(),
-                password: "pw".into()
+                password: "pw".into(),
+                token: None
             })
         );
         assert_eq!(
@@ -1027,8 +1242,30 @@ mod tests {
             Request::Login {
                 username: u.clone(),
                 password: "x".into(),
+                token: None,
             },
-            Request::CreateGroup(gs[0].clone()),
+            Request::Login {
+                username: u.clone(),
+                password: "x".into(),
+                token: Some(DeviceToken::random()),
+            },
+            Request::Resume {
+                username: u.clone(),
+                token: DeviceToken::random(),
+            },
+            Request::CreateGroup {
+                group: gs[0].clone(),
+                private: false,
+            },
+            Request::CreateGroup {
+                group: gs[1].clone(),
+                private: true,
+            },
+            Request::Manage {
+                action: Manage::Kick,
+                group: gs[0].clone(),
+                user: u.clone(),
+            },
             Request::Join(gs[0].clone()),
             Request::Leave(gs[1].clone()),
             Request::List,

@@ -36,8 +36,8 @@ use muchat::handshake::{self, PROTOCOL};
 use muchat::identity::Fingerprint;
 use muchat::names::{Conversation, GroupName, MessageRef, Username, MAX_NAME_LEN};
 use muchat::request::{
-    FileOffer, FileTarget, HistoryTarget, ReplyKind, Request, SendId, Verb, MAX_HISTORY,
-    MAX_MESSAGE_LEN, MAX_SEND_ID_LEN,
+    DeviceToken, FileOffer, FileTarget, HistoryTarget, Manage, ReplyKind, Request, SendId, Verb,
+    MAX_HISTORY, MAX_MESSAGE_LEN, MAX_SEND_ID_LEN,
 };
 use muchat::text::{is_bidi_control, sanitize};
 
@@ -114,6 +114,10 @@ fn send_id() -> impl Strategy<Value = SendId> {
     "[A-Za-z0-9_-]{1,32}".prop_map(|s| SendId::parse(&s).expect("valid send id"))
 }
 
+fn device_token() -> impl Strategy<Value = DeviceToken> {
+    "[0-9a-f]{64}".prop_map(|s| DeviceToken::parse(&s).expect("valid device token"))
+}
+
 fn content_key() -> impl Strategy<Value = ContentKey> {
     any::<[u8; 24]>().prop_map(ContentKey::from_bytes)
 }
@@ -164,9 +168,31 @@ fn valid_request() -> impl Strategy<Value = Request> {
                 name,
             }
         }),
-        (username(), field(false))
-            .prop_map(|(username, password)| Request::Login { username, password }),
-        group().prop_map(Request::CreateGroup),
+        (username(), field(false)).prop_map(|(username, password)| Request::Login {
+            username,
+            password,
+            token: None
+        }),
+        (group(), proptest::bool::ANY)
+            .prop_map(|(group, private)| Request::CreateGroup { group, private }),
+        (username(), device_token())
+            .prop_map(|(username, token)| Request::Resume { username, token }),
+        (
+            proptest::sample::select(vec![
+                Manage::Invite,
+                Manage::Kick,
+                Manage::Promote,
+                Manage::Demote,
+                Manage::Handover
+            ]),
+            group(),
+            username()
+        )
+            .prop_map(|(action, group, user)| Request::Manage {
+                action,
+                group,
+                user
+            }),
         group().prop_map(Request::Join),
         group().prop_map(Request::Leave),
         Just(Request::List),
@@ -1409,7 +1435,11 @@ fn typed_line() -> impl Strategy<Value = (String, Command)> {
             .prop_map(|(v, (username, w), password)| match password {
                 Some(password) => (
                     format!("{v} {w} {password}"),
-                    Command::Plain(Request::Login { username, password }),
+                    Command::Plain(Request::Login {
+                        username,
+                        password,
+                        token: None
+                    }),
                 ),
                 None => (
                     format!("{v} {w}"),
@@ -1434,7 +1464,10 @@ fn typed_line() -> impl Strategy<Value = (String, Command)> {
             .prop_map(|(v, (g, w))| {
                 let r = match v.to_ascii_lowercase().as_str() {
                     "join" | "/join" => Request::Join(g),
-                    "create_group" => Request::CreateGroup(g),
+                    "create_group" => Request::CreateGroup {
+                        group: g,
+                        private: false,
+                    },
                     _ => Request::Leave(g),
                 };
                 (format!("{v} {w}"), Command::Plain(r))

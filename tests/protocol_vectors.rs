@@ -1204,6 +1204,7 @@ fn the_server_opens_the_documented_lines() {
         Ok(Request::Login {
             username: user("alice"),
             password: "secret".into(),
+            token: None,
         })
     );
     let f2 = open(&mut opener, &doc, "frame2_line");

@@ -80,6 +80,18 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    // SIGTERM and SIGINT stop the server cleanly; registered before the
+    // server starts, so no signal can find it half-installed.
+    let mut signals = match signal_hook::iterator::Signals::new([
+        signal_hook::consts::SIGTERM,
+        signal_hook::consts::SIGINT,
+    ]) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("server: cannot handle signals: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
     let server = match Server::start(listener, args.config) {
         Ok(s) => s,
         Err(e) => {
@@ -89,6 +101,12 @@ fn main() -> ExitCode {
     };
     tracing::info!(fingerprint = %server.fingerprint(), "key");
     tracing::info!(addr = %server.local_addr(), "listening");
-    server.wait();
+    if let Some(signal) = signals.forever().next() {
+        tracing::info!(signal, "stopping: telling every client, finishing writes");
+    }
+    // Stops accepting, says BYE to every connection, commits what is in
+    // flight and waits for the connections to wind down.
+    server.shutdown();
+    tracing::info!("stopped");
     ExitCode::SUCCESS
 }

@@ -97,6 +97,10 @@ pub fn event_line(event: &ClientEvent) -> String {
             sanitize(reason),
             retry_in.as_secs_f64()
         ),
+        ClientEvent::Invited { group, by } => {
+            format!("INVITED to {group} by {by} (JOIN {group} to follow it)")
+        }
+        ClientEvent::Removed { group, by } => format!("REMOVED from {group} by {by}"),
         ClientEvent::Reconnected => "RECONNECTED".to_string(),
         ClientEvent::Disconnected(why) => format!("DISCONNECTED {}", sanitize(why)),
     }

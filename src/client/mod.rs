@@ -45,7 +45,9 @@ use crate::command::Command;
 use crate::content::{Body, ContentKey};
 use crate::event::{Delivery, Reply, ReplyData};
 use crate::names::{GroupName, MessageRef, Username};
-use crate::request::{FileOffer, FileTarget, Request, SendId, FILE_CHUNK_SIZE, MAX_MESSAGE_LEN};
+use crate::request::{
+    DeviceToken, FileOffer, FileTarget, Request, SendId, FILE_CHUNK_SIZE, MAX_MESSAGE_LEN,
+};
 
 use downloads::Downloads;
 pub use known_servers::Trust;
@@ -161,6 +163,21 @@ pub enum ClientEvent {
         /// Why.
         reason: String,
     },
+    /// An owner or admin invited the user to a private group (`JOIN` it
+    /// to follow it).
+    Invited {
+        /// The group.
+        group: GroupName,
+        /// Who invited.
+        by: Username,
+    },
+    /// An owner or admin removed the user from a group.
+    Removed {
+        /// The group.
+        group: GroupName,
+        /// Who removed them.
+        by: Username,
+    },
     /// The connection dropped; the client tries again after `retry_in`.
     ConnectionLost {
         /// Why it dropped.
@@ -240,8 +257,8 @@ struct Inner {
     closing: AtomicBool,
     /// Set once the client has given up: nothing queued will be sent.
     gone: AtomicBool,
-    /// Who to log in as again after a reconnect.
-    credentials: Mutex<Option<(Username, String)>>,
+    /// Who to log in as again after a reconnect, with this device's token.
+    credentials: Mutex<Option<(Username, DeviceToken)>>,
     /// Sends that got no reply before the connection dropped.
     resend: Mutex<Vec<Outbound>>,
     uploads: Uploads,
@@ -326,23 +343,88 @@ impl Client {
 
     /// Sends one request and waits for its typed reply.
     pub fn request(&self, request: &Request) -> Result<Reply, ClientError> {
-        match request {
-            // Before the request goes: the user's backlog follows the reply
-            // at once, and must meet the record of what was shown.
-            Request::Login { username, .. } => self.use_record_of(username),
+        let mut request = request.clone();
+        match &mut request {
+            Request::Login {
+                username, token, ..
+            } => {
+                // Before the request goes: the user's backlog follows the
+                // reply at once, and must meet the record of what was shown.
+                self.use_record_of(username);
+                // This device's token spares it the account's throttling.
+                if token.is_none() {
+                    *token = self.stored_token(username);
+                }
+            }
             // What was handled is acknowledged while it still counts.
             Request::Logout => self.inner.flush_acks(),
             _ => {}
         }
         let reply = self.submit(&self.inner.commands, request.clone())?;
-        match request {
-            Request::Login { username, password } if reply.is_ok() => {
-                *lock(&self.inner.credentials) = Some((username.clone(), password.clone()));
+        match (&request, &reply) {
+            (
+                Request::Login { username, .. } | Request::Resume { username, .. },
+                Reply::Ok {
+                    data: ReplyData::Token(token),
+                    ..
+                },
+            ) => {
+                self.store_token(username, token);
+                *lock(&self.inner.credentials) = Some((username.clone(), token.clone()));
             }
-            Request::Logout => *lock(&self.inner.credentials) = None,
+            (Request::Logout, _) => {
+                if let Some((user, _)) = lock(&self.inner.credentials).take() {
+                    if let Some(path) = self.token_path(&user) {
+                        let _ = std::fs::remove_file(path);
+                    }
+                }
+            }
             _ => {}
         }
         Ok(reply)
+    }
+
+    /// Where this device's token for `user` is kept (None: no state dir).
+    fn token_path(&self, user: &Username) -> Option<PathBuf> {
+        let dir = self.inner.config.state_dir.as_ref()?;
+        Some(seen::user_dir(dir, &self.inner.addr, user).join("device_token"))
+    }
+
+    fn stored_token(&self, user: &Username) -> Option<DeviceToken> {
+        if let Some((u, t)) = lock(&self.inner.credentials).as_ref() {
+            if u == user {
+                return Some(t.clone());
+            }
+        }
+        let text = std::fs::read_to_string(self.token_path(user)?).ok()?;
+        DeviceToken::parse(text.trim())
+    }
+
+    /// Keeps the token, readable by this user only.
+    fn store_token(&self, user: &Username, token: &DeviceToken) {
+        let Some(path) = self.token_path(user) else {
+            return;
+        };
+        let write = || -> io::Result<()> {
+            use std::io::Write as _;
+            use std::os::unix::fs::OpenOptionsExt as _;
+            if let Some(dir) = path.parent() {
+                std::fs::create_dir_all(dir)?;
+            }
+            let tmp = path.with_extension("tmp");
+            let mut f = std::fs::OpenOptions::new()
+                .write(true)
+                .create(true)
+                .truncate(true)
+                .mode(0o600)
+                .open(&tmp)?;
+            writeln!(f, "{token}")?;
+            drop(f);
+            std::fs::rename(&tmp, &path)
+        };
+        if let Err(e) = write() {
+            tracing::warn!("cannot keep the device token in {}: {e}", path.display());
+        }
     }
 
     fn submit(&self, queue: &Sender<Outbound>, request: Request) -> Result<Reply, ClientError> {
@@ -540,6 +622,17 @@ struct Upload {
 impl Upload {
     fn run(self) {
         let event = match self.stream() {
+            Ok(reply) if reply.is_ok() => ClientEvent::FileSent {
+                id: self.id,
+                path: self.path.clone(),
+                reply,
+            },
+            // The server refused to store it: a failure, with its reason.
+            Ok(Reply::Err { code, text }) => ClientEvent::FileSendFailed {
+                id: self.id,
+                path: self.path.clone(),
+                reason: format!("{code} {text}"),
+            },
             Ok(reply) => ClientEvent::FileSent {
                 id: self.id,
                 path: self.path.clone(),
@@ -740,8 +833,8 @@ impl Inner {
     fn reconnect(&self) -> Result<Session, SessionError> {
         let mut s = Session::connect(&self.addr, &self.config.trust)?;
         let credentials = lock(&self.credentials).clone();
-        if let Some((username, password)) = credentials {
-            let (reply, _) = s.request(&Request::Login { username, password })?;
+        if let Some((username, token)) = credentials {
+            let (reply, _) = s.request(&Request::Resume { username, token })?;
             if !reply.is_ok() {
                 let _ = self.events.send(ClientEvent::Disconnected(format!(
                     "could not log in again: {}",
@@ -976,6 +1069,8 @@ impl Inner {
                     }
                     Vec::new()
                 }
+                Incoming::Invited { group, by } => vec![ClientEvent::Invited { group, by }],
+                Incoming::Removed { group, by } => vec![ClientEvent::Removed { group, by }],
                 Incoming::Ping(n) => {
                     let _ = self.commands.send(Outbound {
                         request: Request::Pong(n),

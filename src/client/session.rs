@@ -31,7 +31,7 @@ use crate::event::{BadServerMessage, Delivery, FileStart, Reply, ServerMessage};
 use crate::frame::Frame;
 use crate::handshake::{self, HandshakeError};
 use crate::identity::Fingerprint;
-use crate::names::{Conversation, GroupName, MessageRef};
+use crate::names::{Conversation, GroupName, MessageRef, Username};
 use crate::request::{Request, MAX_ACK_REFS};
 
 use super::known_servers::{self, Trust, Verdict};
@@ -90,6 +90,20 @@ pub enum Incoming {
     FileAbort(MessageRef, String),
     /// The server stopped one of our uploads.
     UploadAbort(u64, String),
+    /// An owner or admin invited the user to a private group.
+    Invited {
+        /// The group.
+        group: GroupName,
+        /// Who invited.
+        by: Username,
+    },
+    /// An owner or admin removed the user from a group.
+    Removed {
+        /// The group.
+        group: GroupName,
+        /// Who removed them.
+        by: Username,
+    },
     /// The server asks for a `PONG` with this number.
     Ping(u64),
 }
@@ -259,6 +273,8 @@ impl SessionReader {
                 ServerMessage::FileEnd(at) => Incoming::FileEnd(at),
                 ServerMessage::FileAbort(at, why) => Incoming::FileAbort(at, why),
                 ServerMessage::UploadAbort(id, why) => Incoming::UploadAbort(id, why),
+                ServerMessage::Invited { group, by } => Incoming::Invited { group, by },
+                ServerMessage::Removed { group, by } => Incoming::Removed { group, by },
                 ServerMessage::Ping(n) => Incoming::Ping(n),
                 ServerMessage::Bye(why) => {
                     self.bye = Some(why);

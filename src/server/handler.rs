@@ -20,13 +20,16 @@ use crate::clock::now_ms;
 use crate::content::{Body, ContentKey};
 use crate::event::{Delivery, ErrorCode, Reply, ReplyData, ServerMessage};
 use crate::names::{GroupName, MessageRef, Username};
-use crate::request::{HistoryTarget, Request, SendId, Verb};
-use crate::store::{Append, Appended, Content, ConvId, LogEntry, StoreError, UserRecord};
+use crate::request::{DeviceToken, HistoryTarget, Manage, Request, SendId, Verb};
+use crate::store::{
+    Append, Appended, Content, ConvId, GroupChange, LogEntry, StoreError, UserRecord,
+};
 
 use super::delivery::{entry_message, Link, Prepared};
+use super::limits::TryLater;
 use super::outbox::Outgoing;
-use super::session::{Flow, Login, Session};
-use super::state::{plural, Failure, Notices};
+use super::session::{Flow, Login, Places, Session};
+use super::state::{plural, Failure, Membership, Notices};
 use super::{CloseReason, Shared};
 
 /// Runs one request.
@@ -37,10 +40,20 @@ pub(super) fn handle(s: &mut Session, request: Request) -> Flow {
             password,
             name,
         } => create_user(s, &username, &password, name),
-        Request::Login { username, password } => login(s, &username, &password),
-        Request::CreateGroup(g) => create_group(s, &g),
-        Request::Join(g) => set_member(s, &g, true),
-        Request::Leave(g) => set_member(s, &g, false),
+        Request::Login {
+            username,
+            password,
+            token,
+        } => login(s, &username, Some(&password), token.as_ref()),
+        Request::Resume { username, token } => login(s, &username, None, Some(&token)),
+        Request::CreateGroup { group, private } => create_group(s, &group, private),
+        Request::Join(g) => set_member(s, &g, None, Membership::Join),
+        Request::Leave(g) => set_member(s, &g, None, Membership::Leave),
+        Request::Manage {
+            action,
+            group,
+            user,
+        } => manage(s, action, &group, &user),
         Request::List => s
             .user()
             .map(|me| Reply::ok(s.shared.state().list(&me)))
@@ -48,6 +61,20 @@ pub(super) fn handle(s: &mut Session, request: Request) -> Flow {
         Request::Help => Answer::Now(Reply::ok(wire_help())),
         Request::Logout => {
             s.logout("sender logged out");
+            // Signing out of this device: its token goes too.
+            if let Some(hash) = s.device.take() {
+                s.shared.store.forget_device(hash);
+            }
+            // Back under its address's cap, with a new login deadline.
+            let max = s.shared.config.max_connections_per_ip;
+            match s.shared.per_address.admit(s.peer.ip(), max) {
+                Some(place) => s.places = Places::Address(place),
+                None => {
+                    s.reply(Reply::ok("logged out"));
+                    return Flow::Close(CloseReason::TooManyConnections);
+                }
+            }
+            s.restart_login_clock();
             Answer::Now(Reply::ok("logged out"))
         }
         Request::Quit => {
@@ -178,24 +205,69 @@ fn create_user(s: &Session, username: &Username, password: &str, name: String) -
     }
 }
 
-fn login(s: &mut Session, username: &Username, password: &str) -> Answer {
+/// A login, with a password (and maybe this device's token), or with the
+/// device's token alone (`RESUME`).
+fn login(
+    s: &mut Session,
+    username: &Username,
+    password: Option<&str>,
+    token: Option<&DeviceToken>,
+) -> Answer {
     let shared = Arc::clone(&s.shared);
-    // Repeated failures make each further attempt wait (same wait, same
-    // reply, whether or not the account exists).
-    let attempt = shared.throttle.begin(username, s.peer.ip());
-    if !attempt.wait.is_zero() {
-        std::thread::sleep(attempt.wait);
-    }
-    let verifier = shared.state().verifier(username);
-    if !shared.passwords.check(verifier.as_deref(), password) {
-        shared.throttle.failed(username, s.peer.ip(), attempt);
+    let presented = token.map(DeviceToken::hash);
+    let valid_token = match presented {
+        Some(hash) => match shared.store.device_owner(hash) {
+            Ok(owner) => owner.as_ref() == Some(username),
+            Err(e) => return Answer::Now(storage(e).into()),
+        },
+        None => false,
+    };
+    // A valid token is counted on its own (so guesses at the account do not
+    // lock its owner's devices out); anything else is a possible guess.
+    let counted = presented.filter(|_| valid_token);
+    let attempt = match shared.throttle.begin(username, s.peer.ip(), counted) {
+        Ok(a) => a,
+        Err(TryLater(wait)) => {
+            warn!(user = %username, peer = %s.peer, "login refused: too many attempts");
+            return Answer::Now(rate_limited(wait, "too many login attempts"));
+        }
+    };
+    let ok = match password {
+        Some(pw) => {
+            let verifier = shared.state().verifier(username);
+            shared.passwords.check(verifier.as_deref(), pw)
+        }
+        None => valid_token,
+    };
+    shared.throttle.finish(attempt, ok);
+    if !ok {
         s.log_failed_login(username);
         return Answer::Now(Reply::err(
             ErrorCode::LoginFailed,
-            "wrong username or password",
+            "wrong username, password or device token",
         ));
     }
-    shared.throttle.succeeded(username, s.peer.ip(), attempt);
+    let max = shared.config.max_sessions_per_user;
+    let Some(place) = shared.per_user.admit(username.clone(), max) else {
+        return Answer::Now(Reply::err(
+            ErrorCode::TooManySessions,
+            format!("{username} already has {max} sessions, the most this server allows; close one first"),
+        ));
+    };
+    // Logged in, it counts per user, no longer against its address.
+    s.places = Places::User(place);
+    // The device keeps its token; a device without a valid one gets one.
+    let token = match (valid_token, token) {
+        (true, Some(t)) => t.clone(),
+        _ => {
+            let t = DeviceToken::random();
+            if let Err(e) = shared.store.add_device(username, t.hash()) {
+                return Answer::Now(storage(e).into());
+            }
+            t
+        }
+    };
+    s.device = Some(token.hash());
     let link = Link::new(s.id, username.clone(), s.outbox.clone(), &shared.catch_up);
     s.login = Some(Login {
         user: username.clone(),
@@ -214,9 +286,11 @@ fn login(s: &mut Session, username: &Username, password: &str) -> Answer {
                     let notices = shared.state().add_link(&link);
                     // Group keys first, so no GMSG can come before its key.
                     notices.send();
-                    let _ = link.outbox.send(&ServerMessage::Reply(Reply::ok(format!(
-                        "logged in as {user}"
-                    ))));
+                    let ok = Reply::Ok {
+                        data: ReplyData::Token(token),
+                        text: format!("logged in as {user}"),
+                    };
+                    let _ = link.outbox.send(&ServerMessage::Reply(ok));
                     link.start(cursors);
                     None
                 }
@@ -231,93 +305,161 @@ fn login(s: &mut Session, username: &Username, password: &str) -> Answer {
     Answer::Later
 }
 
-fn create_group(s: &Session, g: &GroupName) -> Answer {
+/// `ERR RATE_LIMITED retry in <n> s: <why>` (whole seconds, rounded up).
+pub(super) fn rate_limited(wait: std::time::Duration, why: &str) -> Reply {
+    let secs = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
+    Reply::err(ErrorCode::RateLimited, format!("retry in {secs} s: {why}"))
+}
+
+fn create_group(s: &Session, g: &GroupName, private: bool) -> Answer {
     let me = match s.user() {
         Ok(me) => me,
         Err(f) => return Answer::Now(f.into()),
     };
     let shared = &s.shared;
-    let check = {
-        let st = shared.state();
-        st.check_new_group(g)
-            .and_then(|()| st.check_group_count(&me, shared.config.max_groups_per_user))
-    };
-    if let Err(f) = check {
+    // Name and cap decided under the lock; the store then commits.
+    let reserved = shared
+        .state()
+        .reserve_group(&me, g, private, shared.config.max_groups_per_user);
+    if let Err(f) = reserved {
         return Answer::Now(f.into());
     }
-    match shared.store.create_group(g, &me) {
+    match shared.store.create_group(g, &me, private) {
         Ok(true) => {
             let (notices, links) = {
-                let mut st = shared.state();
-                (st.add_group(&me, g), st.links_of(&me))
+                let st = shared.state();
+                (st.group_created(&me, g), st.links_of(&me))
             };
             for l in &links {
                 l.follow(ConvId::Group(g.clone()), 0);
             }
             notices.send();
-            Answer::Now(Reply::ok(format!("created #{g}; you are its first member")))
+            let kind = if private { "private group" } else { "group" };
+            Answer::Now(Reply::ok(format!(
+                "created the {kind} #{g}; you are its owner and first member"
+            )))
         }
-        Ok(false) => Answer::Now(super::state::group_taken(g).into()),
-        Err(e) => Answer::Now(storage(e).into()),
+        Ok(false) => {
+            shared.state().unreserve_group(g);
+            Answer::Now(super::state::group_taken(g).into())
+        }
+        Err(e) => {
+            shared.state().unreserve_group(g);
+            Answer::Now(storage(e).into())
+        }
     }
 }
 
-fn set_member(s: &Session, g: &GroupName, join: bool) -> Answer {
+/// Joins, leaves, or (by an owner or admin) removes a member: decided
+/// under the state's lock, committed by the store, and finished in commit
+/// order (the joiner follows the group from the head the commit saw).
+fn set_member(s: &Session, g: &GroupName, user: Option<&Username>, change: Membership) -> Answer {
     let me = match s.user() {
         Ok(me) => me,
         Err(f) => return Answer::Now(f.into()),
     };
+    let target = user.cloned().unwrap_or_else(|| me.clone());
     let shared = Arc::clone(&s.shared);
-    let check = {
-        let st = shared.state();
-        st.check_membership(&me, g, !join).and_then(|()| {
-            if join {
-                st.check_group_count(&me, shared.config.max_groups_per_user)
-            } else {
-                Ok(())
-            }
-        })
-    };
-    if let Err(f) = check {
+    let reserved =
+        shared
+            .state()
+            .reserve(&me, &target, g, change, shared.config.max_groups_per_user);
+    if let Err(f) = reserved {
         return Answer::Now(f.into());
     }
+    let join = change == Membership::Join;
     let done = s.begin_commit();
     let (outbox, group) = (s.outbox.clone(), g.clone());
     let store = Arc::clone(&shared.store);
     store.set_member(
         g,
-        &me.clone(),
+        &target.clone(),
         join,
         Box::new(move |result| {
             let reply = match result {
-                Ok((head, changed)) => {
+                Ok((head, _)) => {
                     let conv = ConvId::Group(group.clone());
                     let (n, notices, links) = {
                         let mut st = shared.state();
-                        let (n, notices) = st.set_member(&me, &group, join);
-                        (n, notices, st.links_of(&me))
+                        let (n, notices) = st.membership_done(&target, &group, change);
+                        (n, notices, st.links_of(&target))
                     };
                     for l in &links {
-                        if join && changed {
+                        if join {
                             l.follow(conv.clone(), head);
-                        } else if !join {
+                        } else {
                             l.unfollow(&conv);
+                            if change == Membership::Kick {
+                                let _ = l.outbox.send(&ServerMessage::Removed {
+                                    group: group.clone(),
+                                    by: me.clone(),
+                                });
+                            }
                         }
                     }
                     notices.send();
-                    if join {
-                        Reply::ok(format!("joined #{group} ({n} member{})", plural(n)))
-                    } else {
-                        Reply::ok(format!("left #{group}"))
+                    match change {
+                        Membership::Join => {
+                            Reply::ok(format!("joined #{group} ({n} member{})", plural(n)))
+                        }
+                        Membership::Leave => Reply::ok(format!("left #{group}")),
+                        Membership::Kick => Reply::ok(format!("removed {target} from #{group}")),
                     }
                 }
-                Err(e) => storage(e).into(),
+                Err(e) => {
+                    shared.state().unreserve(&target, &group, change);
+                    storage(e).into()
+                }
             };
             let _ = outbox.send(&ServerMessage::Reply(reply));
             done.finish();
         }),
     );
     Answer::Later
+}
+
+/// `INVITE`, `PROMOTE`, `DEMOTE`, `HANDOVER` (and `KICK`, a membership
+/// change): checked and applied under the state's lock, then stored.
+fn manage(s: &Session, action: Manage, g: &GroupName, user: &Username) -> Answer {
+    let me = match s.user() {
+        Ok(me) => me,
+        Err(f) => return Answer::Now(f.into()),
+    };
+    let change = match action {
+        Manage::Kick => return set_member(s, g, Some(user), Membership::Kick),
+        Manage::Invite => GroupChange::Invite {
+            user: user.clone(),
+            by: me.clone(),
+        },
+        Manage::Promote => GroupChange::Admin(user.clone(), true),
+        Manage::Demote => GroupChange::Admin(user.clone(), false),
+        Manage::Handover => GroupChange::Owner(user.clone()),
+    };
+    let shared = &s.shared;
+    let undo = match shared.state().change_group(&me, g, &change) {
+        Ok(undo) => undo,
+        Err(f) => return Answer::Now(f.into()),
+    };
+    if let Err(e) = shared.store.change_group(g, &change) {
+        shared.state().undo_change(g, undo);
+        return Answer::Now(storage(e).into());
+    }
+    if let GroupChange::Invite { .. } = change {
+        let invited = ServerMessage::Invited {
+            group: g.clone(),
+            by: me.clone(),
+        };
+        for l in shared.state().links_of(user) {
+            let _ = l.outbox.send(&invited);
+        }
+    }
+    Answer::Now(Reply::ok(match action {
+        Manage::Invite => format!("invited {user} to #{g}"),
+        Manage::Promote => format!("{user} is an admin of #{g}"),
+        Manage::Demote => format!("{user} is no longer an admin of #{g}"),
+        Manage::Handover => format!("{user} owns #{g} now; you are an admin"),
+        Manage::Kick => unreachable!("handled above"),
+    }))
 }
 
 /// Where a text goes.
@@ -493,7 +635,7 @@ fn history(s: &Session, with: &HistoryTarget, limit: usize) -> Answer {
     let conv = {
         let st = s.shared.state();
         let group = |g: &GroupName| -> Result<ConvId, Failure> {
-            st.check_membership(&me, g, true)?;
+            st.check_member(&me, g)?;
             Ok(ConvId::Group(g.clone()))
         };
         let user = |u: &Username| -> Result<ConvId, Failure> {

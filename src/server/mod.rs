@@ -28,7 +28,7 @@ mod workers;
 use std::collections::HashMap;
 use std::fmt;
 use std::io;
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::net::{IpAddr, SocketAddr, TcpListener, TcpStream};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -38,13 +38,14 @@ use std::time::Duration;
 use crate::dh::StaticSecret;
 use crate::event::ServerMessage;
 use crate::identity::{self, Fingerprint};
+use crate::names::Username;
 use crate::password::{PasswordCost, Passwords};
 use crate::store::sqlite::SqliteStore;
 use crate::store::Store;
 
 use crate::handshake;
 use delivery::CatchUp;
-use limits::{ConnectionCounts, LoginThrottle};
+use limits::{Counts, HandshakeRate, LoginThrottle};
 use outbox::{Budget, Outbox, OutboxLimits, WriterPool};
 use state::{SessionId, State};
 
@@ -95,9 +96,30 @@ pub struct Config {
     #[arg(long, env = "MUCHAT_IDLE_TIMEOUT", value_name = "SECS", default_value = "300", value_parser = parse_secs)]
     pub idle_timeout: Duration,
 
-    /// Open connections allowed per source address (0: no limit)
+    /// Connections not yet logged in allowed per source address (0: no
+    /// limit); logged-in sessions count per user instead
     #[arg(long, env = "MUCHAT_MAX_CONNECTIONS_PER_IP", value_name = "N", default_value_t = Config::DEFAULT.max_connections_per_ip)]
     pub max_connections_per_ip: usize,
+
+    /// Logged-in sessions one user may have at once (0: no limit)
+    #[arg(long, env = "MUCHAT_MAX_SESSIONS_PER_USER", value_name = "N", default_value_t = Config::DEFAULT.max_sessions_per_user)]
+    pub max_sessions_per_user: usize,
+
+    /// A connection must log in this long after its handshake, or it is
+    /// closed
+    #[arg(long, env = "MUCHAT_LOGIN_TIMEOUT", value_name = "SECS", default_value = "30", value_parser = parse_secs)]
+    pub login_timeout: Duration,
+
+    /// Handshakes per second allowed from one address (bursts of four
+    /// times as many; 0: no limit); more are refused before any
+    /// Diffie-Hellman work
+    #[arg(long, env = "MUCHAT_HANDSHAKE_RATE", value_name = "N", default_value_t = Config::DEFAULT.handshake_rate)]
+    pub handshake_rate: u32,
+
+    /// Password checks per second for the whole server (bursts of twice as
+    /// many; 0: no limit); logins with a device token do not count
+    #[arg(long, env = "MUCHAT_MAX_PASSWORD_CHECKS", value_name = "N", default_value_t = Config::DEFAULT.max_password_checks)]
+    pub max_password_checks: u32,
 
     /// Commands per second per session (0: no limit); chunks, ACK and PONG
     /// are not counted
@@ -112,9 +134,10 @@ pub struct Config {
     #[arg(long, env = "MUCHAT_MAX_GROUPS_PER_USER", value_name = "N", default_value_t = Config::DEFAULT.max_groups_per_user)]
     pub max_groups_per_user: usize,
 
-    /// After 3 failed logins for an account or an address, each further
-    /// attempt waits this long, doubling up to 60 s
-    #[arg(long = "login-backoff-ms", env = "MUCHAT_LOGIN_BACKOFF_MS", value_name = "MS", default_value = "500", value_parser = parse_millis)]
+    /// After 3 failed logins for an account, an address or a device (20 for
+    /// an address block), further attempts must be this far apart,
+    /// doubling up to 60 s; earlier ones are refused with the time to wait
+    #[arg(long = "login-backoff-ms", env = "MUCHAT_LOGIN_BACKOFF_MS", value_name = "MS", default_value = "2000", value_parser = parse_millis)]
     pub login_backoff: Duration,
 
     /// Most bytes queued for all clients together; past it, deliveries wait
@@ -141,10 +164,14 @@ impl Config {
         handshake_timeout: Duration::from_secs(10),
         idle_timeout: Duration::from_secs(300),
         max_connections_per_ip: 16,
+        max_sessions_per_user: 32,
+        login_timeout: Duration::from_secs(30),
+        handshake_rate: 5,
+        max_password_checks: 20,
         rate: 20,
         burst: 50,
         max_groups_per_user: 100,
-        login_backoff: Duration::from_millis(500),
+        login_backoff: Duration::from_millis(2000),
         memory_budget: 512 * 1024 * 1024,
         session_window: 256 * 1024,
         password_cost: PasswordCost::OWASP,
@@ -190,6 +217,12 @@ pub enum CloseReason {
     Finished,
     /// The handshake did not complete.
     Handshake(String),
+    /// The connection did not log in in time.
+    LoginTimeout,
+    /// Too many frames without logging in.
+    TooManyFrames,
+    /// After a logout, its address already has its most connections.
+    TooManyConnections,
 }
 
 impl CloseReason {
@@ -199,6 +232,11 @@ impl CloseReason {
             CloseReason::IdleTimeout => Some("idle timeout".into()),
             CloseReason::Protocol(why) => Some(format!("protocol error: {why}")),
             CloseReason::ShuttingDown => Some("server shutting down".into()),
+            CloseReason::LoginTimeout => Some("log in sooner: login timeout".into()),
+            CloseReason::TooManyFrames => Some("too many requests without logging in".into()),
+            CloseReason::TooManyConnections => {
+                Some("too many connections from your address".into())
+            }
             _ => None,
         }
     }
@@ -217,6 +255,11 @@ impl fmt::Display for CloseReason {
             CloseReason::ShuttingDown => f.write_str("server shutting down"),
             CloseReason::Finished => f.write_str("closed"),
             CloseReason::Handshake(why) => write!(f, "handshake failed: {why}"),
+            CloseReason::LoginTimeout => f.write_str("login timeout"),
+            CloseReason::TooManyFrames => f.write_str("too many frames before login"),
+            CloseReason::TooManyConnections => {
+                f.write_str("too many connections from this address after logout")
+            }
         }
     }
 }
@@ -231,9 +274,13 @@ pub(crate) struct Shared {
     state: Mutex<State>,
     /// Every connection past its handshake, so shutdown can close them.
     connections: Mutex<HashMap<SessionId, Outbox>>,
-    /// Open connections per source address.
-    per_address: Arc<ConnectionCounts>,
-    /// Failed logins by account and by address.
+    /// Connections not yet logged in, per source address.
+    per_address: Arc<Counts<IpAddr>>,
+    /// Logged-in sessions per user.
+    per_user: Arc<Counts<Username>>,
+    /// Handshakes per source address.
+    handshakes: HandshakeRate,
+    /// Login attempts by account, address, block and device.
     throttle: LoginThrottle,
     /// Writes every connection's frames.
     writers: WriterPool,
@@ -241,6 +288,9 @@ pub(crate) struct Shared {
     catch_up: CatchUp,
     /// Runs the handshakes' exponentiations.
     workers: workers::Workers,
+    /// Set when the server is stopping: connections finishing their
+    /// handshake are told and closed.
+    stopping: AtomicBool,
 }
 
 impl Shared {
@@ -263,10 +313,17 @@ impl Shared {
             state: Mutex::new(State::from_snapshot(snapshot)),
             connections: Mutex::new(HashMap::new()),
             per_address: Arc::default(),
-            throttle: LoginThrottle::new(config.login_backoff, Duration::from_secs(60)),
+            per_user: Arc::default(),
+            handshakes: HandshakeRate::new(config.handshake_rate, config.handshake_rate * 4),
+            throttle: LoginThrottle::new(
+                config.login_backoff,
+                Duration::from_secs(60),
+                config.max_password_checks,
+            ),
             writers: WriterPool::start(config.outbox_limits(), budget)?,
             catch_up: CatchUp::start(Arc::clone(&store))?,
             workers: workers::Workers::start()?,
+            stopping: AtomicBool::new(false),
             store,
             config,
         })
@@ -346,11 +403,22 @@ impl Server {
         if let Some(h) = self.accept.take() {
             let _ = h.join();
         }
+        self.shared.stopping.store(true, Ordering::SeqCst);
         let conns: Vec<Outbox> = self.shared.connections().values().cloned().collect();
         let bye = ServerMessage::Bye(CloseReason::ShuttingDown.bye().unwrap_or_default());
         for o in conns {
             let _ = o.send(&bye);
             o.finish();
+        }
+        // What is in flight is committed, then the connections wind down;
+        // the store (and the data directory's lock) goes with the last of
+        // them. Bounded: a connection stuck in its handshake is left to time out.
+        if let Err(e) = self.shared.store.sync() {
+            tracing::error!("could not finish writing: {e}");
+        }
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while Arc::strong_count(&self.shared) > 1 && std::time::Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(5));
         }
     }
 }
@@ -382,7 +450,7 @@ fn accept_loop(listener: TcpListener, shared: Arc<Shared>, stopping: Arc<AtomicB
         let id = next_session;
         next_session += 1;
         let max = shared.config.max_connections_per_ip;
-        let Some(admission) = shared.per_address.admit(peer.ip(), max) else {
+        let Some(place) = shared.per_address.admit(peer.ip(), max) else {
             tracing::warn!(conn = id, %peer, "refused: more than {max} connections from this address");
             let mut s = &stream;
             handshake::refuse(&mut s, "too many connections from your address");
@@ -392,7 +460,7 @@ fn accept_loop(listener: TcpListener, shared: Arc<Shared>, stopping: Arc<AtomicB
         let spawned = std::thread::Builder::new()
             .name(format!("conn-{id}"))
             .stack_size(THREAD_STACK)
-            .spawn(move || session::serve(stream, peer, id, shared, admission));
+            .spawn(move || session::serve(stream, peer, id, shared, place));
         if let Err(e) = spawned {
             tracing::error!(conn = id, %peer, "refused: cannot start a thread: {e}");
         }

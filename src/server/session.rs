@@ -8,7 +8,7 @@
 //! this one connection.
 
 use std::io::{BufReader, ErrorKind, Read, Write};
-use std::net::{SocketAddr, TcpStream};
+use std::net::{IpAddr, SocketAddr, TcpStream};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -23,7 +23,7 @@ use crate::request::{Access, ParseError, ReplyKind, Request, Verb};
 
 use super::delivery::Link;
 use super::handler;
-use super::limits::{Admission, TokenBucket};
+use super::limits::{Place, TokenBucket};
 use super::outbox::Outbox;
 use super::state::{Failure, SessionId};
 use super::transfer::Transfers;
@@ -31,15 +31,15 @@ use super::{CloseReason, Shared};
 
 /// Serves one accepted connection until it closes.
 ///
-/// The connection's place among its address's connections (`admission`) is
-/// given back before the socket is closed, so a client that sees the close
-/// can connect again at once.
+/// The connection's place among its address's connections (`place`, held
+/// until it logs in) is given back before the socket is closed, so a
+/// client that sees the close can connect again at once.
 pub(super) fn serve(
     stream: TcpStream,
     peer: SocketAddr,
     id: SessionId,
     shared: Arc<Shared>,
-    admission: Admission,
+    place: Place<IpAddr>,
 ) {
     let span = info_span!("conn", id, %peer);
     let _entered = span.enter();
@@ -47,8 +47,9 @@ pub(super) fn serve(
     let stream = Arc::new(stream);
     let reason = match start(&stream, peer, id, &shared) {
         Ok((reader, mut session)) => {
+            session.places = Places::Address(place);
             let reason = session.run(reader);
-            drop(admission);
+            session.places = Places::None;
             session.end(&reason);
             // Prefer the outbox's reason: a slow reader is closed from outside.
             session
@@ -58,11 +59,23 @@ pub(super) fn serve(
                 .unwrap_or(reason)
         }
         Err(reason) => {
-            drop(admission);
+            drop(place);
             reason
         }
     };
     info!(%reason, "closed");
+}
+
+/// Where a connection counts against the connection caps (the place is
+/// held, not read: dropping it frees it).
+#[allow(dead_code)]
+pub(super) enum Places {
+    /// Not logged in: among its address's connections.
+    Address(Place<IpAddr>),
+    /// Logged in: among its user's sessions.
+    User(Place<Username>),
+    /// Closing.
+    None,
 }
 
 fn start(
@@ -85,6 +98,17 @@ fn start(
     let handshake_failed = |e: handshake::HandshakeError| CloseReason::Handshake(e.to_string());
     let theirs =
         handshake::read_client_hello(&mut reader, &mut writer).map_err(handshake_failed)?;
+    // A flood of handshakes from one address is refused before any
+    // exponentiation.
+    if !shared.handshakes.allow(peer.ip()) {
+        handshake::refuse(
+            &mut writer,
+            "too many handshakes from your address; try again shortly",
+        );
+        return Err(CloseReason::Handshake(
+            "too many handshakes from this address".into(),
+        ));
+    }
     // The exponentiations run on a worker, not on this thread's stack.
     let identity = Arc::clone(&shared.identity);
     let hello = shared
@@ -102,9 +126,21 @@ fn start(
         crate::connection::FrameWriter::new(SharedStream(Arc::clone(stream)), keyed.sealer);
     let outbox = shared.writers.outbox(writer).map_err(io)?;
     shared.connections().insert(id, outbox.clone());
+    if shared.stopping.load(std::sync::atomic::Ordering::SeqCst) {
+        shared.connections().remove(&id);
+        let _ = outbox.send(&ServerMessage::Bye(
+            CloseReason::ShuttingDown.bye().unwrap_or_default(),
+        ));
+        outbox.finish();
+        return Err(CloseReason::ShuttingDown);
+    }
     let session = Session {
         id,
         peer,
+        places: Places::None,
+        started: Instant::now(),
+        pre_login_frames: 0,
+        device: None,
         bucket: TokenBucket::new(shared.config.rate, shared.config.burst),
         shared: Arc::clone(shared),
         outbox,
@@ -114,6 +150,10 @@ fn start(
     };
     Ok((FrameReader::new(reader, keyed.opener), session))
 }
+
+/// Frames a connection may send without being logged in (each is
+/// decrypted and MAC-checked, so they are not free for the server).
+pub(super) const PRE_LOGIN_FRAMES: u32 = 64;
 
 /// Bytes buffered for reading: one line may be longer (up to the line
 /// limit), but most are short, and an idle connection's buffer is memory
@@ -164,6 +204,15 @@ pub(super) struct Session {
     pub id: SessionId,
     /// The client's address (for login throttling and the log).
     pub peer: SocketAddr,
+    /// Its place under the connection caps.
+    pub places: Places,
+    /// When the handshake finished (or the last logout): the login deadline
+    /// runs from here.
+    pub started: Instant,
+    /// Frames read since then without being logged in.
+    pre_login_frames: u32,
+    /// The device token (its hash) this session logged in with.
+    pub device: Option<[u8; 32]>,
     /// Commands allowed per second.
     bucket: TokenBucket,
     pub shared: Arc<Shared>,
@@ -185,13 +234,21 @@ impl Session {
         // bytes is as idle as a silent one.
         let ping_after = (self.shared.config.idle_timeout / 2).max(Duration::from_millis(10));
         loop {
-            reader.get_mut().get_mut().deadline = Some(Instant::now() + ping_after);
+            // Before login the login deadline comes first.
+            let login_by =
+                (self.login.is_none()).then(|| self.started + self.shared.config.login_timeout);
+            let ping_at = Instant::now() + ping_after;
+            reader.get_mut().get_mut().deadline =
+                Some(login_by.map_or(ping_at, |l| l.min(ping_at)));
             let frame = match reader.read_frame() {
                 Ok(Some(f)) => f,
                 Ok(None) => return CloseReason::ClientClosed,
                 Err(ReadError::Io(e))
                     if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) =>
                 {
+                    if login_by.is_some_and(|l| Instant::now() >= l) {
+                        return self.bye(CloseReason::LoginTimeout);
+                    }
                     if ping.is_some() {
                         return self.bye(CloseReason::IdleTimeout);
                     }
@@ -204,6 +261,13 @@ impl Session {
                 Err(e) => return self.bye(CloseReason::Protocol(e.to_string())),
             };
             ping = None;
+            if self.login.is_none() {
+                // Work before login is free for the peer: bounded.
+                self.pre_login_frames += 1;
+                if self.pre_login_frames > PRE_LOGIN_FRAMES {
+                    return self.bye(CloseReason::TooManyFrames);
+                }
+            }
             if frame.clear {
                 return self.bye(CloseReason::Protocol("clear head from a client".into()));
             }
@@ -266,13 +330,15 @@ impl Session {
             self.reply(f.into());
             return Flow::Continue;
         }
-        if spec.rated && !self.bucket.take() {
-            let limit = self.shared.config.rate;
-            self.reply(Reply::err(
-                ErrorCode::RateLimited,
-                format!("slow down: at most {limit} commands per second"),
-            ));
-            return Flow::Continue;
+        if spec.rated {
+            if let Err(wait) = self.bucket.take_at(Instant::now()) {
+                let limit = self.shared.config.rate;
+                self.reply(handler::rate_limited(
+                    wait,
+                    &format!("at most {limit} commands per second"),
+                ));
+                return Flow::Continue;
+            }
         }
         handler::handle(self, request)
     }
@@ -324,6 +390,13 @@ impl Session {
             self.ordered(move || shared.state().remove_link(&user, id));
             info!("logged out");
         }
+    }
+
+    /// Starts the login deadline and the pre-login frame budget afresh
+    /// (after a logout).
+    pub fn restart_login_clock(&mut self) {
+        self.started = Instant::now();
+        self.pre_login_frames = 0;
     }
 
     /// The logged-in user (the verb table guarantees one for handlers of

@@ -13,7 +13,7 @@ use std::sync::Arc;
 use crate::content::ContentKey;
 use crate::event::{ErrorCode, Reply, ServerMessage};
 use crate::names::{GroupName, Username};
-use crate::store::{ConvId, Snapshot, UserRecord};
+use crate::store::{ConvId, GroupChange, Snapshot, UserRecord};
 
 use super::delivery::Link;
 use super::outbox::Outgoing;
@@ -61,9 +61,41 @@ impl Notices {
 
 /// A group in memory.
 struct Group {
+    /// Who may hand the group over, and promote or demote admins.
+    owner: Username,
+    /// Only invited users may join.
+    private: bool,
     members: BTreeSet<Username>,
+    /// Members who may invite and remove (plain) members.
+    admins: BTreeSet<Username>,
+    /// Users invited and not yet joined.
+    invited: BTreeSet<Username>,
     /// The key live messages to this group are enveloped under.
     key: GroupKey,
+}
+
+impl Group {
+    /// Whether `user` may invite and remove members.
+    fn manages(&self, user: &Username) -> bool {
+        self.owner == *user || self.admins.contains(user)
+    }
+
+    /// Whether `user` may see the group at all (in `LIST`).
+    fn visible_to(&self, user: &Username) -> bool {
+        !self.private || self.members.contains(user) || self.invited.contains(user)
+    }
+}
+
+/// A membership change decided under the state's lock, before the store
+/// has it (see [`State::reserve_join`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Membership {
+    /// Joined.
+    Join,
+    /// Left.
+    Leave,
+    /// Removed by an owner or admin.
+    Kick,
 }
 
 /// A group's current envelope key. Kept in memory only: members get it
@@ -108,9 +140,18 @@ impl State {
             state.add_account(&u);
         }
         for g in snapshot.groups {
-            let members = g.members.into_iter().collect();
             let key = state.new_group_key();
-            state.groups.insert(g.name, Group { members, key });
+            state.groups.insert(
+                g.name,
+                Group {
+                    owner: g.owner,
+                    private: g.private,
+                    members: g.members.into_iter().collect(),
+                    admins: g.admins.into_iter().collect(),
+                    invited: g.invited.into_iter().collect(),
+                    key,
+                },
+            );
         }
         state
     }
@@ -205,73 +246,282 @@ impl State {
         notices
     }
 
-    /// Fails if the group name is taken.
-    pub fn check_new_group(&self, group: &GroupName) -> Result<(), Failure> {
+    /// Takes a group name for `creator` (the store has not committed it
+    /// yet): fails if the name is taken or the creator has too many
+    /// groups. Deciding here, under the lock, makes concurrent creations
+    /// and the group cap exact. Undo with [`unreserve_group`](Self::unreserve_group).
+    pub fn reserve_group(
+        &mut self,
+        creator: &Username,
+        group: &GroupName,
+        private: bool,
+        max_groups: usize,
+    ) -> Result<(), Failure> {
         if self.groups.contains_key(group) {
             return Err(group_taken(group));
+        }
+        self.check_group_count(creator, max_groups)?;
+        let key = self.new_group_key();
+        self.groups.insert(
+            group.clone(),
+            Group {
+                owner: creator.clone(),
+                private,
+                members: BTreeSet::from([creator.clone()]),
+                admins: BTreeSet::new(),
+                invited: BTreeSet::new(),
+                key,
+            },
+        );
+        self.heads.entry(ConvId::Group(group.clone())).or_insert(0);
+        Ok(())
+    }
+
+    /// Gives a reserved group back (the store refused it).
+    pub fn unreserve_group(&mut self, group: &GroupName) {
+        self.groups.remove(group);
+    }
+
+    /// The creator's connections get the new group's key.
+    pub fn group_created(&self, creator: &Username, group: &GroupName) -> Notices {
+        let mut notices = Notices::default();
+        if let Some(g) = self.groups.get(group) {
+            notices.add(&self.links_of(creator), &key_event(group, &g.key));
+        }
+        notices
+    }
+
+    fn group(&self, group: &GroupName) -> Result<&Group, Failure> {
+        self.groups.get(group).ok_or_else(|| no_such_group(group))
+    }
+
+    fn group_mut(&mut self, group: &GroupName) -> Result<&mut Group, Failure> {
+        self.groups
+            .get_mut(group)
+            .ok_or_else(|| no_such_group(group))
+    }
+
+    /// Decides a join, leave or removal and records it at once (the store
+    /// commits it next; [`unreserve`](Self::unreserve) undoes it if that
+    /// fails). Everything is checked under the lock: two members joining
+    /// and leaving at once get replies that match the final state, and the
+    /// group cap holds.
+    pub fn reserve(
+        &mut self,
+        by: &Username,
+        user: &Username,
+        group: &GroupName,
+        change: Membership,
+        max_groups: usize,
+    ) -> Result<(), Failure> {
+        let n = self.groups_of(user);
+        let g = self.group_mut(group)?;
+        let member = g.members.contains(user);
+        match change {
+            Membership::Join => {
+                if member {
+                    return Err(Failure::new(
+                        ErrorCode::AlreadyMember,
+                        format!("you are already in #{group}"),
+                    ));
+                }
+                if g.private && !g.invited.contains(user) {
+                    return Err(Failure::new(
+                        ErrorCode::NotAllowed,
+                        format!("#{group} is private: its owner or an admin must INVITE you first"),
+                    ));
+                }
+                if n >= max_groups {
+                    return Err(too_many_groups(n));
+                }
+                g.invited.remove(user);
+                g.members.insert(user.clone());
+            }
+            Membership::Leave => {
+                if !member {
+                    return Err(not_member(group));
+                }
+                if g.owner == *user && g.members.len() > 1 {
+                    return Err(Failure::new(
+                        ErrorCode::NotAllowed,
+                        format!("you own #{group}: HANDOVER it to another member first"),
+                    ));
+                }
+                g.members.remove(user);
+                g.admins.remove(user);
+            }
+            Membership::Kick => {
+                if !g.manages(by) {
+                    return Err(not_manager(group));
+                }
+                if !member {
+                    return Err(Failure::new(
+                        ErrorCode::NotMember,
+                        format!("{user} is not a member of #{group}"),
+                    ));
+                }
+                if g.owner == *user || (g.admins.contains(user) && g.owner != *by) {
+                    return Err(Failure::new(
+                        ErrorCode::NotAllowed,
+                        format!("only the owner of #{group} can remove its owner or an admin"),
+                    ));
+                }
+                g.members.remove(user);
+                g.admins.remove(user);
+            }
         }
         Ok(())
     }
 
-    /// Records a group the store has committed, with its creator as first
-    /// member; the creator's connections get its key.
-    pub fn add_group(&mut self, creator: &Username, group: &GroupName) -> Notices {
-        let members = BTreeSet::from([creator.clone()]);
-        let key = self.new_group_key();
-        let mut notices = Notices::default();
-        notices.add(&self.links_of(creator), &key_event(group, &key));
-        self.groups.insert(group.clone(), Group { members, key });
-        self.heads.entry(ConvId::Group(group.clone())).or_insert(0);
-        notices
-    }
-
-    /// Fails unless the group exists and `user` is (`member`) or is not
-    /// (`!member`) in it.
-    pub fn check_membership(
-        &self,
-        user: &Username,
-        group: &GroupName,
-        member: bool,
-    ) -> Result<(), Failure> {
-        let g = self.groups.get(group).ok_or_else(|| no_such_group(group))?;
-        match (g.members.contains(user), member) {
-            (true, false) => Err(Failure::new(
-                ErrorCode::AlreadyMember,
-                format!("you are already in #{group}"),
-            )),
-            (false, true) => Err(not_member(group)),
-            _ => Ok(()),
+    /// Undoes a reservation the store could not commit.
+    pub fn unreserve(&mut self, user: &Username, group: &GroupName, change: Membership) {
+        if let Some(g) = self.groups.get_mut(group) {
+            match change {
+                Membership::Join => {
+                    g.members.remove(user);
+                }
+                Membership::Leave | Membership::Kick => {
+                    g.members.insert(user.clone());
+                }
+            }
         }
     }
 
-    /// Records a join or leave the store has committed, and returns the
-    /// new member count. A member who joins gets the group key; one who
-    /// leaves makes it change, so the leaver cannot open later envelopes.
-    /// An emptied group stays, with its history and its name.
-    pub fn set_member(
+    /// After the store committed a membership change: the new member
+    /// count, and the notices (a joiner's connections get the key; anyone
+    /// leaving makes it change, so they cannot open later envelopes).
+    pub fn membership_done(
         &mut self,
         user: &Username,
         group: &GroupName,
-        member: bool,
+        change: Membership,
     ) -> (usize, Notices) {
-        let Some(g) = self.groups.get_mut(group) else {
+        let Some(g) = self.groups.get(group) else {
             return (0, Notices::default());
         };
-        if member {
-            g.members.insert(user.clone());
-        } else {
-            g.members.remove(user);
-        }
         let n = g.members.len();
-        let notices = if member {
-            let mut notices = Notices::default();
-            let event = key_event(group, &g.key);
-            notices.add(&self.links_of(user), &event);
-            notices
-        } else {
-            self.rotate_group_key(group)
+        let notices = match change {
+            Membership::Join => {
+                let mut notices = Notices::default();
+                notices.add(&self.links_of(user), &key_event(group, &g.key));
+                notices
+            }
+            Membership::Leave | Membership::Kick => self.rotate_group_key(group),
         };
         (n, notices)
+    }
+
+    /// Applies an invitation or a role change by `by`, checking it is
+    /// allowed; returns what undoes it if the store fails.
+    pub fn change_group(
+        &mut self,
+        by: &Username,
+        group: &GroupName,
+        change: &GroupChange,
+    ) -> Result<GroupChange, Failure> {
+        let user_exists = |u: &Username| self.accounts.contains_key(u);
+        let (target, exists) = match change {
+            GroupChange::Invite { user, .. }
+            | GroupChange::Admin(user, _)
+            | GroupChange::Owner(user) => (user.clone(), user_exists(user)),
+        };
+        let g = self.group_mut(group)?;
+        let owner_only = || {
+            Failure::new(
+                ErrorCode::NotAllowed,
+                format!("only the owner of #{group} can do that"),
+            )
+        };
+        match change {
+            GroupChange::Invite { user, .. } => {
+                if !g.manages(by) {
+                    return Err(not_manager(group));
+                }
+                if !exists {
+                    return Err(Failure::new(
+                        ErrorCode::UnknownUser,
+                        format!("no user named {user}"),
+                    ));
+                }
+                if g.members.contains(user) {
+                    return Err(Failure::new(
+                        ErrorCode::AlreadyMember,
+                        format!("{user} is already in #{group}"),
+                    ));
+                }
+                g.invited.insert(user.clone());
+                Ok(GroupChange::Invite {
+                    user: user.clone(),
+                    by: by.clone(),
+                })
+            }
+            GroupChange::Admin(user, admin) => {
+                if g.owner != *by {
+                    return Err(owner_only());
+                }
+                if !g.members.contains(user) || g.owner == *user {
+                    return Err(Failure::new(
+                        ErrorCode::NotMember,
+                        format!("{user} is not a member of #{group} other than its owner"),
+                    ));
+                }
+                let before = g.admins.contains(user);
+                if *admin {
+                    g.admins.insert(user.clone());
+                } else {
+                    g.admins.remove(user);
+                }
+                Ok(GroupChange::Admin(target, before))
+            }
+            GroupChange::Owner(user) => {
+                if g.owner != *by {
+                    return Err(owner_only());
+                }
+                if !g.members.contains(user) {
+                    return Err(Failure::new(
+                        ErrorCode::NotMember,
+                        format!("{user} is not a member of #{group}"),
+                    ));
+                }
+                let old = std::mem::replace(&mut g.owner, user.clone());
+                g.admins.remove(user);
+                g.admins.insert(old.clone());
+                Ok(GroupChange::Owner(old))
+            }
+        }
+    }
+
+    /// Undoes [`change_group`](Self::change_group) (the store failed).
+    pub fn undo_change(&mut self, group: &GroupName, undo: GroupChange) {
+        let Some(g) = self.groups.get_mut(group) else {
+            return;
+        };
+        match undo {
+            GroupChange::Invite { user, .. } => {
+                g.invited.remove(&user);
+            }
+            GroupChange::Admin(user, was) => {
+                if was {
+                    g.admins.insert(user);
+                } else {
+                    g.admins.remove(&user);
+                }
+            }
+            GroupChange::Owner(old) => {
+                g.admins.remove(&old);
+                let new = std::mem::replace(&mut g.owner, old);
+                g.admins.remove(&new);
+            }
+        }
+    }
+
+    /// Fails unless the group exists and `user` is in it.
+    pub fn check_member(&self, user: &Username, group: &GroupName) -> Result<(), Failure> {
+        if self.group(group)?.members.contains(user) {
+            Ok(())
+        } else {
+            Err(not_member(group))
+        }
     }
 
     /// Whether an account exists.
@@ -293,7 +543,7 @@ impl State {
     /// Fails unless every group exists and has `sender`.
     pub fn check_sender(&self, sender: &Username, groups: &[GroupName]) -> Result<(), Failure> {
         for g in groups {
-            self.check_membership(sender, g, true)?;
+            self.check_member(sender, g)?;
         }
         Ok(())
     }
@@ -316,27 +566,21 @@ impl State {
         }
     }
 
-    /// Fails if `user` is already in `max` groups.
-    pub fn check_group_count(&self, user: &Username, max: usize) -> Result<(), Failure> {
-        let n = self
-            .groups
+    /// How many groups `user` is in.
+    fn groups_of(&self, user: &Username) -> usize {
+        self.groups
             .values()
             .filter(|g| g.members.contains(user))
-            .count();
-        if n >= max {
-            return Err(Failure::new(
-                ErrorCode::TooManyGroups,
-                format!("you are in {n} groups, the most this server allows; LEAVE one first"),
-            ));
-        }
-        Ok(())
+            .count()
     }
 
-    /// Whether `user` is in `group`.
-    pub fn is_member(&self, user: &Username, group: &GroupName) -> bool {
-        self.groups
-            .get(group)
-            .is_some_and(|g| g.members.contains(user))
+    /// Fails if `user` is already in `max` groups.
+    fn check_group_count(&self, user: &Username, max: usize) -> Result<(), Failure> {
+        let n = self.groups_of(user);
+        if n >= max {
+            return Err(too_many_groups(n));
+        }
+        Ok(())
     }
 
     /// Whether a group exists.
@@ -359,14 +603,28 @@ impl State {
     /// caller's), then the users online now. Each list is cut short (with
     /// a count of what was left out) so the reply fits in one frame head.
     pub fn list(&self, me: &Username) -> String {
-        let groups = self.groups.iter().map(|(name, g)| {
+        let visible: Vec<(&GroupName, &Group)> = self
+            .groups
+            .iter()
+            .filter(|(_, g)| g.visible_to(me))
+            .collect();
+        let groups = visible.into_iter().map(|(name, g)| {
             let n = g.members.len();
-            let joined = if g.members.contains(me) {
-                ", joined"
-            } else {
-                ""
-            };
-            format!("#{name} ({n} member{}{joined})", plural(n))
+            let mut marks = String::new();
+            if g.private {
+                marks.push_str(", private");
+            }
+            if g.members.contains(me) {
+                marks.push_str(", joined");
+            } else if g.invited.contains(me) {
+                marks.push_str(", invited");
+            }
+            if g.owner == *me {
+                marks.push_str(", owner");
+            } else if g.admins.contains(me) {
+                marks.push_str(", admin");
+            }
+            format!("#{name} ({n} member{}{marks})", plural(n))
         });
         let mut users: Vec<&str> = self.online.keys().map(Username::as_str).collect();
         users.sort_unstable();
@@ -439,6 +697,20 @@ pub fn group_taken(g: &GroupName) -> Failure {
 /// The failure for a group that does not exist.
 pub fn no_such_group(g: &GroupName) -> Failure {
     Failure::new(ErrorCode::NoSuchGroup, format!("no group named #{g}"))
+}
+
+fn too_many_groups(n: usize) -> Failure {
+    Failure::new(
+        ErrorCode::TooManyGroups,
+        format!("you are in {n} groups, the most this server allows; LEAVE one first"),
+    )
+}
+
+fn not_manager(g: &GroupName) -> Failure {
+    Failure::new(
+        ErrorCode::NotAllowed,
+        format!("only the owner or an admin of #{g} can do that"),
+    )
 }
 
 fn not_member(g: &GroupName) -> Failure {

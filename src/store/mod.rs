@@ -155,10 +155,32 @@ pub struct UserRecord {
 pub struct GroupRecord {
     /// Group name.
     pub name: GroupName,
-    /// Creator.
+    /// Its owner (the creator, until handed over).
     pub owner: Username,
+    /// Whether only invited users may join.
+    pub private: bool,
     /// Current members.
     pub members: Vec<Username>,
+    /// Members who may invite and remove others.
+    pub admins: Vec<Username>,
+    /// Users invited and not yet joined.
+    pub invited: Vec<Username>,
+}
+
+/// A change to a group's roles or invitations.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum GroupChange {
+    /// `user` may now join (a private group), invited by `by`.
+    Invite {
+        /// Who is invited.
+        user: Username,
+        /// Who invited them.
+        by: Username,
+    },
+    /// A member becomes (true) or stops being (false) an admin.
+    Admin(Username, bool),
+    /// A member becomes the owner; the old owner stays, as an admin.
+    Owner(Username),
 }
 
 /// Everything the server loads at start-up.
@@ -287,7 +309,10 @@ pub trait Store: Send + Sync {
 
     /// Creates a group with its owner as first member (cursor at 0); false
     /// if the name is taken.
-    fn create_group(&self, name: &GroupName, owner: &Username) -> StoreResult<bool>;
+    fn create_group(&self, name: &GroupName, owner: &Username, private: bool) -> StoreResult<bool>;
+
+    /// Changes a group's roles or invitations.
+    fn change_group(&self, group: &GroupName, change: &GroupChange) -> StoreResult<()>;
 
     /// Adds a member (cursor at the group's head: joining brings no
     /// backlog) or removes one (and their cursor). Calls `done`, in commit
@@ -356,4 +381,14 @@ pub trait Store: Send + Sync {
 
     /// Bytes of files in `conv` that some member has not acknowledged.
     fn undelivered_file_bytes(&self, conv: &ConvId) -> StoreResult<u64>;
+
+    /// Records a device token (by its hash) for `user`.
+    fn add_device(&self, user: &Username, token_hash: [u8; 32]) -> StoreResult<()>;
+
+    /// Whose device token this is, if it is valid (used in the last 30
+    /// days); using it renews it.
+    fn device_owner(&self, token_hash: [u8; 32]) -> StoreResult<Option<Username>>;
+
+    /// Forgets a device token (the device logged out).
+    fn forget_device(&self, token_hash: [u8; 32]);
 }

@@ -24,8 +24,8 @@ use crossbeam_channel::{bounded, unbounded, Receiver, Sender};
 use rusqlite::{params, Connection, OpenFlags, OptionalExtension};
 
 use super::{
-    Append, Appended, BatchHook, Completion, Content, ConvId, Cursor, FileInfo, GroupRecord,
-    LogEntry, Snapshot, Store, StoreError, StoreResult, StoredChunk, UserRecord,
+    Append, Appended, BatchHook, Completion, Content, ConvId, Cursor, FileInfo, GroupChange,
+    GroupRecord, LogEntry, Snapshot, Store, StoreError, StoreResult, StoredChunk, UserRecord,
 };
 use crate::content::{Body, ContentKey};
 use crate::names::{GroupName, Username};
@@ -123,6 +123,22 @@ const MIGRATIONS: &[&str] = &[
         refs     TEXT NOT NULL,       -- 'conv seq' pairs, ',' between
         PRIMARY KEY (username, send_id)
      ) WITHOUT ROWID;
+     CREATE TABLE devices (
+        token_hash   TEXT PRIMARY KEY,  -- SHA-256 of the device token, hex
+        username     TEXT NOT NULL,
+        created_ms   INTEGER NOT NULL,
+        last_used_ms INTEGER NOT NULL
+     ) WITHOUT ROWID;
+     CREATE INDEX devices_by_user ON devices (username);
+     ALTER TABLE groups ADD COLUMN private INTEGER NOT NULL DEFAULT 0;
+     ALTER TABLE members ADD COLUMN admin INTEGER NOT NULL DEFAULT 0;
+     CREATE TABLE invites (
+        group_name TEXT NOT NULL,
+        username   TEXT NOT NULL,
+        by         TEXT NOT NULL,
+        at_ms      INTEGER NOT NULL,
+        PRIMARY KEY (group_name, username)
+     ) WITHOUT ROWID;
 
      CREATE TEMP TABLE v1_seq AS
         SELECT id, conv, ROW_NUMBER() OVER (PARTITION BY conv ORDER BY id) AS seq FROM messages;
@@ -176,7 +192,8 @@ enum Outcome {
 /// A queued write.
 enum Op {
     CreateUser(UserRecord),
-    CreateGroup(GroupName, Username),
+    CreateGroup(GroupName, Username, bool),
+    ChangeGroup(GroupName, GroupChange),
     SetMember(GroupName, Username, bool),
     Append(Box<Append>),
     Ack(Username, ConvId, u64),
@@ -187,6 +204,8 @@ enum Op {
     DiscardFile(u64),
     /// Counts a file's stored chunks on the writer, after its chunk writes.
     CountChunks(u64),
+    AddDevice(Username, [u8; 32]),
+    ForgetDevice([u8; 32]),
     /// Nothing: a barrier.
     Nothing,
 }
@@ -215,6 +234,50 @@ pub struct SqliteStore {
     writes: Sender<Job>,
     /// Idle read connections; more are opened when all are busy.
     readers: Mutex<Vec<Connection>>,
+    /// `DIR/lock`, locked for as long as this store is open: one server per
+    /// data directory.
+    _lock: std::fs::File,
+}
+
+/// The lock file inside the data directory; it holds the locking server's
+/// process id.
+pub const LOCK_FILE: &str = "lock";
+
+/// Takes the data directory's lock, or says who holds it.
+fn lock_dir(dir: &Path) -> Result<std::fs::File, String> {
+    use std::io::{Read as _, Seek as _, Write as _};
+    let path = dir.join(LOCK_FILE);
+    let mut f = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(&path)
+        .map_err(|e| format!("cannot open {}: {e}", path.display()))?;
+    match f.try_lock() {
+        Ok(()) => {}
+        Err(std::fs::TryLockError::WouldBlock) => {
+            let mut holder = String::new();
+            let _ = f.read_to_string(&mut holder);
+            let holder = holder.trim();
+            return Err(if holder.is_empty() {
+                "the data directory is in use by another server".to_string()
+            } else {
+                format!("the data directory is in use by another server (pid {holder})")
+            });
+        }
+        Err(std::fs::TryLockError::Error(e)) => {
+            return Err(format!("cannot lock {}: {e}", path.display()));
+        }
+    }
+    let write = |f: &mut std::fs::File| -> std::io::Result<()> {
+        f.set_len(0)?;
+        f.rewind()?;
+        writeln!(f, "{}", std::process::id())?;
+        f.flush()
+    };
+    write(&mut f).map_err(|e| format!("cannot write {}: {e}", path.display()))?;
+    Ok(f)
 }
 
 /// Most writes folded into one transaction.
@@ -228,6 +291,9 @@ const RELEASE_EVERY: Duration = Duration::from_secs(2);
 
 /// How long a send id is remembered (a client retries within minutes).
 const SEND_ID_DAYS: u64 = 7;
+
+/// How long a device token stays valid without being used.
+const DEVICE_DAYS: u64 = 30;
 
 impl SqliteStore {
     /// Opens (creating if needed) the store in `dir`. Fails, naming the
@@ -252,10 +318,13 @@ impl SqliteStore {
             std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
                 .map_err(|e| unusable(dir, format!("cannot restrict the data directory: {e}")))?;
         }
+        let lock = lock_dir(dir).map_err(|why| unusable(dir, why))?;
         let path = dir.join(DB_FILE);
         let problem = |e: &dyn std::fmt::Display| unusable(&path, e.to_string());
         let writer = open_connection(&path).map_err(|e| problem(&e))?;
+        give_space_back(&writer, true).map_err(|e| problem(&e))?;
         migrate(&writer).map_err(|e| problem(&e))?;
+        give_space_back(&writer, false).map_err(|e| problem(&e))?;
         check_integrity(&writer).map_err(|e| problem(&e))?;
         // An upload cut short by a crash leaves an incomplete file behind.
         writer
@@ -274,6 +343,7 @@ impl SqliteStore {
             path,
             writes,
             readers: Mutex::new(vec![reader]),
+            _lock: lock,
         })
     }
 
@@ -342,6 +412,27 @@ fn open_connection(path: &Path) -> rusqlite::Result<Connection> {
     conn.pragma_update(None, "synchronous", "FULL")?;
     conn.pragma_update(None, "foreign_keys", "ON")?;
     Ok(conn)
+}
+
+/// Makes the database give the space of deleted rows (delivered files'
+/// chunks, mostly) back to the file system: incremental auto-vacuum, set
+/// before the first table on a new database (`fresh`), or by one `VACUUM`
+/// of an older one (after its migrations), which is logged.
+fn give_space_back(conn: &Connection, fresh: bool) -> rusqlite::Result<()> {
+    let mode: i64 = conn.query_row("PRAGMA auto_vacuum", [], |r| r.get(0))?;
+    if mode == 2 {
+        return Ok(());
+    }
+    let tables: i64 = conn.query_row("SELECT COUNT(*) FROM sqlite_master", [], |r| r.get(0))?;
+    if fresh && tables > 0 {
+        return Ok(());
+    }
+    conn.execute_batch("PRAGMA auto_vacuum = INCREMENTAL")?;
+    if tables > 0 {
+        tracing::info!("turning on incremental vacuum (one VACUUM of the database)");
+        conn.execute_batch("VACUUM")?;
+    }
+    Ok(())
 }
 
 fn check_integrity(conn: &Connection) -> Result<(), String> {
@@ -541,13 +632,13 @@ fn apply(tx: &Connection, op: &Op) -> StoreResult<Outcome> {
             )?
             .execute(params![u.username.as_str(), u.name, u.verifier, now])?,
         ),
-        Op::CreateGroup(g, owner) => atomically(tx, || {
+        Op::CreateGroup(g, owner, private) => atomically(tx, || {
             let conv = ConvId::Group(g.clone()).key();
             let created = tx
                 .prepare_cached(
-                    "INSERT OR IGNORE INTO groups (name, owner, created_ms) VALUES (?1, ?2, ?3)",
+                    "INSERT OR IGNORE INTO groups (name, owner, created_ms, private) VALUES (?1, ?2, ?3, ?4)",
                 )?
-                .execute(params![g.as_str(), owner.as_str(), now])?
+                .execute(params![g.as_str(), owner.as_str(), now, *private])?
                 == 1;
             if created {
                 tx.prepare_cached("INSERT INTO members (group_name, username) VALUES (?1, ?2)")?
@@ -577,6 +668,8 @@ fn apply(tx: &Connection, op: &Op) -> StoreResult<Outcome> {
                          SELECT ?1, key, head FROM conversations WHERE key = ?2",
                     )?
                     .execute(params![u.as_str(), conv])?;
+                    tx.prepare_cached("DELETE FROM invites WHERE group_name = ?1 AND username = ?2")?
+                        .execute(params![g.as_str(), u.as_str()])?;
                 }
                 added
             } else {
@@ -593,6 +686,37 @@ fn apply(tx: &Connection, op: &Op) -> StoreResult<Outcome> {
             Ok(Outcome::Membership(head.unwrap_or(0) as u64, changed))
         }),
         Op::Cursors(user) => Ok(Outcome::Cursors(read_cursors(tx, user)?)),
+        Op::ChangeGroup(g, change) => atomically(tx, || {
+            match change {
+                GroupChange::Invite { user, by } => {
+                    tx.prepare_cached(
+                        "INSERT OR REPLACE INTO invites (group_name, username, by, at_ms)
+                         VALUES (?1, ?2, ?3, ?4)",
+                    )?
+                    .execute(params![g.as_str(), user.as_str(), by.as_str(), now])?;
+                }
+                GroupChange::Admin(u, admin) => {
+                    tx.prepare_cached(
+                        "UPDATE members SET admin = ?3 WHERE group_name = ?1 AND username = ?2",
+                    )?
+                    .execute(params![g.as_str(), u.as_str(), *admin])?;
+                }
+                GroupChange::Owner(u) => {
+                    tx.prepare_cached(
+                        "UPDATE members SET admin = 1 WHERE group_name = ?1
+                           AND username = (SELECT owner FROM groups WHERE name = ?1)",
+                    )?
+                    .execute([g.as_str()])?;
+                    tx.prepare_cached("UPDATE groups SET owner = ?2 WHERE name = ?1")?
+                        .execute(params![g.as_str(), u.as_str()])?;
+                    tx.prepare_cached(
+                        "UPDATE members SET admin = 0 WHERE group_name = ?1 AND username = ?2",
+                    )?
+                    .execute(params![g.as_str(), u.as_str()])?;
+                }
+            }
+            Ok(Outcome::Count(1))
+        }),
         Op::Append(a) => atomically(tx, || append(tx, a)).map(Outcome::Appended),
         Op::Ack(user, conv, seq) => count(
             tx.prepare_cached(
@@ -621,6 +745,17 @@ fn apply(tx: &Connection, op: &Op) -> StoreResult<Outcome> {
                 .execute([*file_id as i64])?;
             Ok(Outcome::Count(1))
         }),
+        Op::AddDevice(user, hash) => count(
+            tx.prepare_cached(
+                "INSERT OR REPLACE INTO devices (token_hash, username, created_ms, last_used_ms)
+                 VALUES (?1, ?2, ?3, ?3)",
+            )?
+            .execute(params![format_sha256(hash), user.as_str(), now])?,
+        ),
+        Op::ForgetDevice(hash) => count(
+            tx.prepare_cached("DELETE FROM devices WHERE token_hash = ?1")?
+                .execute([format_sha256(hash)])?,
+        ),
         Op::CountChunks(file_id) => Ok(Outcome::Count(
             tx.prepare_cached("SELECT COUNT(*) FROM file_chunks WHERE file_id = ?1")?
                 .query_row([*file_id as i64], |r| r.get::<_, i64>(0))? as u64,
@@ -745,6 +880,8 @@ fn release_delivered_files(conn: &Connection) -> StoreResult<()> {
          UPDATE files SET released = 1 WHERE id IN (SELECT id FROM releasing);",
     )?;
     tx.commit()?;
+    // The freed pages go back to the file system.
+    conn.execute_batch("PRAGMA incremental_vacuum")?;
     Ok(())
 }
 
@@ -811,22 +948,38 @@ impl Store for SqliteStore {
                 });
             }
             let mut groups = Vec::new();
-            let mut stmt = c.prepare("SELECT name, owner FROM groups ORDER BY name")?;
-            let mut members =
-                c.prepare("SELECT username FROM members WHERE group_name = ?1 ORDER BY username")?;
+            let mut stmt = c.prepare("SELECT name, owner, private FROM groups ORDER BY name")?;
+            let mut members = c.prepare(
+                "SELECT username, admin FROM members WHERE group_name = ?1 ORDER BY username",
+            )?;
+            let mut invites =
+                c.prepare("SELECT username FROM invites WHERE group_name = ?1 ORDER BY username")?;
             let mut rows = stmt.query([])?;
             while let Some(r) = rows.next()? {
-                let (name, owner): (String, String) = (r.get(0)?, r.get(1)?);
-                let mut list = Vec::new();
+                let (name, owner, private): (String, String, bool) =
+                    (r.get(0)?, r.get(1)?, r.get(2)?);
+                let (mut list, mut admins, mut invited) = (Vec::new(), Vec::new(), Vec::new());
                 let mut mrows = members.query([&name])?;
                 while let Some(m) = mrows.next()? {
-                    let m: String = m.get(0)?;
-                    list.push(Username::parse(&m).map_err(corrupt("members"))?);
+                    let (u, admin): (String, bool) = (m.get(0)?, m.get(1)?);
+                    let u = Username::parse(&u).map_err(corrupt("members"))?;
+                    if admin {
+                        admins.push(u.clone());
+                    }
+                    list.push(u);
+                }
+                let mut irows = invites.query([&name])?;
+                while let Some(i) = irows.next()? {
+                    let u: String = i.get(0)?;
+                    invited.push(Username::parse(&u).map_err(corrupt("invites"))?);
                 }
                 groups.push(GroupRecord {
                     name: GroupName::parse(&name).map_err(corrupt("groups"))?,
                     owner: Username::parse(&owner).map_err(corrupt("groups"))?,
+                    private,
                     members: list,
+                    admins,
+                    invited,
                 });
             }
             let mut heads = HashMap::new();
@@ -850,9 +1003,14 @@ impl Store for SqliteStore {
             .map(|n| n == 1)
     }
 
-    fn create_group(&self, name: &GroupName, owner: &Username) -> StoreResult<bool> {
-        self.wait_count(Op::CreateGroup(name.clone(), owner.clone()))
+    fn create_group(&self, name: &GroupName, owner: &Username, private: bool) -> StoreResult<bool> {
+        self.wait_count(Op::CreateGroup(name.clone(), owner.clone(), private))
             .map(|n| n == 1)
+    }
+
+    fn change_group(&self, group: &GroupName, change: &GroupChange) -> StoreResult<()> {
+        self.wait_count(Op::ChangeGroup(group.clone(), change.clone()))
+            .map(|_| ())
     }
 
     fn set_member(
@@ -990,6 +1148,37 @@ impl Store for SqliteStore {
             })?;
             Ok(rows.collect::<rusqlite::Result<_>>()?)
         })
+    }
+
+    fn add_device(&self, user: &Username, token_hash: [u8; 32]) -> StoreResult<()> {
+        self.wait_count(Op::AddDevice(user.clone(), token_hash))
+            .map(|_| ())
+    }
+
+    fn device_owner(&self, token_hash: [u8; 32]) -> StoreResult<Option<Username>> {
+        let fresh_after = crate::clock::now_ms().saturating_sub(DEVICE_DAYS * 86_400_000);
+        let owner = self.with_reader(|c| {
+            let name: Option<String> = c
+                .prepare_cached(
+                    "SELECT username FROM devices WHERE token_hash = ?1 AND last_used_ms >= ?2",
+                )?
+                .query_row(
+                    params![format_sha256(&token_hash), fresh_after as i64],
+                    |r| r.get(0),
+                )
+                .optional()?;
+            name.map(|n| Username::parse(&n).map_err(|_| StoreError::Corrupt("devices")))
+                .transpose()
+        })?;
+        if let Some(user) = &owner {
+            // Renews the token's lifetime.
+            self.queue(Op::AddDevice(user.clone(), token_hash), Done::Nobody);
+        }
+        Ok(owner)
+    }
+
+    fn forget_device(&self, token_hash: [u8; 32]) {
+        self.queue(Op::ForgetDevice(token_hash), Done::Nobody);
     }
 
     fn undelivered_file_bytes(&self, conv: &ConvId) -> StoreResult<u64> {

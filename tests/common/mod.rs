@@ -22,15 +22,18 @@ use tempfile::TempDir;
 pub const WAIT: Duration = Duration::from_secs(20);
 
 /// Settings for a test server in `dir`: cheap password hashing (tests
-/// create many accounts; one test checks the real cost), and the rate and
-/// per-address limits off (tests run many clients from one address, fast;
-/// the adversarial tests turn them back on).
+/// create many accounts; one test checks the real cost), and the rate,
+/// per-address and per-user limits off (tests run many clients from one
+/// address, fast; the adversarial tests turn them back on).
 pub fn test_config(dir: &Path) -> Config {
     Config {
         data_dir: dir.join("data"),
         password_cost: muchat::password::PasswordCost::TESTING,
         rate: 0,
         max_connections_per_ip: 0,
+        max_sessions_per_user: 0,
+        handshake_rate: 0,
+        max_password_checks: 0,
         ..Config::default()
     }
 }

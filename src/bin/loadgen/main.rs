@@ -2,6 +2,7 @@
 //! traffic and reports throughput, latency and server CPU per delivery.
 //! The load shapes are in [`modes`], the measuring in [`report`].
 
+mod fanout;
 mod modes;
 mod report;
 
@@ -42,6 +43,10 @@ struct Args {
     /// Fan-out: requests a sender keeps unanswered
     #[arg(long, default_value_t = 8)]
     window: usize,
+    /// Fan-out: event-loop threads serving all the sessions (receivers
+    /// and senders alike)
+    #[arg(long, value_name = "N", default_value_t = 1)]
+    loops: usize,
 
     /// Hold N logged-in sessions; report server RSS per session (needs
     /// --server-pid) and one probe message's latency
@@ -108,6 +113,7 @@ fn main() -> ExitCode {
             messages: args.messages,
             size: args.size,
             window: args.window,
+            loops: args.loops,
         }
     };
     let throwaway: PathBuf =

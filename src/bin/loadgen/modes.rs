@@ -13,15 +13,16 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use crossbeam_channel::{bounded, unbounded, Receiver, Sender};
+use crossbeam_channel::bounded;
 
-use muchat::client::session::{Acks, Incoming, Session, SessionReader, SessionWriter};
+use muchat::client::session::{Acks, Incoming, Session};
 use muchat::client::Trust;
 use muchat::content::ContentKey;
-use muchat::event::{Delivery, ErrorCode, Reply, ReplyData};
+use muchat::event::{ErrorCode, Reply, ReplyData};
 use muchat::names::{GroupName, Username};
 use muchat::request::{FileOffer, FileTarget, Request, SendId, FILE_CHUNK_SIZE};
 
+use super::fanout::fan_out;
 use super::report::{rss_kib, Meter, Report};
 
 /// What to run.
@@ -35,6 +36,8 @@ pub enum Mode {
         messages: usize,
         size: usize,
         window: usize,
+        /// Event-loop threads serving the sessions.
+        loops: usize,
     },
     /// Hold `sessions` logged-in sessions, then time one probe message.
     Idle { sessions: usize },
@@ -68,7 +71,7 @@ pub struct Options {
 #[error("{0}")]
 pub struct LoadError(pub String);
 
-fn fail(e: impl std::fmt::Display) -> LoadError {
+pub(crate) fn fail(e: impl std::fmt::Display) -> LoadError {
     LoadError(e.to_string())
 }
 
@@ -81,6 +84,7 @@ pub fn run(opts: &Options) -> Result<Report, LoadError> {
             messages,
             size,
             window,
+            loops,
         } => fan_out(
             opts,
             members,
@@ -88,6 +92,7 @@ pub fn run(opts: &Options) -> Result<Report, LoadError> {
             messages,
             size,
             window.max(1),
+            loops,
         ),
         Mode::Idle { sessions } => idle(opts, sessions),
         Mode::Storm { clients } => storm(opts, clients),
@@ -101,13 +106,14 @@ pub fn fresh_prefix() -> String {
 }
 
 /// One logged-in generator session.
-struct Client {
-    name: Username,
-    session: Session,
+pub(crate) struct Client {
+    pub(crate) name: Username,
+    pub(crate) session: Session,
 }
 
 impl Client {
-    fn ok(&mut self, r: &Request, tolerated: &[ErrorCode]) -> Result<(), LoadError> {
+    /// Sends a request and expects OK (or one of the `tolerated` errors).
+    pub(crate) fn ok(&mut self, r: &Request, tolerated: &[ErrorCode]) -> Result<(), LoadError> {
         match self.session.request(r).map_err(fail)?.0 {
             Reply::Ok { .. } => Ok(()),
             Reply::Err { code, .. } if tolerated.contains(&code) => Ok(()),
@@ -137,6 +143,7 @@ fn client(opts: &Options, i: usize) -> Result<Client, LoadError> {
         &Request::Login {
             username: name,
             password,
+            token: None,
         },
         &[],
     )?;
@@ -144,7 +151,7 @@ fn client(opts: &Options, i: usize) -> Result<Client, LoadError> {
 }
 
 /// Sets up `n` logged-in sessions, in parallel.
-fn clients(opts: &Options, n: usize) -> Result<Vec<Client>, LoadError> {
+pub(crate) fn clients(opts: &Options, n: usize) -> Result<Vec<Client>, LoadError> {
     let next = AtomicUsize::new(0);
     let out: Mutex<Vec<(usize, Client)>> = Mutex::new(Vec::with_capacity(n));
     let error: Mutex<Option<LoadError>> = Mutex::new(None);
@@ -173,7 +180,7 @@ fn clients(opts: &Options, n: usize) -> Result<Vec<Client>, LoadError> {
     Ok(out.into_iter().map(|(_, c)| c).collect())
 }
 
-fn now_us() -> u64 {
+pub(crate) fn now_us() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_micros() as u64)
@@ -181,22 +188,23 @@ fn now_us() -> u64 {
 }
 
 /// The send time stamped at the start of a message: `t=<unix µs> `.
-fn stamp(text: &[u8]) -> Option<u64> {
+pub(crate) fn stamp(text: &[u8]) -> Option<u64> {
     let text = std::str::from_utf8(text.get(..text.len().min(40))?).ok()?;
     text.strip_prefix("t=")?.split(' ').next()?.parse().ok()
 }
 
-fn message_text(size: usize) -> Vec<u8> {
+/// A message of `size` bytes stamped with its send time.
+pub(crate) fn message_text(size: usize) -> Vec<u8> {
     let mut t = format!("t={} ", now_us()).into_bytes();
     t.resize(size.max(t.len()), b'x');
     t
 }
 
 /// Summed CPU of all the servers, via the meter of each.
-struct Meters(Vec<Meter>, Meter);
+pub(crate) struct Meters(Vec<Meter>, Meter);
 
 impl Meters {
-    fn start(opts: &Options) -> Meters {
+    pub(crate) fn start(opts: &Options) -> Meters {
         Meters(
             opts.server_pids
                 .iter()
@@ -206,7 +214,7 @@ impl Meters {
         )
     }
 
-    fn stop(&self, report: &mut Report) {
+    pub(crate) fn stop(&self, report: &mut Report) {
         self.1.stop(report);
         let mut cpu = None;
         let mut rss = None;
@@ -223,232 +231,6 @@ impl Meters {
         report.server_cpu_s = cpu;
         report.server_rss_kib = rss;
     }
-}
-
-/// What a receiver thread hands back.
-#[derive(Default)]
-struct Received {
-    count: u64,
-    latencies_us: Vec<u64>,
-    decrypted: u64,
-}
-
-/// Reads deliveries until `expected` from others arrive (and, for a
-/// sender, until its replies stop), acknowledging cumulatively at most
-/// every 200 ms, as the real client does; replies go to `replies`.
-fn receive(
-    me: Username,
-    mut reader: SessionReader,
-    writer: Arc<Mutex<SessionWriter>>,
-    expected: u64,
-    sample: u64,
-    replies: Option<Sender<Reply>>,
-    total: Arc<AtomicU64>,
-) -> Received {
-    let mut got = Received::default();
-    let mut acks = Acks::default();
-    let mut last_ack = Instant::now();
-    let _ = reader.set_timeout(Some(Duration::from_millis(200)));
-    loop {
-        if got.count >= expected && replies.is_none() {
-            break;
-        }
-        match reader.recv() {
-            Ok(Incoming::Message(d)) => {
-                acks.handled(&d.at);
-                if d.from != me {
-                    got.count += 1;
-                    total.fetch_add(1, Ordering::Relaxed);
-                    if got.count % sample == 1 || sample == 1 {
-                        sample_body(&mut got, &d);
-                    }
-                }
-            }
-            Ok(Incoming::Reply(r)) => match &replies {
-                Some(tx) if tx.send(r).is_ok() => {}
-                _ => break,
-            },
-            Ok(Incoming::Ping(n)) => {
-                let mut w = writer.lock().unwrap_or_else(|e| e.into_inner());
-                if w.send(&Request::Pong(n)).is_err() {
-                    break;
-                }
-            }
-            Ok(_) => {}
-            Err(muchat::client::session::SessionError::Io(e))
-                if matches!(
-                    e.kind(),
-                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
-                ) => {}
-            Err(_) => break,
-        }
-        if acks.pending()
-            && !reader.has_buffered()
-            && last_ack.elapsed() >= Duration::from_millis(200)
-        {
-            last_ack = Instant::now();
-            let mut w = writer.lock().unwrap_or_else(|e| e.into_inner());
-            for a in acks.take() {
-                w.queue(&a);
-            }
-            if w.flush().is_err() {
-                break;
-            }
-        }
-    }
-    got
-}
-
-/// Decrypts a delivery's body and records its latency.
-fn sample_body(got: &mut Received, d: &Delivery) {
-    if let Ok(text) = d.key.open(&d.body) {
-        got.decrypted += 1;
-        if let Some(sent_us) = stamp(&text) {
-            got.latencies_us.push(now_us().saturating_sub(sent_us));
-        }
-    }
-}
-
-fn fan_out(
-    opts: &Options,
-    members: usize,
-    senders: usize,
-    messages: usize,
-    size: usize,
-    window: usize,
-) -> Result<Report, LoadError> {
-    let group = GroupName::parse(&format!("{}g", opts.prefix)).map_err(fail)?;
-    let mut all = clients(opts, members)?;
-    for (i, c) in all.iter_mut().enumerate() {
-        if i == 0 {
-            c.ok(
-                &Request::CreateGroup(group.clone()),
-                &[ErrorCode::GroupExists],
-            )?;
-        }
-        c.ok(&Request::Join(group.clone()), &[ErrorCode::AlreadyMember])?;
-    }
-    // Every message reaches every member but its sender (whose own other
-    // sessions, none here, would get it too; its echo is not counted).
-    let per_receiver = |i: usize| -> u64 {
-        let others = if i < senders { senders - 1 } else { senders };
-        (others * messages) as u64
-    };
-    let expected: u64 = (0..members).map(per_receiver).sum();
-    let total = Arc::new(AtomicU64::new(0));
-    let deadline = Instant::now() + opts.deadline;
-    let meters = Meters::start(opts);
-    let mut receivers = Vec::new();
-    let mut send_jobs = Vec::new();
-    for (i, c) in all.into_iter().enumerate() {
-        let Session { reader, writer, .. } = c.session;
-        let stream = writer.stream();
-        let writer = Arc::new(Mutex::new(writer));
-        let (reply_tx, reply_rx) = if i < senders {
-            let (tx, rx) = unbounded();
-            (Some(tx), Some(rx))
-        } else {
-            (None, None)
-        };
-        let (w, total, sample, want, me) = (
-            Arc::clone(&writer),
-            Arc::clone(&total),
-            opts.sample.max(1) as u64,
-            per_receiver(i),
-            c.name,
-        );
-        receivers.push((
-            stream,
-            std::thread::spawn(move || receive(me, reader, w, want, sample, reply_tx, total)),
-        ));
-        if let Some(rx) = reply_rx {
-            send_jobs.push((writer, rx));
-        }
-    }
-    let send_threads: Vec<_> = send_jobs
-        .into_iter()
-        .map(|(writer, replies)| {
-            let group = group.clone();
-            std::thread::spawn(move || {
-                send_loop(&writer, &replies, &group, messages, size, window, deadline)
-            })
-        })
-        .collect();
-    let mut send_errors = Vec::new();
-    for t in send_threads {
-        if let Err(e) = t.join().unwrap_or(Err(fail("sender panicked"))) {
-            send_errors.push(e.to_string());
-        }
-    }
-    // Wait for the deliveries, bounded by the deadline.
-    while total.load(Ordering::Relaxed) < expected && Instant::now() < deadline {
-        std::thread::sleep(Duration::from_millis(2));
-    }
-    let mut report = Report {
-        mode: format!("fan-out {members} members, {senders} sender(s), {messages} x {size} B, window {window}"),
-        expected,
-        deliveries: total.load(Ordering::Relaxed),
-        ..Report::default()
-    };
-    meters.stop(&mut report);
-    let mut latencies = Vec::new();
-    for (stream, t) in receivers {
-        let _ = stream.shutdown(std::net::Shutdown::Both);
-        if let Ok(r) = t.join() {
-            report.decrypted += r.decrypted;
-            latencies.extend(r.latencies_us);
-        }
-    }
-    report.finish(latencies);
-    if let Some(e) = send_errors.first() {
-        return Err(fail(format!(
-            "{} sender(s) failed, first: {e}\n{}",
-            send_errors.len(),
-            report.summary()
-        )));
-    }
-    Ok(report)
-}
-
-/// Sends `messages` group messages keeping `window` requests in flight.
-fn send_loop(
-    writer: &Mutex<SessionWriter>,
-    replies: &Receiver<Reply>,
-    group: &GroupName,
-    messages: usize,
-    size: usize,
-    window: usize,
-    deadline: Instant,
-) -> Result<(), LoadError> {
-    let mut sent = 0;
-    let mut answered = 0;
-    while answered < messages {
-        while sent < messages && sent - answered < window {
-            let key = ContentKey::random();
-            let body = key.seal(&message_text(size));
-            let request = Request::SendToGroup {
-                groups: vec![group.clone()],
-                send_id: SendId::random(),
-                key,
-                body,
-            };
-            let mut w = writer.lock().unwrap_or_else(|e| e.into_inner());
-            w.queue(&request);
-            sent += 1;
-            if sent - answered >= window || sent == messages || w.pending() > 64 * 1024 {
-                w.flush().map_err(fail)?;
-            }
-        }
-        let left = deadline.saturating_duration_since(Instant::now());
-        match replies.recv_timeout(left) {
-            Ok(Reply::Ok { .. }) => answered += 1,
-            Ok(Reply::Err { code, text }) => {
-                return Err(fail(format!("send refused: {code} {text}")))
-            }
-            Err(_) => return Err(fail("deadline passed waiting for replies")),
-        }
-    }
-    Ok(())
 }
 
 fn idle(opts: &Options, n: usize) -> Result<Report, LoadError> {
@@ -538,7 +320,13 @@ fn file(opts: &Options, size: u64, members: usize) -> Result<Report, LoadError> 
         let g = GroupName::parse(&format!("{}f", opts.prefix)).map_err(fail)?;
         for (i, c) in all.iter_mut().enumerate() {
             if i == 0 {
-                c.ok(&Request::CreateGroup(g.clone()), &[ErrorCode::GroupExists])?;
+                c.ok(
+                    &Request::CreateGroup {
+                        group: g.clone(),
+                        private: false,
+                    },
+                    &[ErrorCode::GroupExists],
+                )?;
             }
             c.ok(&Request::Join(g.clone()), &[ErrorCode::AlreadyMember])?;
         }
