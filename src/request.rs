@@ -1103,7 +1103,14 @@ impl Request {
             Request::CreateUser { username, name, .. } => {
                 format!("CREATE_USER {username} <password> {name}")
             }
-            Request::Login { username, .. } => format!("LOGIN {username} <password>"),
+            Request::Login {
+                username,
+                token: None,
+                ..
+            } => format!("LOGIN {username} <password>"),
+            Request::Login { username, .. } => {
+                format!("LOGIN {username} <password> <device-token>")
+            }
             Request::Resume { username, .. } => format!("RESUME {username} <device-token>"),
             other => other.to_frame().head,
         }

@@ -602,7 +602,7 @@ fn scripted_clients_chat_and_send_a_file() {
     bob.send("login bob pw");
     bob.out_line("OK logged in as bob");
     bob.send("CREATE_GROUP devs");
-    bob.out_line("OK created #devs");
+    bob.out_line("OK created the group #devs");
 
     // Alice's whole script at once; the client waits for each reply, and
     // at the end for its file to finish.
@@ -867,4 +867,61 @@ fn a_file_interrupted_by_logout_arrives_after_logging_in_again() {
     );
     assert!(std::fs::read(&saved).unwrap() == content);
     assert_eq!(bob.finish().code, Some(0));
+}
+
+#[test]
+fn a_second_server_on_one_data_dir_is_refused_and_names_the_holder() {
+    let sandbox = Sandbox::new();
+    let data = sandbox.path("data");
+    let first = start_server_bin(sandbox.server_cmd(&data));
+    let second = Proc::run("second server", sandbox.server_cmd(&data));
+    assert_ne!(second.code, Some(0), "{second:?}");
+    let pid = first.proc.child.id();
+    assert!(
+        second
+            .err
+            .iter()
+            .any(|l| l.contains("in use by another server") && l.contains(&format!("pid {pid}"))),
+        "{}",
+        second.stderr()
+    );
+}
+
+#[test]
+fn sigterm_says_goodbye_to_every_client_and_exits_cleanly() {
+    let sandbox = Sandbox::new();
+    let data = sandbox.path("data");
+    let mut server = start_server_bin(sandbox.server_cmd(&data));
+    let mut bob = Proc::spawn("bob", sandbox.client_cmd(&server, "bob"));
+    bob.send("CREATE_USER Bob bob pw");
+    bob.out_line("OK created user bob");
+    bob.send("LOGIN bob pw");
+    bob.out_line("OK logged in as bob");
+    let mut alice = Proc::spawn("alice", sandbox.client_cmd(&server, "alice"));
+    alice.send("CREATE_USER Alice alice pw");
+    alice.out_line("OK created user alice");
+    alice.send("LOGIN alice pw");
+    alice.out_line("OK logged in as alice");
+    alice.send("SEND bob before the shutdown");
+    alice.out_line("OK sent to @bob:");
+    bob.out_line("before the shutdown");
+
+    let pid = server.proc.child.id().to_string();
+    let killed = Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .expect("run kill");
+    assert!(killed.success());
+    bob.out_line("server shutting down");
+    alice.out_line("server shutting down");
+    let exit = server.proc.finish();
+    assert_eq!(exit.code, Some(0), "{}", exit.stderr());
+
+    // The lock was released and what was committed is there.
+    let server = start_server_bin(sandbox.server_cmd(&data));
+    let mut carol = Proc::spawn("bob again", sandbox.client_cmd(&server, "bob2"));
+    carol.send("LOGIN bob pw");
+    carol.out_line("OK logged in as bob");
+    carol.send("HISTORY @alice");
+    carol.out_line("before the shutdown");
 }

@@ -324,9 +324,18 @@ pub fn check_request(head: &str, had_body: bool, r: &Request) {
             assert!((1..=request::MAX_HISTORY).contains(limit));
         }
         Request::Login { .. } | Request::CreateUser { .. } => {
-            // The password is the third word: it, and only it, is hidden.
+            // The password is the third word and a login's device token the
+            // fourth: they, and only they, are hidden.
             let mut words: Vec<&str> = frame.head.splitn(4, ' ').collect();
             words[2] = "<password>";
+            if matches!(r, Request::Login { .. }) && words.len() == 4 {
+                words[3] = "<device-token>";
+            }
+            assert_eq!(r.redacted(), words.join(" "));
+        }
+        Request::Resume { .. } => {
+            let mut words: Vec<&str> = frame.head.splitn(3, ' ').collect();
+            words[2] = "<device-token>";
             assert_eq!(r.redacted(), words.join(" "));
         }
         _ => assert_eq!(r.redacted(), frame.head),

@@ -1,0 +1,136 @@
+//! Group ownership and private groups, seen from the members' clients:
+//! invitations, removal (and the key change that keeps a removed member
+//! out), roles, what LIST shows whom, and group changes racing each other.
+
+mod common;
+
+use std::collections::HashSet;
+
+use common::{err, login, login_again, next_event, next_message, ok, run, start_server_with};
+use muchat::client::ClientEvent;
+use muchat::event::{ErrorCode, Reply};
+
+#[test]
+fn a_private_group_is_joined_by_invitation_only_and_listed_to_its_people() {
+    let server = start_server_with(|_| {});
+    let alice = login(&server, "alice");
+    let bob = login(&server, "bob");
+    let eve = login(&server, "eve");
+    ok(&alice, "CREATE_GROUP secret private");
+    assert!(!ok(&eve, "LIST").contains("#secret"));
+    err(&eve, "JOIN secret", ErrorCode::NotAllowed);
+    err(&eve, "INVITE secret eve", ErrorCode::NotAllowed);
+    err(&eve, "HISTORY #secret", ErrorCode::NotMember);
+
+    ok(&alice, "INVITE secret bob");
+    match next_event(&bob) {
+        ClientEvent::Invited { group, by } => {
+            assert_eq!((group.as_str(), by.as_str()), ("secret", "alice"));
+        }
+        other => panic!("expected an invitation, got {other:?}"),
+    }
+    assert!(ok(&bob, "LIST").contains("#secret (1 member, private, invited)"));
+    ok(&bob, "JOIN secret");
+    assert!(ok(&alice, "LIST").contains("#secret (2 members, private, joined, owner)"));
+    ok(&bob, "SEND_TO_GROUP secret hello");
+    assert_eq!(next_message(&alice).text, "hello");
+    // The invitation was used up: leaving and coming back needs another.
+    ok(&bob, "LEAVE secret");
+    err(&bob, "JOIN secret", ErrorCode::NotAllowed);
+}
+
+#[test]
+fn a_kicked_member_gets_nothing_more_and_roles_are_enforced() {
+    let server = start_server_with(|_| {});
+    let alice = login(&server, "alice");
+    let bob = login(&server, "bob");
+    let carol = login(&server, "carol");
+    ok(&alice, "CREATE_GROUP ops");
+    ok(&bob, "JOIN ops");
+    ok(&carol, "JOIN ops");
+    // Members cannot kick; admins can, but not the owner or other admins.
+    err(&carol, "KICK ops bob", ErrorCode::NotAllowed);
+    ok(&alice, "PROMOTE ops bob");
+    err(&bob, "KICK ops alice", ErrorCode::NotAllowed);
+    err(&bob, "PROMOTE ops carol", ErrorCode::NotAllowed);
+    ok(&bob, "KICK ops carol");
+    match next_event(&carol) {
+        ClientEvent::Removed { group, by } => {
+            assert_eq!((group.as_str(), by.as_str()), ("ops", "bob"));
+        }
+        other => panic!("expected a removal, got {other:?}"),
+    }
+    ok(&alice, "SEND_TO_GROUP ops after carol left");
+    assert_eq!(next_message(&bob).text, "after carol left");
+    // Carol's client was told nothing more: a round trip proves it.
+    common::assert_no_event(&carol);
+    err(
+        &carol,
+        "SEND_TO_GROUP ops still here?",
+        ErrorCode::NotMember,
+    );
+
+    // The owner leaves only by handing over first.
+    err(&alice, "LEAVE ops", ErrorCode::NotAllowed);
+    ok(&alice, "HANDOVER ops bob");
+    assert!(ok(&bob, "LIST").contains("#ops (2 members, joined, owner)"));
+    ok(&alice, "LEAVE ops");
+}
+
+#[test]
+fn parallel_joins_and_leaves_agree_with_the_final_state_and_the_cap_holds() {
+    let server = start_server_with(|c| c.max_groups_per_user = 3);
+    // Creating counts toward the cap too: two owners, three groups each.
+    let owners = [login(&server, "owner1"), login(&server, "owner2")];
+    for (i, g) in ["g1", "g2", "g3", "g4", "g5", "g6"].iter().enumerate() {
+        ok(&owners[i / 3], &format!("CREATE_GROUP {g}"));
+    }
+    let _first = login(&server, "racer");
+    const SESSIONS: usize = 8;
+    let sessions: Vec<_> = (0..SESSIONS)
+        .map(|_| login_again(&server, "racer"))
+        .collect();
+    // Every session tries to join every group, and to leave g1, at once.
+    let replies: Vec<Vec<(String, Reply)>> = std::thread::scope(|scope| {
+        let handles: Vec<_> = sessions
+            .iter()
+            .map(|c| {
+                scope.spawn(move || {
+                    let mut out = Vec::new();
+                    for line in [
+                        "JOIN g1", "JOIN g2", "LEAVE g1", "JOIN g3", "JOIN g4", "JOIN g5",
+                        "JOIN g6", "LEAVE g1", "JOIN g1",
+                    ] {
+                        out.push((line.to_string(), run(c, line)));
+                    }
+                    out
+                })
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    let list = ok(&sessions[0], "LIST");
+    let joined: HashSet<String> = ["g1", "g2", "g3", "g4", "g5", "g6"]
+        .into_iter()
+        .filter(|g| {
+            list.contains(&format!("#{g} (")) && {
+                let at = list.find(&format!("#{g} (")).unwrap();
+                list[at..].split(')').next().unwrap().contains("joined")
+            }
+        })
+        .map(str::to_string)
+        .collect();
+    assert!(joined.len() <= 3, "cap of 3 exceeded: {list}");
+    for g in ["g1", "g2", "g3", "g4", "g5", "g6"] {
+        let oks = |verb: &str| {
+            replies
+                .iter()
+                .flatten()
+                .filter(|(l, r)| l == &format!("{verb} {g}") && r.is_ok())
+                .count() as i64
+        };
+        let balance = oks("JOIN") - oks("LEAVE");
+        let expected = i64::from(joined.contains(g));
+        assert_eq!(balance, expected, "#{g}: OK joins minus OK leaves; {list}");
+    }
+}
