@@ -276,3 +276,80 @@ fn group_keys_change_when_a_member_leaves() {
         assert!(Delivery::open_group(&g, seq, k, &body).is_err());
     }
 }
+
+/// Bytes the database holds in pages (what the file shrinks to once the
+/// write-ahead log is checkpointed), read by a second connection as any
+/// SQLite reader would.
+fn database_bytes(server: &TestServer) -> u64 {
+    let db = server.config.data_dir.join(muchat::store::sqlite::DB_FILE);
+    let conn = rusqlite::Connection::open_with_flags(
+        &db,
+        rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX,
+    )
+    .expect("open the database read-only");
+    let pages: i64 = conn
+        .query_row("PRAGMA page_count", [], |r| r.get(0))
+        .unwrap();
+    let size: i64 = conn
+        .query_row("PRAGMA page_size", [], |r| r.get(0))
+        .unwrap();
+    u64::try_from(pages * size).unwrap_or(0)
+}
+
+#[test]
+fn delivered_files_give_their_space_back() {
+    let server = start_server();
+    let (path, _) = write_file(&server.path("src"), "big.bin", 4 * 1024 * 1024);
+    let alice = login(&server, "alice");
+    let (bob, _) = client_with_downloads(&server, "bob");
+    ok(&alice, &format!("SEND FILE bob {}", path.display()));
+    assert!(sent_file(&alice).is_ok());
+    let stored = database_bytes(&server);
+    assert!(
+        stored > 4 * 1024 * 1024,
+        "the file is stored: {stored} bytes"
+    );
+    received_file(&bob);
+    // Bob's client acknowledges the file; the store then drops its chunks
+    // and gives the pages back.
+    let deadline = std::time::Instant::now() + WAIT;
+    loop {
+        let now = database_bytes(&server);
+        if now < 1024 * 1024 {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "still {now} bytes after the file was delivered (was {stored}); {}",
+            debug_store(&server)
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+}
+
+fn debug_store(server: &TestServer) -> String {
+    let db = server.config.data_dir.join(muchat::store::sqlite::DB_FILE);
+    let conn = rusqlite::Connection::open(&db).unwrap();
+    let q = |sql: &str| -> String {
+        let mut st = conn.prepare(sql).unwrap();
+        let n = st.column_count();
+        let rows: Vec<String> = st
+            .query_map([], |r| {
+                Ok((0..n)
+                    .map(|i| format!("{:?}", r.get_ref(i).unwrap()))
+                    .collect::<Vec<_>>()
+                    .join("|"))
+            })
+            .unwrap()
+            .map(|r| r.unwrap())
+            .collect();
+        rows.join("; ")
+    };
+    format!(
+        "files: {} cursors: {} freelist: {} auto_vacuum: {}",
+        q("SELECT id, complete, released FROM files"),
+        q("SELECT * FROM cursors"),
+        q("PRAGMA freelist_count"),
+        q("PRAGMA auto_vacuum")
+    )
+}

@@ -880,8 +880,11 @@ fn release_delivered_files(conn: &Connection) -> StoreResult<()> {
          UPDATE files SET released = 1 WHERE id IN (SELECT id FROM releasing);",
     )?;
     tx.commit()?;
-    // The freed pages go back to the file system.
-    conn.execute_batch("PRAGMA incremental_vacuum")?;
+    // The freed pages go back to the file system. The pragma frees one page
+    // per step, so it is stepped to the end (execute_batch steps it once).
+    let mut vacuum = conn.prepare("PRAGMA incremental_vacuum")?;
+    let mut rows = vacuum.query([])?;
+    while rows.next()?.is_some() {}
     Ok(())
 }
 
