@@ -3,17 +3,20 @@
 //!
 //! Every session is served by one of a few event-loop threads (`loops`,
 //! one mio [`Poll`] each, sessions dealt out in turn), not by a thread of
-//! its own: with a thread per member, on a small machine every delivery
-//! is a wake-up and a context switch, and the kernel's scheduling work is
-//! charged to the server's send path, inflating the server CPU per
-//! delivery that the run measures. The generator does what it did with a
-//! thread per member: the [`SessionReader`] verifies every frame's MAC and
-//! opens every group envelope, every delivery is acknowledged
+//! its own: with a thread per member, every delivery can be a wake-up and
+//! a context switch, part of which (waking the reading thread) is charged
+//! to the server's send path, and hundreds of runnable threads share the
+//! cores with the server in ways that depend on the scheduler. A loop
+//! that is busy is not woken: the server's write only marks the socket
+//! ready. The generator does what it did with a thread per member: the
+//! [`SessionReader`] verifies every frame's MAC and opens every group
+//! envelope, every delivery is acknowledged
 //! (cumulatively, at most every [`ACK_EVERY`] per session, as the real
 //! client does), every `sample`-th body per receiver is decrypted as a
 //! latency probe, and `PING`s are answered. The senders live in the loops
-//! too: each reply frees a slot of its sender's window, and the next
-//! messages go out with the next write.
+//! too (sharing the receivers' loops, or with `--sender-loop` on one of
+//! their own; see [`fan_out`]): each reply frees a slot of its sender's
+//! window, and the next messages go out with the next write.
 //!
 //! # Reading
 //!
@@ -409,7 +412,19 @@ fn run_loop(poll: &mut Poll, members: &mut [Member], job: &Job, status: &Sender<
     l.out
 }
 
-/// Runs the fan-out shape (see the module's comment) on `loops` threads.
+/// Runs the fan-out shape (see the module's comment) on `loops` threads,
+/// or `loops` + 1 with `sender_loop`.
+///
+/// Where the senders are served decides how far they run ahead of the
+/// receivers. Sharing the receivers' loops (the default, as the peer
+/// benchmark does), a reply is acted on after the loop's turn through the
+/// other sessions' backlogs, so the senders are paced by what the
+/// receivers keep up with. On a loop of their own they answer every reply
+/// at once, whatever the receivers' backlog (as the former sender threads
+/// did when the scheduler let them): when the receivers are the slower
+/// side, messages queue in the server, latency becomes queueing time, and
+/// the server writes bigger batches.
+#[allow(clippy::too_many_arguments)]
 pub fn fan_out(
     opts: &Options,
     members: usize,
@@ -418,6 +433,7 @@ pub fn fan_out(
     size: usize,
     window: usize,
     loops: usize,
+    sender_loop: bool,
 ) -> Result<Report, LoadError> {
     let group = GroupName::parse(&format!("{}g", opts.prefix)).map_err(fail)?;
     let mut all = clients(opts, members)?;
@@ -440,11 +456,21 @@ pub fn fan_out(
         (others * messages) as u64
     };
     let expected: u64 = (0..members).map(per_receiver).sum();
-    let loops = loops.clamp(1, members.max(1));
-    let mut shards: Vec<Vec<Member>> = (0..loops).map(|_| Vec::new()).collect();
+    // Sessions are dealt out to the loops in turn; with `sender_loop` the
+    // senders have one more loop to themselves (see [`fan_out`]).
+    let receiver_loops = loops.clamp(1, members.max(1));
+    let mut shards: Vec<Vec<Member>> = (0..=receiver_loops).map(|_| Vec::new()).collect();
     for (i, c) in all.into_iter().enumerate() {
-        shards[i % loops].push(Member::new(c, per_receiver(i), i < senders)?);
+        let sender = i < senders;
+        let shard = if sender && sender_loop {
+            receiver_loops
+        } else {
+            i % receiver_loops
+        };
+        shards[shard].push(Member::new(c, per_receiver(i), sender)?);
     }
+    shards.retain(|s| !s.is_empty());
+    let loops = shards.len();
     let job = Arc::new(Job {
         group,
         messages,

@@ -43,10 +43,15 @@ struct Args {
     /// Fan-out: requests a sender keeps unanswered
     #[arg(long, default_value_t = 8)]
     window: usize,
-    /// Fan-out: event-loop threads serving all the sessions (receivers
-    /// and senders alike)
-    #[arg(long, value_name = "N", default_value_t = 1)]
+    /// Fan-out: event-loop threads serving all the sessions (each reads
+    /// its sessions until they would block: MACs, envelopes, ACKs, PONGs,
+    /// and the senders' next messages)
+    #[arg(long, value_name = "N", default_value_t = 2)]
     loops: usize,
+    /// Fan-out: serve the senders on a loop of their own, so they act on
+    /// each reply at once however far the receivers lag
+    #[arg(long)]
+    sender_loop: bool,
 
     /// Hold N logged-in sessions; report server RSS per session (needs
     /// --server-pid) and one probe message's latency
@@ -114,6 +119,7 @@ fn main() -> ExitCode {
             size: args.size,
             window: args.window,
             loops: args.loops,
+            sender_loop: args.sender_loop,
         }
     };
     let throwaway: PathBuf =

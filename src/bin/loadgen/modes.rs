@@ -38,6 +38,8 @@ pub enum Mode {
         window: usize,
         /// Event-loop threads serving the sessions.
         loops: usize,
+        /// The senders get one more loop of their own.
+        sender_loop: bool,
     },
     /// Hold `sessions` logged-in sessions, then time one probe message.
     Idle { sessions: usize },
@@ -85,6 +87,7 @@ pub fn run(opts: &Options) -> Result<Report, LoadError> {
             size,
             window,
             loops,
+            sender_loop,
         } => fan_out(
             opts,
             members,
@@ -93,6 +96,7 @@ pub fn run(opts: &Options) -> Result<Report, LoadError> {
             size,
             window.max(1),
             loops,
+            sender_loop,
         ),
         Mode::Idle { sessions } => idle(opts, sessions),
         Mode::Storm { clients } => storm(opts, clients),
