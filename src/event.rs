@@ -306,6 +306,37 @@ pub struct FileStart {
     pub name: String,
 }
 
+/// An owner or admin changed a user's place in a group: sent to that
+/// user's sessions, and shown by the client as it came.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GroupNotice {
+    /// What happened.
+    pub kind: NoticeKind,
+    /// The group.
+    pub group: GroupName,
+    /// The owner or admin who did it.
+    pub by: Username,
+}
+
+/// What a [`GroupNotice`] says.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NoticeKind {
+    /// Invited to a private group (`JOIN` accepts).
+    Invited,
+    /// Removed from a group; its sessions follow it no more.
+    Removed,
+}
+
+impl NoticeKind {
+    /// The event's word on the wire.
+    pub fn word(self) -> &'static str {
+        match self {
+            NoticeKind::Invited => "INVITED",
+            NoticeKind::Removed => "REMOVED",
+        }
+    }
+}
+
 /// Anything the server sends.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ServerMessage {
@@ -355,20 +386,9 @@ pub enum ServerMessage {
         /// The key.
         key: ContentKey,
     },
-    /// The reader was invited to a group.
-    Invited {
-        /// The group.
-        group: GroupName,
-        /// Its owner or admin who invited.
-        by: Username,
-    },
-    /// The reader was removed from a group (it follows it no more).
-    Removed {
-        /// The group.
-        group: GroupName,
-        /// Its owner or admin who removed them.
-        by: Username,
-    },
+    /// `INVITED`/`REMOVED`: an owner or admin changed the reader's place
+    /// in a group.
+    Notice(GroupNotice),
     /// The server checks the connection is alive; answer `PONG <n>`.
     Ping(u64),
     /// The server is closing this connection.
@@ -441,8 +461,7 @@ impl ServerMessage {
             ServerMessage::GroupKey { group, key_id, key } => {
                 plain(format!("GROUP_KEY {group} {key_id} {}", key.to_b64()))
             }
-            ServerMessage::Invited { group, by } => plain(format!("INVITED {group} {by}")),
-            ServerMessage::Removed { group, by } => plain(format!("REMOVED {group} {by}")),
+            ServerMessage::Notice(n) => plain(format!("{} {} {}", n.kind.word(), n.group, n.by)),
             ServerMessage::Ping(n) => plain(format!("PING {n}")),
             ServerMessage::Bye(why) => plain(format!("BYE {why}")),
         }
@@ -568,11 +587,12 @@ impl ServerMessage {
                 if t.next().is_some() {
                     return Err(bad());
                 }
-                if verb == "INVITED" {
-                    ServerMessage::Invited { group, by }
+                let kind = if verb == "INVITED" {
+                    NoticeKind::Invited
                 } else {
-                    ServerMessage::Removed { group, by }
-                }
+                    NoticeKind::Removed
+                };
+                ServerMessage::Notice(GroupNotice { kind, group, by })
             }
             "PING" => {
                 no_body()?;
@@ -653,14 +673,16 @@ mod tests {
             ServerMessage::FileAbort(bob_ref, "server is shutting down".into()),
             ServerMessage::UploadAbort(18, "chunk out of order".into()),
             ServerMessage::Bye("server shutting down".into()),
-            ServerMessage::Invited {
+            ServerMessage::Notice(GroupNotice {
+                kind: NoticeKind::Invited,
                 group: GroupName::parse("g").unwrap(),
                 by: alice.clone(),
-            },
-            ServerMessage::Removed {
+            }),
+            ServerMessage::Notice(GroupNotice {
+                kind: NoticeKind::Removed,
                 group: GroupName::parse("g").unwrap(),
                 by: alice.clone(),
-            },
+            }),
             ServerMessage::Ping(3),
             ServerMessage::GroupKey {
                 group: GroupName::parse("g").unwrap(),

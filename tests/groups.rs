@@ -8,7 +8,7 @@ use std::collections::HashSet;
 
 use common::{err, login, login_again, next_event, next_message, ok, run, start_server_with};
 use muchat::client::ClientEvent;
-use muchat::event::{ErrorCode, Reply};
+use muchat::event::{ErrorCode, GroupNotice, NoticeKind, Reply};
 
 #[test]
 fn a_private_group_is_joined_by_invitation_only_and_listed_to_its_people() {
@@ -24,7 +24,11 @@ fn a_private_group_is_joined_by_invitation_only_and_listed_to_its_people() {
 
     ok(&alice, "INVITE secret bob");
     match next_event(&bob) {
-        ClientEvent::Invited { group, by } => {
+        ClientEvent::Notice(GroupNotice {
+            kind: NoticeKind::Invited,
+            group,
+            by,
+        }) => {
             assert_eq!((group.as_str(), by.as_str()), ("secret", "alice"));
         }
         other => panic!("expected an invitation, got {other:?}"),
@@ -55,7 +59,11 @@ fn a_kicked_member_gets_nothing_more_and_roles_are_enforced() {
     err(&bob, "PROMOTE ops carol", ErrorCode::NotAllowed);
     ok(&bob, "KICK ops carol");
     match next_event(&carol) {
-        ClientEvent::Removed { group, by } => {
+        ClientEvent::Notice(GroupNotice {
+            kind: NoticeKind::Removed,
+            group,
+            by,
+        }) => {
             assert_eq!((group.as_str(), by.as_str()), ("ops", "bob"));
         }
         other => panic!("expected a removal, got {other:?}"),

@@ -23,7 +23,7 @@
 //! reorder the line.
 
 use crate::clock::format_ms;
-use crate::event::Reply;
+use crate::event::{GroupNotice, NoticeKind, Reply};
 pub use crate::text::sanitize;
 
 use super::ClientEvent;
@@ -97,10 +97,12 @@ pub fn event_line(event: &ClientEvent) -> String {
             sanitize(reason),
             retry_in.as_secs_f64()
         ),
-        ClientEvent::Invited { group, by } => {
-            format!("INVITED to {group} by {by} (JOIN {group} to follow it)")
-        }
-        ClientEvent::Removed { group, by } => format!("REMOVED from {group} by {by}"),
+        ClientEvent::Notice(GroupNotice { kind, group, by }) => match kind {
+            NoticeKind::Invited => {
+                format!("INVITED to {group} by {by} (JOIN {group} to follow it)")
+            }
+            NoticeKind::Removed => format!("REMOVED from {group} by {by}"),
+        },
         ClientEvent::Reconnected => "RECONNECTED".to_string(),
         ClientEvent::Disconnected(why) => format!("DISCONNECTED {}", sanitize(why)),
     }

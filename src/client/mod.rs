@@ -43,7 +43,7 @@ use sha2::{Digest, Sha256};
 
 use crate::command::Command;
 use crate::content::{Body, ContentKey};
-use crate::event::{Delivery, Reply, ReplyData};
+use crate::event::{Delivery, GroupNotice, Reply, ReplyData};
 use crate::names::{GroupName, MessageRef, Username};
 use crate::request::{
     DeviceToken, FileOffer, FileTarget, Request, SendId, FILE_CHUNK_SIZE, MAX_MESSAGE_LEN,
@@ -164,20 +164,8 @@ pub enum ClientEvent {
         reason: String,
     },
     /// An owner or admin invited the user to a private group (`JOIN` it
-    /// to follow it).
-    Invited {
-        /// The group.
-        group: GroupName,
-        /// Who invited.
-        by: Username,
-    },
-    /// An owner or admin removed the user from a group.
-    Removed {
-        /// The group.
-        group: GroupName,
-        /// Who removed them.
-        by: Username,
-    },
+    /// to follow it) or removed them from a group.
+    Notice(GroupNotice),
     /// The connection dropped; the client tries again after `retry_in`.
     ConnectionLost {
         /// Why it dropped.
@@ -1069,8 +1057,7 @@ impl Inner {
                     }
                     Vec::new()
                 }
-                Incoming::Invited { group, by } => vec![ClientEvent::Invited { group, by }],
-                Incoming::Removed { group, by } => vec![ClientEvent::Removed { group, by }],
+                Incoming::Notice(n) => vec![ClientEvent::Notice(n)],
                 Incoming::Ping(n) => {
                     let _ = self.commands.send(Outbound {
                         request: Request::Pong(n),

@@ -27,11 +27,11 @@ use std::time::Duration;
 
 use crate::connection::{FrameReader, FrameWriter, ReadError, SharedStream};
 use crate::content::ContentKey;
-use crate::event::{BadServerMessage, Delivery, FileStart, Reply, ServerMessage};
+use crate::event::{BadServerMessage, Delivery, FileStart, GroupNotice, Reply, ServerMessage};
 use crate::frame::Frame;
 use crate::handshake::{self, HandshakeError};
 use crate::identity::Fingerprint;
-use crate::names::{Conversation, GroupName, MessageRef, Username};
+use crate::names::{Conversation, GroupName, MessageRef};
 use crate::request::{Request, MAX_ACK_REFS};
 
 use super::known_servers::{self, Trust, Verdict};
@@ -90,20 +90,8 @@ pub enum Incoming {
     FileAbort(MessageRef, String),
     /// The server stopped one of our uploads.
     UploadAbort(u64, String),
-    /// An owner or admin invited the user to a private group.
-    Invited {
-        /// The group.
-        group: GroupName,
-        /// Who invited.
-        by: Username,
-    },
-    /// An owner or admin removed the user from a group.
-    Removed {
-        /// The group.
-        group: GroupName,
-        /// Who removed them.
-        by: Username,
-    },
+    /// An owner or admin invited the user to a group or removed them.
+    Notice(GroupNotice),
     /// The server asks for a `PONG` with this number.
     Ping(u64),
 }
@@ -273,8 +261,7 @@ impl SessionReader {
                 ServerMessage::FileEnd(at) => Incoming::FileEnd(at),
                 ServerMessage::FileAbort(at, why) => Incoming::FileAbort(at, why),
                 ServerMessage::UploadAbort(id, why) => Incoming::UploadAbort(id, why),
-                ServerMessage::Invited { group, by } => Incoming::Invited { group, by },
-                ServerMessage::Removed { group, by } => Incoming::Removed { group, by },
+                ServerMessage::Notice(n) => Incoming::Notice(n),
                 ServerMessage::Ping(n) => Incoming::Ping(n),
                 ServerMessage::Bye(why) => {
                     self.bye = Some(why);

@@ -18,7 +18,7 @@ use tracing::{info, warn};
 
 use crate::clock::now_ms;
 use crate::content::{Body, ContentKey};
-use crate::event::{Delivery, ErrorCode, Reply, ReplyData, ServerMessage};
+use crate::event::{Delivery, ErrorCode, GroupNotice, NoticeKind, Reply, ReplyData, ServerMessage};
 use crate::names::{GroupName, MessageRef, Username};
 use crate::request::{DeviceToken, HistoryTarget, Manage, Request, SendId, Verb};
 use crate::store::{
@@ -390,10 +390,11 @@ fn set_member(s: &Session, g: &GroupName, user: Option<&Username>, change: Membe
                         } else {
                             l.unfollow(&conv);
                             if change == Membership::Kick {
-                                let _ = l.outbox.send(&ServerMessage::Removed {
+                                let _ = l.outbox.send(&ServerMessage::Notice(GroupNotice {
+                                    kind: NoticeKind::Removed,
                                     group: group.clone(),
                                     by: me.clone(),
-                                });
+                                }));
                             }
                         }
                     }
@@ -445,10 +446,11 @@ fn manage(s: &Session, action: Manage, g: &GroupName, user: &Username) -> Answer
         return Answer::Now(storage(e).into());
     }
     if let GroupChange::Invite { .. } = change {
-        let invited = ServerMessage::Invited {
+        let invited = ServerMessage::Notice(GroupNotice {
+            kind: NoticeKind::Invited,
             group: g.clone(),
             by: me.clone(),
-        };
+        });
         for l in shared.state().links_of(user) {
             let _ = l.outbox.send(&invited);
         }

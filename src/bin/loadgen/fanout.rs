@@ -67,11 +67,13 @@ use muchat::client::session::{
     Acks, Incoming, Session, SessionError, SessionReader, SessionWriter,
 };
 use muchat::content::ContentKey;
-use muchat::event::{Delivery, ErrorCode, Reply};
+use muchat::event::{Delivery, Reply};
 use muchat::names::{GroupName, Username};
 use muchat::request::{Request, SendId};
 
-use super::modes::{clients, fail, message_text, now_us, stamp, LoadError, Meters, Options};
+use super::modes::{
+    clients, fail, form_group, message_text, now_us, stamp, LoadError, Meters, Options,
+};
 use super::report::Report;
 
 /// The real client's pace: a session acknowledges at most this often.
@@ -437,18 +439,7 @@ pub fn fan_out(
 ) -> Result<Report, LoadError> {
     let group = GroupName::parse(&format!("{}g", opts.prefix)).map_err(fail)?;
     let mut all = clients(opts, members)?;
-    for (i, c) in all.iter_mut().enumerate() {
-        if i == 0 {
-            c.ok(
-                &Request::CreateGroup {
-                    group: group.clone(),
-                    private: false,
-                },
-                &[ErrorCode::GroupExists],
-            )?;
-        }
-        c.ok(&Request::Join(group.clone()), &[ErrorCode::AlreadyMember])?;
-    }
+    form_group(&mut all, &group)?;
     // Every message reaches every member but its sender (whose own other
     // sessions, none here, would get it too; its echo is not counted).
     let per_receiver = |i: usize| -> u64 {

@@ -237,6 +237,24 @@ impl Meters {
     }
 }
 
+/// Makes `group` (an open group, created by the first client if it is not
+/// there yet) and has every client join it.
+pub(crate) fn form_group(all: &mut [Client], group: &GroupName) -> Result<(), LoadError> {
+    if let Some(first) = all.first_mut() {
+        first.ok(
+            &Request::CreateGroup {
+                group: group.clone(),
+                private: false,
+            },
+            &[ErrorCode::GroupExists],
+        )?;
+    }
+    for c in all.iter_mut() {
+        c.ok(&Request::Join(group.clone()), &[ErrorCode::AlreadyMember])?;
+    }
+    Ok(())
+}
+
 fn idle(opts: &Options, n: usize) -> Result<Report, LoadError> {
     let pid = opts.server_pids.first().copied();
     let rss0 = pid.and_then(rss_kib);
@@ -322,18 +340,7 @@ fn file(opts: &Options, size: u64, members: usize) -> Result<Report, LoadError> 
         FileTarget::User(all[1].name.clone())
     } else {
         let g = GroupName::parse(&format!("{}f", opts.prefix)).map_err(fail)?;
-        for (i, c) in all.iter_mut().enumerate() {
-            if i == 0 {
-                c.ok(
-                    &Request::CreateGroup {
-                        group: g.clone(),
-                        private: false,
-                    },
-                    &[ErrorCode::GroupExists],
-                )?;
-            }
-            c.ok(&Request::Join(g.clone()), &[ErrorCode::AlreadyMember])?;
-        }
+        form_group(&mut all, &g)?;
         FileTarget::Groups(vec![g])
     };
     let mut sender = all.remove(0);
