@@ -15,6 +15,8 @@
 # * It runs with the abuse limits that would throttle a benchmark turned off
 #   (--rate 0 --max-connections-per-ip 0 --idle-timeout 3600), as
 #   docs/BENCHMARKS.md says; loadgen pins the server's key fingerprint.
+#   With --attack (loadgen's attacks on those limits) the server runs with
+#   its default flags instead: see bench/attack.sh.
 # * Flags after DATA_DIR go to loadgen. Unless given there, --server-pid,
 #   --server-fingerprint and --deadline (env DEADLINE, default 120 s; it
 #   bounds the measured phase) are added. The whole loadgen run, set-up
@@ -47,7 +49,7 @@ done
 # What loadgen will be told, to fill in the defaults it lacks.
 deadline=${DEADLINE:-120}
 members=50
-has_pid=0 has_fp=0 has_deadline=0
+has_pid=0 has_fp=0 has_deadline=0 attack=0
 args=("$@")
 for ((i = 0; i < ${#args[@]}; i++)); do
     a=${args[i]} next=${args[i + 1]:-}
@@ -56,8 +58,9 @@ for ((i = 0; i < ${#args[@]}; i++)); do
         --deadline=*) deadline=${a#*=} has_deadline=1 ;;
         --server-pid | --server-pid=*) has_pid=1 ;;
         --server-fingerprint | --server-fingerprint=*) has_fp=1 ;;
-        --members | --idle | --storm) members=$next ;;
-        --members=* | --idle=* | --storm=*) members=${a#*=} ;;
+        --members | --idle | --storm | --count) members=$next ;;
+        --members=* | --idle=* | --storm=* | --count=*) members=${a#*=} ;;
+        --attack | --attack=*) attack=1 ;;
     esac
 done
 [[ $deadline =~ ^[0-9]+$ && $members =~ ^[0-9]+$ ]] \
@@ -130,10 +133,12 @@ fp=$("$bin/server" --fingerprint --data-dir "$dir" 2>>"$log") \
 # The server's standard error goes through a FIFO: read up to the
 # "listening" line (the port), then a drainer copies the rest to the log.
 mkfifo "$tmp/stderr"
-# The abuse limits are off: one address opens and logs in every session.
-"$bin/server" 127.0.0.1:0 --data-dir "$dir" --rate 0 --max-connections-per-ip 0 \
-    --max-sessions-per-user 0 --handshake-rate 0 --max-password-checks 0 \
-    --login-backoff-ms 0 --login-timeout 3600 --idle-timeout 3600 2>"$tmp/stderr" &
+# The abuse limits are off (one address opens and logs in every session),
+# unless they are what is measured.
+limits=(--rate 0 --max-connections-per-ip 0 --max-sessions-per-user 0 --handshake-rate 0
+    --max-password-checks 0 --login-backoff-ms 0 --login-timeout 3600 --idle-timeout 3600)
+[ "$attack" = 0 ] || limits=()
+"$bin/server" 127.0.0.1:0 --data-dir "$dir" "${limits[@]}" 2>"$tmp/stderr" &
 server=$!
 exec 3<"$tmp/stderr"
 port=""

@@ -170,6 +170,28 @@ impl Reply {
         }
     }
 
+    /// `ERR RATE_LIMITED retry in <n> s: <why>`: the wait in whole
+    /// seconds, rounded up.
+    pub fn rate_limited(wait: std::time::Duration, why: &str) -> Reply {
+        let secs = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
+        Reply::err(ErrorCode::RateLimited, format!("retry in {secs} s: {why}"))
+    }
+
+    /// How long a `RATE_LIMITED` reply asks the client to wait before
+    /// sending the request again (None for any other reply, or one that
+    /// names no wait).
+    pub fn retry_after(&self) -> Option<std::time::Duration> {
+        let Reply::Err {
+            code: ErrorCode::RateLimited,
+            text,
+        } = self
+        else {
+            return None;
+        };
+        let secs = text.strip_prefix("retry in ")?.split(' ').next()?;
+        secs.parse().ok().map(std::time::Duration::from_secs)
+    }
+
     /// Whether this is an `OK`.
     pub fn is_ok(&self) -> bool {
         matches!(self, Reply::Ok { .. })
@@ -618,6 +640,23 @@ mod tests {
             conv: Conversation::Group(GroupName::parse(g).unwrap()),
             seq,
         }
+    }
+
+    #[test]
+    fn a_rate_limited_reply_says_how_long_to_wait() {
+        use std::time::Duration;
+        let r = Reply::rate_limited(Duration::from_millis(2_100), "too many login attempts");
+        assert_eq!(r.text(), "retry in 3 s: too many login attempts");
+        assert_eq!(r.retry_after(), Some(Duration::from_secs(3)));
+        assert_eq!(
+            Reply::err(ErrorCode::RateLimited, "soon").retry_after(),
+            None
+        );
+        assert_eq!(
+            Reply::err(ErrorCode::Usage, "retry in 3 s").retry_after(),
+            None
+        );
+        assert_eq!(Reply::ok("retry in 3 s").retry_after(), None);
     }
 
     #[test]

@@ -132,6 +132,11 @@ pub fn client(reader: &mut impl BufRead, writer: &mut impl Write) -> Result<Keye
     client_with_secret(reader, writer, secret)
 }
 
+/// The client's hello: `MUCHAT/3 <A in hex>` and a newline.
+pub fn hello_line(ours: &PublicValue) -> String {
+    format!("{PROTOCOL} {}\n", ours.to_hex())
+}
+
 /// [`client`] with a chosen secret: for test vectors.
 pub fn client_with_secret(
     reader: &mut impl BufRead,
@@ -139,7 +144,7 @@ pub fn client_with_secret(
     secret: EphemeralSecret,
 ) -> Result<Keyed, HandshakeError> {
     let ours = secret.public_value().clone();
-    writer.write_all(format!("{PROTOCOL} {}\n", ours.to_hex()).as_bytes())?;
+    writer.write_all(hello_line(&ours).as_bytes())?;
     writer.flush()?;
     let (proto, rest) = read_hello(reader)?;
     if proto != PROTOCOL {

@@ -115,10 +115,15 @@ impl Session {
             .to_socket_addrs()?
             .next()
             .ok_or_else(|| std::io::Error::other(format!("cannot resolve {addr}")))?;
-        let stream = Arc::new(TcpStream::connect_timeout(
-            &target,
-            Duration::from_secs(10),
-        )?);
+        let stream = TcpStream::connect_timeout(&target, Duration::from_secs(10))?;
+        Session::over(stream, addr, trust)
+    }
+
+    /// Runs the handshake over a stream already connected (by a caller
+    /// that chose its source address, say); `addr` names the server for
+    /// pinning.
+    pub fn over(stream: TcpStream, addr: &str, trust: &Trust) -> Result<Session, SessionError> {
+        let stream = Arc::new(stream);
         stream.set_nodelay(true)?;
         stream.set_read_timeout(Some(Duration::from_secs(30)))?;
         let mut reader = BufReader::new(SharedStream(Arc::clone(&stream)));

@@ -229,7 +229,7 @@ fn login(
         Ok(a) => a,
         Err(TryLater(wait)) => {
             warn!(user = %username, peer = %s.peer, "login refused: too many attempts");
-            return Answer::Now(rate_limited(wait, "too many login attempts"));
+            return Answer::Now(Reply::rate_limited(wait, "too many login attempts"));
         }
     };
     let ok = match password {
@@ -303,12 +303,6 @@ fn login(
         }),
     );
     Answer::Later
-}
-
-/// `ERR RATE_LIMITED retry in <n> s: <why>` (whole seconds, rounded up).
-pub(super) fn rate_limited(wait: std::time::Duration, why: &str) -> Reply {
-    let secs = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
-    Reply::err(ErrorCode::RateLimited, format!("retry in {secs} s: {why}"))
 }
 
 fn create_group(s: &Session, g: &GroupName, private: bool) -> Answer {

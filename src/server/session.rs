@@ -333,7 +333,7 @@ impl Session {
         if spec.rated {
             if let Err(wait) = self.bucket.take_at(Instant::now()) {
                 let limit = self.shared.config.rate;
-                self.reply(handler::rate_limited(
+                self.reply(Reply::rate_limited(
                     wait,
                     &format!("at most {limit} commands per second"),
                 ));

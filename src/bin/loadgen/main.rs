@@ -1,7 +1,9 @@
 //! `loadgen ADDR... [flags]`: drives muchat servers with real protocol
 //! traffic and reports throughput, latency and server CPU per delivery.
-//! The load shapes are in [`modes`], the measuring in [`report`].
+//! The load shapes are in [`modes`], the measuring in [`report`], and
+//! the attacks the abuse limits answer in [`attack`].
 
+mod attack;
 mod fanout;
 mod modes;
 mod report;
@@ -14,6 +16,7 @@ use clap::Parser;
 use muchat::client::Trust;
 use muchat::identity::Fingerprint;
 
+use attack::{Attack, Attacker};
 use modes::{fresh_prefix, run, tdes_mb_per_s, Mode, Options};
 
 /// Drives muchat servers with real protocol traffic (every MAC verified,
@@ -69,6 +72,18 @@ struct Args {
     /// Measure the des crate's single-core 3DES-CBC MB/s and exit
     #[arg(long)]
     cipher: bool,
+    /// Run one of the attacks the server's abuse limits answer (against
+    /// the first ADDR, from loopback source addresses 127.10.0.1 and up)
+    /// and report what got through
+    #[arg(long, value_enum, value_name = "ATTACK")]
+    attack: Option<Attack>,
+    /// Attack: guesses, accounts or connections [defaults: guess 96,
+    /// spray 150, silent 3000, nat 100]
+    #[arg(long, value_name = "N")]
+    count: Option<usize>,
+    /// Attack: how long the victim and dh-flood attacks last, seconds
+    #[arg(long, value_name = "SECS", default_value_t = 10)]
+    secs: u64,
 
     /// Report the server's CPU seconds (and RSS for --idle); repeat for
     /// several nodes (their CPU is summed)
@@ -102,6 +117,37 @@ fn main() -> ExitCode {
         );
         return ExitCode::SUCCESS;
     }
+    let throwaway: PathBuf =
+        std::env::temp_dir().join(format!("muchat-loadgen-known-{}", std::process::id()));
+    let trust = match args.server_fingerprint {
+        Some(fp) => Trust::Fingerprint(fp),
+        None => Trust::KnownServers(throwaway.clone()),
+    };
+    let prefix = args.prefix.unwrap_or_else(fresh_prefix);
+    let deadline = Duration::from_secs(args.deadline);
+    if let Some(attack) = args.attack {
+        let attacker = Attacker {
+            addr: args.addrs[0].clone(),
+            prefix,
+            trust,
+            count: args.count,
+            secs: args.secs,
+            server_pid: args.server_pids.first().copied(),
+            deadline,
+        };
+        let result = attacker.run(attack);
+        let _ = std::fs::remove_file(&throwaway);
+        return match result {
+            Ok(json) => {
+                println!("{json}");
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("loadgen: {e}");
+                ExitCode::FAILURE
+            }
+        };
+    }
     let mode = if let Some(sessions) = args.idle {
         Mode::Idle { sessions }
     } else if let Some(clients) = args.storm {
@@ -122,17 +168,12 @@ fn main() -> ExitCode {
             sender_loop: args.sender_loop,
         }
     };
-    let throwaway: PathBuf =
-        std::env::temp_dir().join(format!("muchat-loadgen-known-{}", std::process::id()));
     let opts = Options {
         addrs: args.addrs,
-        trust: match args.server_fingerprint {
-            Some(fp) => Trust::Fingerprint(fp),
-            None => Trust::KnownServers(throwaway.clone()),
-        },
+        trust,
         mode,
-        prefix: args.prefix.unwrap_or_else(fresh_prefix),
-        deadline: Duration::from_secs(args.deadline),
+        prefix,
+        deadline,
         server_pids: args.server_pids,
         sample: args.sample,
     };

@@ -121,6 +121,13 @@ pub fn rss_kib(pid: u32) -> Option<f64> {
     line.split_whitespace().nth(1)?.parse().ok()
 }
 
+/// A process's thread count.
+pub fn threads(pid: u32) -> Option<usize> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let line = status.lines().find(|l| l.starts_with("Threads:"))?;
+    line.split_whitespace().nth(1)?.parse().ok()
+}
+
 fn percentiles(mut us: Vec<u64>) -> [f64; 4] {
     if us.is_empty() {
         return [0.0; 4];
