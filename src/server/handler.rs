@@ -10,7 +10,11 @@
 //!
 //! Handlers only queue frames; whether a connection exists behind the
 //! outbox does not matter to them, so they run the same in unit tests
-//! without sockets.
+//! without sockets: the tests below build the server's [`Shared`] parts
+//! on a temporary directory, drive `Session::detached` sessions with
+//! request frames through [`Session::receive`] (the reader's own path:
+//! parse, verb table, handler), and take what was queued for each
+//! session off its detached outbox.
 
 use std::sync::Arc;
 
@@ -687,4 +691,489 @@ fn history(s: &Session, with: &HistoryTarget, limit: usize) -> Answer {
         "{sent} message{} with {with}",
         plural(sent)
     )))
+}
+
+/// The handlers driven without sockets: each test builds the server's
+/// shared parts on a temporary data directory, opens detached sessions,
+/// feeds them requests as frames (through the same parse and verb-table
+/// checks a connection's reader applies), and decodes what was queued for
+/// each session with the client's own parser.
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    use tempfile::TempDir;
+
+    use super::super::session::{Flow, Session};
+    use super::super::{CloseReason, Config, Shared};
+    use crate::content::ContentKey;
+    use crate::event::{
+        Delivery, ErrorCode, GroupNotice, NoticeKind, Reply, ReplyData, ServerMessage,
+    };
+    use crate::frame::Frame;
+    use crate::names::{Conversation, GroupName, MessageRef, Username};
+    use crate::request::{DeviceToken, Manage, Request, SendId, Verb};
+
+    /// How long a reply from a store completion may take on a loaded
+    /// machine; every wait returns as soon as the frame is there.
+    const WAIT: Duration = Duration::from_secs(10);
+
+    /// The server's shared parts, and the directory its data lives in
+    /// (declared after, so it goes after the store).
+    struct TestServer {
+        shared: Arc<Shared>,
+        _dir: TempDir,
+    }
+
+    impl TestServer {
+        fn new() -> TestServer {
+            let dir = tempfile::tempdir().expect("temp dir");
+            let config = Config::for_tests(&dir.path().join("data"));
+            let shared = Arc::new(Shared::open(config).expect("open the server's state"));
+            TestServer { shared, _dir: dir }
+        }
+
+        /// A new connection, not logged in.
+        fn connect(&self) -> Session {
+            Session::detached(&self.shared)
+        }
+
+        /// A new account `name` (password `pw-<name>`), logged in on a new
+        /// session whose queue has been read up to the login's reply.
+        fn signed_in(&self, name: &str) -> Session {
+            let mut s = self.connect();
+            let create =
+                Request::parse(Frame::head(format!("CREATE_USER {name} pw-{name} {name}")))
+                    .expect("a valid CREATE_USER");
+            request(&mut s, create);
+            assert!(reply(&s, Verb::CreateUser).is_ok());
+            request(&mut s, login(name, &format!("pw-{name}")));
+            assert!(matches!(
+                reply(&s, Verb::Login),
+                Reply::Ok {
+                    data: ReplyData::Token(_),
+                    ..
+                }
+            ));
+            s
+        }
+    }
+
+    fn user(name: &str) -> Username {
+        Username::parse(name).expect("a valid username")
+    }
+
+    fn group(name: &str) -> GroupName {
+        GroupName::parse(name).expect("a valid group name")
+    }
+
+    fn login(name: &str, password: &str) -> Request {
+        Request::Login {
+            username: user(name),
+            password: password.into(),
+            token: None,
+        }
+    }
+
+    /// A text message's parts, sealed as a client seals them.
+    fn text(t: &str) -> (ContentKey, crate::content::Body) {
+        let key = ContentKey::random();
+        let body = key.seal(t.as_bytes());
+        (key, body)
+    }
+
+    /// Runs one request as the connection's reader would: as the frame the
+    /// client sends, parsed, admitted by the verb table, handled.
+    fn request(s: &mut Session, r: Request) -> Flow {
+        s.receive(r.to_frame())
+    }
+
+    /// The next message queued for `s`, decoded as the client decodes it.
+    fn next(s: &Session) -> ServerMessage {
+        let queued = s
+            .outbox
+            .take(WAIT)
+            .unwrap_or_else(|| panic!("nothing queued for session {} within {WAIT:?}", s.id));
+        ServerMessage::parse(Frame::from(&queued)).expect("a well-formed server message")
+    }
+
+    /// The next message, which must be the reply to a request of `verb`
+    /// (its data read as the client reads it, knowing the request).
+    fn reply(s: &Session, verb: Verb) -> Reply {
+        match next(s) {
+            ServerMessage::Reply(r) => r.typed(verb.spec().reply).expect("a typed reply"),
+            other => panic!("expected the reply to {verb:?}, got {other:?}"),
+        }
+    }
+
+    /// The code of the next message, which must be an `ERR` reply.
+    fn error(s: &Session) -> ErrorCode {
+        match next(s) {
+            ServerMessage::Reply(Reply::Err { code, .. }) => code,
+            other => panic!("expected an ERR reply, got {other:?}"),
+        }
+    }
+
+    /// Nothing more is queued for `s` once every write so far has
+    /// committed (deliveries are queued by the store's completions, which
+    /// run before a later sync returns).
+    fn nothing_more(s: &Session) {
+        s.shared.store.sync().expect("store sync");
+        if let Some(o) = s.outbox.take(Duration::ZERO) {
+            panic!("unexpected {:?}", ServerMessage::parse(Frame::from(&o)));
+        }
+    }
+
+    #[test]
+    fn create_user_then_login_gives_a_device_token_and_logs_in() {
+        let server = TestServer::new();
+        let mut s = server.connect();
+        request(
+            &mut s,
+            Request::CreateUser {
+                username: user("alice"),
+                password: "correct-horse".into(),
+                name: "Alice Liddell".into(),
+            },
+        );
+        let created = reply(&s, Verb::CreateUser);
+        assert!(created.is_ok(), "{created:?}");
+        assert!(created.text().contains("created user alice"), "{created:?}");
+        assert!(s.login.is_none(), "creating an account does not log in");
+
+        request(&mut s, login("alice", "correct-horse"));
+        let Reply::Ok {
+            data: ReplyData::Token(token),
+            text,
+        } = reply(&s, Verb::Login)
+        else {
+            panic!("LOGIN did not give a device token");
+        };
+        assert_eq!(text, "logged in as alice");
+        assert_eq!(
+            s.login.as_ref().map(|l| l.user.clone()),
+            Some(user("alice"))
+        );
+        assert_eq!(s.device, Some(token.hash()));
+
+        // The token alone logs the same device in again (a reconnect).
+        let mut again = server.connect();
+        request(
+            &mut again,
+            Request::Resume {
+                username: user("alice"),
+                token: token.clone(),
+            },
+        );
+        assert_eq!(
+            reply(&again, Verb::Resume),
+            Reply::Ok {
+                data: ReplyData::Token(token),
+                text: "logged in as alice".into(),
+            }
+        );
+        assert!(again.login.is_some());
+    }
+
+    #[test]
+    fn a_taken_username_is_refused() {
+        let server = TestServer::new();
+        let _alice = server.signed_in("alice");
+        let mut s = server.connect();
+        request(
+            &mut s,
+            Request::CreateUser {
+                username: user("alice"),
+                password: "another".into(),
+                name: "Someone Else".into(),
+            },
+        );
+        assert_eq!(error(&s), ErrorCode::UserExists);
+    }
+
+    #[test]
+    fn a_wrong_password_or_token_is_refused_and_does_not_log_in() {
+        let server = TestServer::new();
+        drop(server.signed_in("alice"));
+        let mut s = server.connect();
+        request(&mut s, login("alice", "not-her-password"));
+        assert_eq!(error(&s), ErrorCode::LoginFailed);
+        assert!(s.login.is_none());
+        assert!(s.device.is_none());
+        // A stranger's device token is no better.
+        request(
+            &mut s,
+            Request::Resume {
+                username: user("alice"),
+                token: DeviceToken::random(),
+            },
+        );
+        assert_eq!(error(&s), ErrorCode::LoginFailed);
+        assert!(s.login.is_none());
+        // Still logged out: the verb table refuses what needs a login.
+        request(&mut s, Request::List);
+        assert_eq!(error(&s), ErrorCode::NotLoggedIn);
+    }
+
+    #[test]
+    fn the_verb_table_admits_by_login_state() {
+        let server = TestServer::new();
+        let mut s = server.connect();
+        request(&mut s, Request::Join(group("ops")));
+        assert_eq!(error(&s), ErrorCode::NotLoggedIn);
+        // An unanswered verb cannot be refused with a reply: it closes.
+        let (key, body) = text("piece");
+        let flow = request(
+            &mut s,
+            Request::Chunk {
+                transfer: 1,
+                offset: 0,
+                key,
+                body,
+            },
+        );
+        assert!(matches!(flow, Flow::Close(CloseReason::Protocol(_))));
+
+        let mut alice = server.signed_in("alice");
+        request(&mut alice, login("alice", "pw-alice"));
+        assert_eq!(error(&alice), ErrorCode::AlreadyLoggedIn);
+        // Unknown verbs and bad arguments are answered, not fatal.
+        let flow = alice.receive(Frame::head("FROBNICATE now"));
+        assert!(matches!(flow, Flow::Continue));
+        assert_eq!(error(&alice), ErrorCode::UnknownCommand);
+        alice.receive(Frame::head("JOIN"));
+        assert_eq!(error(&alice), ErrorCode::Usage);
+        nothing_more(&alice);
+    }
+
+    #[test]
+    fn a_group_message_reaches_members_and_the_sender_gets_its_reference() {
+        let server = TestServer::new();
+        let mut alice = server.signed_in("alice");
+        let mut bob = server.signed_in("bob");
+        let ops = group("ops");
+
+        request(
+            &mut alice,
+            Request::CreateGroup {
+                group: ops.clone(),
+                private: false,
+            },
+        );
+        // The creator gets the group's key before the reply.
+        assert!(matches!(next(&alice), ServerMessage::GroupKey { group, .. } if group == ops));
+        assert!(reply(&alice, Verb::CreateGroup).is_ok());
+
+        request(&mut bob, Request::Join(ops.clone()));
+        let ServerMessage::GroupKey {
+            group: g,
+            key_id,
+            key,
+        } = next(&bob)
+        else {
+            panic!("the joiner was not sent the group's key first");
+        };
+        assert_eq!(g, ops);
+        assert_eq!(
+            reply(&bob, Verb::Join),
+            Reply::ok("joined #ops (2 members)")
+        );
+
+        let (content_key, body) = text("hello, ops");
+        request(
+            &mut alice,
+            Request::SendToGroup {
+                groups: vec![ops.clone()],
+                send_id: SendId::random(),
+                key: content_key.clone(),
+                body,
+            },
+        );
+        let sent = reply(&alice, Verb::SendToGroup);
+        let at = MessageRef {
+            conv: Conversation::Group(ops.clone()),
+            seq: 1,
+        };
+        assert_eq!(sent.sent(), std::slice::from_ref(&at), "{sent:?}");
+
+        let ServerMessage::GroupMsg {
+            key_id: used,
+            seq,
+            body,
+        } = next(&bob)
+        else {
+            panic!("bob was not delivered the group message");
+        };
+        assert_eq!((used, seq), (key_id, 1));
+        let d = Delivery::open_group(&ops, seq, &key, &body).expect("the envelope opens");
+        assert_eq!(d.at, at);
+        assert_eq!(d.from, user("alice"));
+        assert_eq!(d.key, content_key);
+        assert_eq!(content_key.open(&d.body).unwrap(), b"hello, ops");
+        // The sender's connection is not sent its own message back.
+        nothing_more(&alice);
+        nothing_more(&bob);
+    }
+
+    #[test]
+    fn a_direct_message_is_delivered_and_a_repeated_send_id_is_not() {
+        let server = TestServer::new();
+        let mut alice = server.signed_in("alice");
+        let bob = server.signed_in("bob");
+        let (key, body) = text("hi bob");
+        let send = Request::Send {
+            to: user("bob"),
+            send_id: SendId::random(),
+            key: key.clone(),
+            body,
+        };
+        request(&mut alice, send.clone());
+        let sent = reply(&alice, Verb::Send);
+        assert_eq!(sent.sent(), &[MessageRef::parse("@bob:1").unwrap()]);
+        let ServerMessage::Msg(d) = next(&bob) else {
+            panic!("bob was not delivered the message");
+        };
+        assert_eq!(d.at, MessageRef::parse("@alice:1").unwrap());
+        assert_eq!(d.from, user("alice"));
+        assert_eq!(key.open(&d.body).unwrap(), b"hi bob");
+
+        // A retry (same send id) is answered with where it went, not resent.
+        request(&mut alice, send);
+        let again = reply(&alice, Verb::Send);
+        assert_eq!(again.sent(), sent.sent());
+        assert!(again.text().contains("already sent"), "{again:?}");
+        nothing_more(&bob);
+    }
+
+    #[test]
+    fn sending_to_an_unknown_user_or_group_is_refused() {
+        let server = TestServer::new();
+        let mut alice = server.signed_in("alice");
+        let (key, body) = text("anyone there?");
+        request(
+            &mut alice,
+            Request::Send {
+                to: user("nobody"),
+                send_id: SendId::random(),
+                key: key.clone(),
+                body: body.clone(),
+            },
+        );
+        assert_eq!(error(&alice), ErrorCode::UnknownUser);
+        request(
+            &mut alice,
+            Request::SendToGroup {
+                groups: vec![group("nowhere")],
+                send_id: SendId::random(),
+                key,
+                body,
+            },
+        );
+        assert_eq!(error(&alice), ErrorCode::NoSuchGroup);
+        nothing_more(&alice);
+    }
+
+    #[test]
+    fn a_private_group_is_joined_only_by_invitation() {
+        let server = TestServer::new();
+        let mut alice = server.signed_in("alice");
+        let mut bob = server.signed_in("bob");
+        let den = group("den");
+        request(
+            &mut alice,
+            Request::CreateGroup {
+                group: den.clone(),
+                private: true,
+            },
+        );
+        assert!(matches!(next(&alice), ServerMessage::GroupKey { .. }));
+        assert!(reply(&alice, Verb::CreateGroup).is_ok());
+
+        request(&mut bob, Request::Join(den.clone()));
+        assert_eq!(error(&bob), ErrorCode::NotAllowed);
+
+        request(
+            &mut alice,
+            Request::Manage {
+                action: Manage::Invite,
+                group: den.clone(),
+                user: user("bob"),
+            },
+        );
+        assert_eq!(
+            reply(&alice, Verb::Invite),
+            Reply::ok("invited bob to #den")
+        );
+        assert_eq!(
+            next(&bob),
+            ServerMessage::Notice(GroupNotice {
+                kind: NoticeKind::Invited,
+                group: den.clone(),
+                by: user("alice"),
+            })
+        );
+        request(&mut bob, Request::Join(den));
+        assert!(matches!(next(&bob), ServerMessage::GroupKey { .. }));
+        assert_eq!(
+            reply(&bob, Verb::Join),
+            Reply::ok("joined #den (2 members)")
+        );
+    }
+
+    #[test]
+    fn list_shows_the_groups_and_who_is_online() {
+        let server = TestServer::new();
+        let mut alice = server.signed_in("alice");
+        let mut bob = server.signed_in("bob");
+        request(
+            &mut alice,
+            Request::CreateGroup {
+                group: group("ops"),
+                private: false,
+            },
+        );
+        assert!(matches!(next(&alice), ServerMessage::GroupKey { .. }));
+        assert!(reply(&alice, Verb::CreateGroup).is_ok());
+
+        request(&mut alice, Request::List);
+        assert_eq!(
+            reply(&alice, Verb::List),
+            Reply::ok("groups: #ops (1 member, joined, owner); online: alice, bob")
+        );
+        request(&mut bob, Request::List);
+        assert_eq!(
+            reply(&bob, Verb::List),
+            Reply::ok("groups: #ops (1 member); online: alice, bob")
+        );
+    }
+
+    #[test]
+    fn logout_ends_deliveries_and_the_login() {
+        let server = TestServer::new();
+        let mut alice = server.signed_in("alice");
+        let mut bob = server.signed_in("bob");
+        request(&mut bob, Request::Logout);
+        assert_eq!(reply(&bob, Verb::Logout), Reply::ok("logged out"));
+        assert!(bob.login.is_none());
+
+        let (key, body) = text("are you there?");
+        request(
+            &mut alice,
+            Request::Send {
+                to: user("bob"),
+                send_id: SendId::random(),
+                key,
+                body,
+            },
+        );
+        assert!(reply(&alice, Verb::Send).is_ok());
+        // Stored for bob's next login, not sent to the logged-out session.
+        nothing_more(&bob);
+        request(&mut alice, Request::List);
+        assert_eq!(
+            reply(&alice, Verb::List),
+            Reply::ok("groups: none; online: alice")
+        );
+    }
 }

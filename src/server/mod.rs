@@ -177,6 +177,18 @@ impl Config {
         password_cost: PasswordCost::OWASP,
     };
 
+    /// Settings for unit tests: data in `data_dir` (a temporary directory),
+    /// and the cheapest password hashing, so a login takes milliseconds;
+    /// every limit is the server's default.
+    #[cfg(test)]
+    pub(crate) fn for_tests(data_dir: &std::path::Path) -> Config {
+        Config {
+            data_dir: data_dir.to_path_buf(),
+            password_cost: PasswordCost::TESTING,
+            ..Config::DEFAULT
+        }
+    }
+
     fn outbox_limits(&self) -> OutboxLimits {
         OutboxLimits {
             window: self.session_window.max(16 * 1024),
@@ -294,7 +306,9 @@ pub(crate) struct Shared {
 }
 
 impl Shared {
-    /// Opens the store and starts the pools.
+    /// Opens the store and starts the pools: everything a connection
+    /// needs except a listener, so unit tests build one the same way
+    /// [`Server::start`] does.
     fn open(config: Config) -> io::Result<Shared> {
         let hook: crate::store::BatchHook = Arc::new(outbox::deferring_wakeups);
         let store =

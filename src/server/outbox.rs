@@ -67,6 +67,19 @@ impl From<Frame> for Outgoing {
     }
 }
 
+/// Back to the frame a client would open (tests decode what the server
+/// queued with [`ServerMessage::parse`], the client's own parser).
+#[cfg(test)]
+impl From<&Outgoing> for Frame {
+    fn from(o: &Outgoing) -> Self {
+        Frame {
+            head: o.head.to_string(),
+            body: o.body.clone(),
+            clear: o.clear,
+        }
+    }
+}
+
 impl From<&ServerMessage> for Outgoing {
     fn from(m: &ServerMessage) -> Self {
         Outgoing::from(m.to_frame())
@@ -138,7 +151,9 @@ enum Item {
 }
 
 struct Inner {
-    stream: SharedStream,
+    /// The socket, shut down on close; `None` for a detached outbox (unit
+    /// tests), which has no connection behind it.
+    stream: Option<SharedStream>,
     /// The sealing half, held by a writer thread while it works.
     writer: Mutex<Option<FrameWriter<SharedStream>>>,
     /// Whether this outbox is on the writers' queue or being written.
@@ -171,7 +186,9 @@ impl Inner {
         }
         self.closed.store(true, Ordering::SeqCst);
         // Wakes the reader blocked in read() and fails any blocked write.
-        let _ = self.stream.0.shutdown(Shutdown::Both);
+        if let Some(stream) = &self.stream {
+            let _ = stream.0.shutdown(Shutdown::Both);
+        }
         self.room.1.notify_all();
     }
 
@@ -317,6 +334,26 @@ impl Outbox {
             .clone()
     }
 
+    /// Takes the oldest queued frame off a detached outbox
+    /// (`WriterPool::detached_outbox`), as a writer would, waiting up to
+    /// `timeout` for one (returning as soon as it is there). `None` if
+    /// nothing came, or the outbox was [finished](Self::finish).
+    #[cfg(test)]
+    pub fn take(&self, timeout: Duration) -> Option<Outgoing> {
+        match self.inner.queue.recv_timeout(timeout) {
+            Ok(Item::Frame(o)) => {
+                self.inner.sub_bytes(o.cost());
+                self.inner.room.1.notify_all();
+                Some(o)
+            }
+            Ok(Item::Close) => {
+                self.inner.close(CloseReason::Finished);
+                None
+            }
+            Err(_) => None,
+        }
+    }
+
     /// Puts this outbox on the writers' queue unless it is there (or being
     /// written) already.
     fn ensure_writer(&self) {
@@ -441,10 +478,30 @@ impl WriterPool {
         let stream = writer.get_ref().clone();
         // A writer serves many connections: it never waits long on one.
         stream.0.set_write_timeout(Some(WRITE_WAIT))?;
+        Ok(self.new_outbox(Some(stream), Some(writer), self.jobs.clone()))
+    }
+
+    /// An outbox with no connection behind it, for unit tests of what the
+    /// server queues: it counts against this pool's budget and limits like
+    /// any other, but no writer ever serves it (its wake-ups go to a queue
+    /// nobody reads), so its frames stay queued until the test takes
+    /// them (`Outbox::take`).
+    #[cfg(test)]
+    pub fn detached_outbox(&self) -> Outbox {
+        let (nobody, _) = unbounded();
+        self.new_outbox(None, None, nobody)
+    }
+
+    fn new_outbox(
+        &self,
+        stream: Option<SharedStream>,
+        writer: Option<FrameWriter<SharedStream>>,
+        pool: Sender<Job>,
+    ) -> Outbox {
         let (tx, queue) = unbounded();
         let inner = Arc::new(Inner {
             stream,
-            writer: Mutex::new(Some(writer)),
+            writer: Mutex::new(writer),
             scheduled: AtomicBool::new(false),
             backoff: Mutex::new(RETRY_AFTER),
             stalled_since: Mutex::new(None),
@@ -454,12 +511,12 @@ impl WriterPool {
             room: (Mutex::new(()), Condvar::new()),
             limits: self.limits,
             budget: Arc::clone(&self.budget),
-            pool: self.jobs.clone(),
+            pool,
             hook: Mutex::new(None),
             closed: AtomicBool::new(false),
             close_reason: Mutex::new(None),
         });
-        Ok(Outbox { tx, inner })
+        Outbox { tx, inner }
     }
 
     /// Bytes queued for clients across the server.

@@ -1,8 +1,8 @@
 //! One client connection on the server, from handshake to close.
 //!
 //! A connection's reader thread runs [`serve`]: the handshake, then a loop
-//! of read frame -> [`Request::parse`] -> the checks the verb table asks for
-//! (login, rate) -> [`handler::handle`]. Replies keep request order even
+//! of read frame -> [`Session::receive`]: [`Request::parse`] -> the checks
+//! the verb table asks for (login, rate) -> [`handler::handle`]. Replies keep request order even
 //! when a request's reply waits for a commit: later replies queue behind
 //! it (see [`Session::reply`]). Anything a client sends ends, at worst,
 //! this one connection.
@@ -17,6 +17,7 @@ use tracing::{info, info_span, warn};
 
 use crate::connection::{FrameReader, ReadError, SharedStream};
 use crate::event::{ErrorCode, Reply, ServerMessage};
+use crate::frame::Frame;
 use crate::handshake;
 use crate::names::Username;
 use crate::request::{Access, ParseError, ReplyKind, Request, Verb};
@@ -134,20 +135,7 @@ fn start(
         outbox.finish();
         return Err(CloseReason::ShuttingDown);
     }
-    let session = Session {
-        id,
-        peer,
-        places: Places::None,
-        started: Instant::now(),
-        pre_login_frames: 0,
-        device: None,
-        bucket: TokenBucket::new(shared.config.rate, shared.config.burst),
-        shared: Arc::clone(shared),
-        outbox,
-        login: None,
-        transfers: Transfers::default(),
-        in_flight: Arc::default(),
-    };
+    let session = Session::new(id, peer, shared, outbox);
     Ok((FrameReader::new(reader, keyed.opener), session))
 }
 
@@ -225,6 +213,25 @@ pub(super) struct Session {
 }
 
 impl Session {
+    /// A connection just past its handshake: not logged in, its login
+    /// deadline running from now.
+    fn new(id: SessionId, peer: SocketAddr, shared: &Arc<Shared>, outbox: Outbox) -> Session {
+        Session {
+            id,
+            peer,
+            places: Places::None,
+            started: Instant::now(),
+            pre_login_frames: 0,
+            device: None,
+            bucket: TokenBucket::new(shared.config.rate, shared.config.burst),
+            shared: Arc::clone(shared),
+            outbox,
+            login: None,
+            transfers: Transfers::default(),
+            in_flight: Arc::default(),
+        }
+    }
+
     fn run(&mut self, mut reader: FrameReader<BufReader<Timed>>) -> CloseReason {
         // The number of a PING sent and not yet answered by any frame.
         let mut ping: Option<u64> = None;
@@ -268,24 +275,7 @@ impl Session {
                     return self.bye(CloseReason::TooManyFrames);
                 }
             }
-            if frame.clear {
-                return self.bye(CloseReason::Protocol("clear head from a client".into()));
-            }
-            let verb = Verb::of_head(&frame.head);
-            let flow = match Request::parse(frame) {
-                Ok(request) => self.admit(request),
-                // No reply can carry an error about an unanswered request
-                // without desynchronising the client's replies, so it ends
-                // the connection.
-                Err(e) if verb.is_some_and(|v| v.spec().reply == ReplyKind::Unanswered) => {
-                    Flow::Close(CloseReason::Protocol(format!("malformed request: {e}")))
-                }
-                Err(e) => {
-                    self.reply(parse_failure(e).into());
-                    Flow::Continue
-                }
-            };
-            if let Flow::Close(reason) = flow {
+            if let Flow::Close(reason) = self.receive(frame) {
                 return self.bye(reason);
             }
             // A client that does not read its replies stops being served
@@ -294,6 +284,47 @@ impl Session {
                 return CloseReason::TooSlow;
             }
         }
+    }
+
+    /// Everything one opened frame from the client does past the socket:
+    /// parsed, admitted by the verb table, handled. Unit tests drive a
+    /// detached (`Session::detached`) session through it with frames.
+    pub(super) fn receive(&mut self, frame: Frame) -> Flow {
+        if frame.clear {
+            return Flow::Close(CloseReason::Protocol("clear head from a client".into()));
+        }
+        let verb = Verb::of_head(&frame.head);
+        match Request::parse(frame) {
+            Ok(request) => self.admit(request),
+            // No reply can carry an error about an unanswered request
+            // without desynchronising the client's replies, so it ends
+            // the connection.
+            Err(e) if verb.is_some_and(|v| v.spec().reply == ReplyKind::Unanswered) => {
+                Flow::Close(CloseReason::Protocol(format!("malformed request: {e}")))
+            }
+            Err(e) => {
+                self.reply(parse_failure(e).into());
+                Flow::Continue
+            }
+        }
+    }
+
+    /// A session with no connection behind it, for unit tests: its peer
+    /// is 127.0.0.1 (a port made from its id) and its outbox is detached
+    /// (`WriterPool::detached_outbox`), so the test takes what the server
+    /// queued for it. Each gets a new id, as accepted connections do.
+    #[cfg(test)]
+    pub fn detached(shared: &Arc<Shared>) -> Session {
+        static NEXT: AtomicUsize = AtomicUsize::new(1);
+        let n = NEXT.fetch_add(1, Ordering::Relaxed);
+        let port = 40_000 + (n % 20_000) as u16;
+        let peer = SocketAddr::from(([127, 0, 0, 1], port));
+        Session::new(
+            n as SessionId,
+            peer,
+            shared,
+            shared.writers.detached_outbox(),
+        )
     }
 
     /// Says why before closing, when the client should be told.
