@@ -2,10 +2,10 @@
 //!
 //! A connection's reader thread runs [`serve`]: the handshake, then a loop
 //! of read frame -> [`Session::receive`]: [`Request::parse`] -> the checks
-//! the verb table asks for (login, rate) -> [`handler::handle`]. Replies keep request order even
-//! when a request's reply waits for a commit: later replies queue behind
-//! it (see [`Session::reply`]). Anything a client sends ends, at worst,
-//! this one connection.
+//! the verb table asks for (login, rate) -> [`handler::handle`]. Replies
+//! keep request order even when a request's reply waits for a commit:
+//! later replies queue behind it (see [`Session::reply`]). Anything a
+//! client sends ends, at worst, this one connection.
 
 use std::io::{BufReader, ErrorKind, Read, Write};
 use std::net::{IpAddr, SocketAddr, TcpStream};
