@@ -271,3 +271,50 @@ fn usage_errors_exit_2_and_failures_exit_1() {
     assert_eq!(run.code, Some(1), "{run:?}");
     assert!(run.stderr.contains("loadgen: "), "{run:?}");
 }
+
+#[test]
+fn attacks_report_what_the_limits_let_through() {
+    // The server's default abuse limits (only the password hash is cheap).
+    let defaults = muchat::server::Config::default();
+    let server = start_server_with(|c| {
+        c.max_connections_per_ip = defaults.max_connections_per_ip;
+        c.handshake_rate = defaults.handshake_rate;
+        c.max_password_checks = defaults.max_password_checks;
+    });
+    let sandbox = server.path("loadgen");
+    let attack = |prefix: &str, more: &[&str]| {
+        let run = loadgen(&sandbox, &args(&server, prefix, more));
+        assert_eq!(run.code, Some(0), "{run:?}");
+        let line = run.stdout.lines().rfind(|l| l.starts_with('{'));
+        let line = line.unwrap_or_else(|| panic!("no JSON line: {run:?}"));
+        serde_json::from_str::<Value>(line).unwrap_or_else(|e| panic!("{e}: {line}"))
+    };
+
+    // Users behind one address all get in and are served.
+    let v = attack("na", &["--attack", "nat", "--count", "20"]);
+    assert_eq!(
+        (&v["logged_in"], &v["served"]),
+        (&20.into(), &20.into()),
+        "{v}"
+    );
+
+    // 12 parallel guesses at one account: the throttle lets few be checked.
+    let v = attack("gu", &["--attack", "guess", "--count", "12"]);
+    let checked = num(&v, "checked_first_10s");
+    assert!((1.0..=5.0).contains(&checked), "{v}");
+    let o = &v["outcomes"];
+    let total: f64 = ["accepted", "wrong", "rate_limited", "refused", "other"]
+        .iter()
+        .map(|k| num(o, k))
+        .sum();
+    assert_eq!(total, 12.0, "every attempt is accounted for: {v}");
+
+    // A one-second handshake flood: answered up to the burst and rate only.
+    let v = attack("dh", &["--attack", "dh-flood", "--secs", "1"]);
+    assert!(num(&v, "refused") > 0.0, "{v}");
+    let burst = f64::from(4 * defaults.handshake_rate);
+    assert!(
+        num(&v, "answered") <= burst + 2.0 * f64::from(defaults.handshake_rate),
+        "{v}"
+    );
+}

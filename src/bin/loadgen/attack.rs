@@ -181,6 +181,18 @@ impl Run<'_> {
         Session::over(self.tcp_from(from)?, &self.a.addr, &self.a.trust)
     }
 
+    /// A session from `from`, trying again a second after each refusal
+    /// (as the client does when told "try again shortly").
+    fn connect_patiently(&self, from: Ipv4Addr) -> Result<Session, LoadError> {
+        loop {
+            match self.connect_from(from) {
+                Ok(s) => return Ok(s),
+                Err(e) if self.past_deadline() => return Err(fail(e)),
+                Err(_) => std::thread::sleep(Duration::from_secs(1)),
+            }
+        }
+    }
+
     fn user(&self, what: &str) -> Result<Username, LoadError> {
         Username::parse(&format!("{}{what}", self.a.prefix)).map_err(fail)
     }
@@ -190,7 +202,7 @@ impl Run<'_> {
     /// before login.
     fn accounts(&self, names: &[Username]) -> Result<(), LoadError> {
         for chunk in names.chunks(40) {
-            let mut s = self.connect_from(HOME).map_err(fail)?;
+            let mut s = self.connect_patiently(HOME)?;
             for name in chunk {
                 let r = Request::CreateUser {
                     username: name.clone(),
@@ -558,22 +570,21 @@ impl Run<'_> {
                 .iter()
                 .map(|name| {
                     scope.spawn(move || {
-                        while !self.past_deadline() {
-                            let Ok(mut s) = self.connect_from(HOME) else {
-                                std::thread::sleep(Duration::from_secs(1));
-                                continue;
-                            };
-                            loop {
-                                match Self::login_on(&mut s, name, &format!("pw-{name}"), None) {
-                                    (Outcome::Accepted, ..) => return Some(s),
-                                    (Outcome::Limited, _, wait) if !self.past_deadline() => {
-                                        std::thread::sleep(wait.unwrap_or(Duration::from_secs(1)))
-                                    }
-                                    _ => return None,
+                        let mut s = self.connect_patiently(HOME).ok()?;
+                        loop {
+                            match Self::login_on(&mut s, name, &format!("pw-{name}"), None) {
+                                (Outcome::Accepted, ..) => return Some(s),
+                                _ if self.past_deadline() => return None,
+                                (Outcome::Limited, _, wait) => {
+                                    std::thread::sleep(wait.unwrap_or(Duration::from_secs(1)))
                                 }
+                                // Closed meanwhile (the login deadline): again.
+                                (Outcome::Refused, ..) => {
+                                    s = self.connect_patiently(HOME).ok()?;
+                                }
+                                _ => return None,
                             }
                         }
-                        None
                     })
                 })
                 .collect();
