@@ -194,7 +194,9 @@ fn display_name(s: &str) -> Option<(String, &str)> {
     ok.then_some((name, rest))
 }
 
-fn password(s: &str) -> Option<String> {
+/// A password as the wire carries it: 1 to 255 bytes, no spaces or
+/// control characters.
+pub(crate) fn password(s: &str) -> Option<String> {
     let ok =
         !s.is_empty() && s.len() <= MAX_FIELD_LEN && !s.chars().any(|c| c.is_control() || c == ' ');
     ok.then(|| s.to_string())

@@ -566,7 +566,8 @@ fn flags_take_equals_values_and_environment_variables() {
         c.send(line);
     }
     let out = c.finish();
-    assert_eq!(out.code, Some(0), "{out:?}");
+    // One command failed (the file over the limit): exit 1.
+    assert_eq!(out.code, Some(1), "{out:?}");
     assert!(
         out.out.iter().any(|l| l.starts_with("ERR TOO_LARGE ")),
         "{}",
@@ -623,7 +624,8 @@ fn scripted_clients_chat_and_send_a_file() {
     }
     let a = alice.finish();
     let text = a.stdout();
-    assert_eq!(a.code, Some(0), "alice: {a:?}");
+    // BOGUS got an error: exit 1, after everything else ran.
+    assert_eq!(a.code, Some(1), "alice: {a:?}");
     assert!(a.out[0].starts_with("OK created user alice"), "{text}");
     assert!(a.out[1].starts_with("OK logged in as alice"), "{text}");
     assert!(a.out[2].starts_with("OK "), "{text}");
@@ -784,7 +786,8 @@ fn script_exits_non_zero_when_the_server_goes_away() {
         c.transcript()
     );
     let out = c.finish();
-    assert_eq!(out.code, Some(1), "{out:?}");
+    // The connection was lost: exit 3.
+    assert_eq!(out.code, Some(3), "{out:?}");
 }
 
 #[test]
@@ -924,4 +927,172 @@ fn sigterm_says_goodbye_to_every_client_and_exits_cleanly() {
     carol.out_line("OK logged in as bob");
     carol.send("HISTORY @alice");
     carol.out_line("before the shutdown");
+}
+
+/// Runs `lines` as `who`'s script (with `flags`) to its end.
+fn script(
+    sandbox: &Sandbox,
+    server: &ServerBin,
+    who: &str,
+    flags: &[&str],
+    lines: &[&str],
+) -> Exit {
+    let mut cmd = sandbox.client_cmd(server, who);
+    cmd.args(flags);
+    let mut c = Proc::spawn(who, cmd);
+    for line in lines {
+        c.send(line);
+    }
+    c.finish()
+}
+
+#[test]
+fn quit_at_the_end_of_a_script_exits_0_every_time() {
+    let sandbox = Sandbox::new();
+    let server = start_server_bin(sandbox.server_cmd(&sandbox.path("data")));
+    let first = script(&sandbox, &server, "a", &[], &["CREATE_USER A a pw"]);
+    assert_eq!(first.code, Some(0), "{first:?}");
+    for _ in 0..6 {
+        let out = script(&sandbox, &server, "a", &[], &["LOGIN a pw", "LIST", "QUIT"]);
+        assert_eq!(out.code, Some(0), "{out:?}");
+        assert!(!out.stdout().contains("DISCONNECTED"), "{out:?}");
+    }
+}
+
+#[test]
+fn an_error_makes_the_exit_code_1_and_fail_fast_stops_there() {
+    let sandbox = Sandbox::new();
+    let server = start_server_bin(sandbox.server_cmd(&sandbox.path("data")));
+    let lines = ["CREATE_USER A a pw", "LOGIN a pw", "JOIN nosuch", "LIST"];
+    let out = script(&sandbox, &server, "a", &[], &lines);
+    assert_eq!(out.code, Some(1), "{out:?}");
+    assert!(
+        out.out.iter().any(|l| l.starts_with("ERR NO_SUCH_GROUP")),
+        "{out:?}"
+    );
+    // Everything after the error still ran.
+    assert!(
+        out.out.last().is_some_and(|l| l.starts_with("OK ")),
+        "{out:?}"
+    );
+
+    let lines = ["LOGIN a pw", "JOIN nosuch", "LIST"];
+    let out = script(&sandbox, &server, "a", &["--fail-fast"], &lines);
+    assert_eq!(out.code, Some(1), "{out:?}");
+    assert!(
+        out.out
+            .last()
+            .is_some_and(|l| l.starts_with("ERR NO_SUCH_GROUP")),
+        "{out:?}"
+    );
+}
+
+#[test]
+fn json_replies_name_their_request_and_carry_ids() {
+    let sandbox = Sandbox::new();
+    let server = start_server_bin(sandbox.server_cmd(&sandbox.path("data")));
+    let lines = [
+        "CREATE_USER A a pw",
+        "CREATE_USER B b pw",
+        "# a comment",
+        "LOGIN a pw",
+        "SEND b hello there",
+        "JOIN nosuch",
+    ];
+    let out = script(&sandbox, &server, "a", &["--json"], &lines);
+    assert_eq!(out.code, Some(1), "{out:?}");
+    let objects: Vec<serde_json::Value> = out
+        .out
+        .iter()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}")))
+        .collect();
+    let reply = |line: u64| {
+        objects
+            .iter()
+            .find(|o| o["type"] == "reply" && o["line"] == line)
+            .unwrap_or_else(|| panic!("no reply for line {line}: {out:?}"))
+    };
+    assert_eq!(reply(4)["request"], "LOGIN");
+    assert_eq!(reply(4)["ok"], true);
+    let sent = reply(5);
+    assert_eq!(
+        (&sent["request"], &sent["ok"]),
+        (&"SEND".into(), &true.into())
+    );
+    assert_eq!(sent["refs"], serde_json::json!(["@b:1"]), "{sent}");
+    let failed = reply(6);
+    assert_eq!(
+        (&failed["ok"], &failed["code"]),
+        (&false.into(), &"NO_SUCH_GROUP".into())
+    );
+
+    // Bob reads it as an event (it comes after his login's reply).
+    let mut cmd = sandbox.client_cmd(&server, "b");
+    cmd.arg("--json");
+    let mut bob = Proc::spawn("bob", cmd);
+    bob.send("LOGIN b pw");
+    let line = bob.out_line(r#""type":"message""#);
+    let msg: serde_json::Value = serde_json::from_str(&line).unwrap();
+    assert_eq!(bob.finish().code, Some(0));
+    assert_eq!(msg["conversation"], "@a");
+    assert_eq!(msg["from"], "a");
+    assert_eq!(msg["text"], "hello there");
+    assert_eq!(msg["seq"], 1);
+}
+
+#[test]
+fn rate_limited_commands_are_sent_again_after_the_wait() {
+    let sandbox = Sandbox::new();
+    let mut cmd = sandbox.server_cmd(&sandbox.path("data"));
+    cmd.args(["--rate", "1", "--burst", "2"]);
+    let server = start_server_bin(cmd);
+    let lines = [
+        "CREATE_USER A a pw",
+        "LOGIN a pw",
+        "LIST",
+        "LIST",
+        "LIST",
+        "LIST",
+    ];
+    let out = script(&sandbox, &server, "a", &[], &lines);
+    assert_eq!(out.code, Some(0), "{out:?}");
+    assert!(!out.stdout().contains("RATE_LIMITED"), "{out:?}");
+    assert_eq!(
+        out.out.iter().filter(|l| l.starts_with("OK ")).count(),
+        6,
+        "{out:?}"
+    );
+}
+
+#[test]
+fn a_closed_standard_output_ends_the_client_quietly() {
+    let sandbox = Sandbox::new();
+    let server = start_server_bin(sandbox.server_cmd(&sandbox.path("data")));
+    let mut cmd = sandbox.client_cmd(&server, "a");
+    cmd.stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let mut child = cmd.spawn().expect("spawn client");
+    let mut stdin = child.stdin.take().unwrap();
+    writeln!(stdin, "CREATE_USER A a pw").unwrap();
+    // Read the first line, then close the pipe, as `| head -1` does.
+    let mut first = String::new();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut first)
+        .unwrap();
+    assert!(first.starts_with("OK created user a"), "{first}");
+    for _ in 0..3 {
+        let _ = writeln!(stdin, "LOGIN a pw");
+    }
+    drop(stdin);
+    let err = Lines::read(child.stderr.take().unwrap());
+    let status = child.wait().expect("wait");
+    let mut err = err;
+    assert!(err.read_to_end_by(Instant::now() + common::WAIT));
+    assert_eq!(status.code(), Some(141), "{:?}", err.seen);
+    assert!(
+        !err.seen.iter().any(|l| l.contains("panicked")),
+        "{:?}",
+        err.seen
+    );
 }

@@ -5,6 +5,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::Parser;
+use muchat::client::script::{Exit, ScriptOptions};
 use muchat::client::{repl, script, seen, Client, ClientConfig, Trust};
 use muchat::identity::Fingerprint;
 
@@ -17,9 +18,10 @@ use muchat::identity::Fingerprint;
 /// On a terminal: an interactive prompt with history and tab completion
 /// that reconnects by itself. With standard input from a pipe or file: runs
 /// one command per line, waiting for each reply, printing replies and
-/// events one per line; exits 0 at the end of input (after outgoing files
-/// finish), 1 if the connection fails. Type HELP once connected for the
-/// commands.
+/// events one per line (or JSON with --json). Exit codes: 0 every command
+/// succeeded, 1 some command got an ERR (or an upload failed), 2 usage, 3
+/// the connection failed or was lost, 141 standard output was closed.
+/// Type HELP once connected for the commands.
 #[derive(Parser)]
 #[command(version)]
 struct Args {
@@ -47,6 +49,18 @@ struct Args {
     /// Reconnect when the connection drops (always on at a terminal)
     #[arg(long)]
     reconnect: bool,
+
+    /// Scripts: print one JSON object per reply and event
+    #[arg(long)]
+    json: bool,
+
+    /// Scripts: stop at the first ERR (exit 1)
+    #[arg(long)]
+    fail_fast: bool,
+
+    /// Show message ids and full timestamps at the prompt (toggle with /ids)
+    #[arg(long, short)]
+    verbose: bool,
 }
 
 fn parse_fingerprint(s: &str) -> Result<Fingerprint, String> {
@@ -70,16 +84,20 @@ fn main() -> ExitCode {
         Ok(c) => c,
         Err(e) => {
             eprintln!("client: cannot connect to {}: {e}", args.server);
-            return ExitCode::FAILURE;
+            return ExitCode::from(Exit::Connection.code());
         }
     };
     if let Some(note) = client.first_use_note() {
         eprintln!("client: {note}");
     }
-    let code = if interactive {
-        repl::run(client)
+    let exit = if interactive && !args.json {
+        repl::run(client, &args.server, args.verbose)
     } else {
-        script::run(client, std::io::BufReader::new(std::io::stdin()))
+        let opts = ScriptOptions {
+            json: args.json,
+            fail_fast: args.fail_fast,
+        };
+        script::run(client, std::io::BufReader::new(std::io::stdin()), opts)
     };
-    ExitCode::from(u8::try_from(code).unwrap_or(1))
+    ExitCode::from(exit.code())
 }

@@ -21,8 +21,10 @@
 //! answers with the original reply), so a send is stored once whatever
 //! happens to the connection.
 
+pub mod chat;
 pub mod display;
 pub mod downloads;
+pub mod json;
 pub mod known_servers;
 pub mod repl;
 pub mod script;
@@ -259,7 +261,7 @@ struct Inner {
     acks: Mutex<Acks>,
 }
 
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
@@ -522,6 +524,26 @@ impl Client {
             Command::NeedsPassword { username, .. } => Err(ClientError::Refused(format!(
                 "a password is needed for {username}: give it after the username"
             ))),
+        }
+    }
+
+    /// [`execute`](Self::execute), sending the command again after the
+    /// wait a `RATE_LIMITED` reply names (such a command was not carried
+    /// out), for up to `max_wait` in all. `wait` spends each wait (and may
+    /// print events meanwhile); its error ends the retrying.
+    pub fn execute_patiently<E>(
+        &self,
+        command: &Command,
+        max_wait: Duration,
+        mut wait: impl FnMut(Duration) -> Result<(), E>,
+    ) -> Result<Result<Reply, ClientError>, E> {
+        let started = std::time::Instant::now();
+        loop {
+            let result = self.execute(command);
+            match result.as_ref().ok().and_then(Reply::retry_after) {
+                Some(w) if started.elapsed() + w <= max_wait => wait(w)?,
+                _ => return Ok(result),
+            }
         }
     }
 
