@@ -81,11 +81,13 @@ impl Chat {
         )
     }
 
-    fn note(&self, text: &str) -> String {
+    /// `-- <text>`: something for you to know.
+    pub fn note(&self, text: &str) -> String {
         format!("{} {text}", self.paint("2", "--"))
     }
 
-    fn alert(&self, text: &str) -> String {
+    /// `!! <text>`: something went wrong.
+    pub fn alert(&self, text: &str) -> String {
         format!("{} {text}", self.paint("31", "!!"))
     }
 
@@ -195,9 +197,9 @@ impl Chat {
                 NoticeKind::Removed => self.note(&format!("{by} removed you from {group}")),
             },
             ClientEvent::ConnectionLost { reason, retry_in } => self.alert(&format!(
-                "connection lost ({}); trying again in {:.0} s",
+                "connection lost ({}); trying again in {:.1} s",
                 sanitize(reason),
-                retry_in.as_secs_f64().ceil()
+                retry_in.as_secs_f64()
             )),
             ClientEvent::Reconnected => self.note("reconnected"),
             ClientEvent::Disconnected(why) => {
@@ -222,9 +224,11 @@ pub fn wrap(line: &str, width: usize) -> String {
 
 /// Columns before a chat line's text: past the `<nick> ` (or `-- `).
 fn hanging_indent(line: &str) -> usize {
-    let upto = match line.find("> ") {
-        Some(i) => i + 2,
-        None => line.find(' ').map_or(0, |i| i + 1),
+    // The nick's `>` may be followed by the end of its colour.
+    let upto = match (line.find("> "), line.find(">\x1b[0m ")) {
+        (_, Some(i)) => i + ">\x1b[0m ".len(),
+        (Some(i), None) => i + 2,
+        (None, None) => line.find(' ').map_or(0, |i| i + 1),
     };
     textwrap::core::display_width(&line[..upto])
 }
@@ -341,6 +345,18 @@ mod tests {
             assert!(l.len() <= 40, "{l:?}");
         }
         assert_eq!(wrap("short", 40), "short");
+        // Colour codes take no room, in the indent either.
+        let coloured = Chat {
+            color: true,
+            ..Chat::default()
+        };
+        let line = coloured.event(&msg("#ops:1", "bob", &"word ".repeat(30)));
+        let wrapped = wrap(line.trim_end(), 40);
+        let second = wrapped.lines().nth(1).unwrap();
+        assert!(
+            second.starts_with(&" ".repeat("14:03 #ops <bob> ".len())),
+            "{wrapped:?}"
+        );
     }
 
     #[test]

@@ -769,13 +769,17 @@ impl Inner {
         let mut session = Some(first);
         let mut downloads = Downloads::new(self.config.downloads.clone());
         let mut backoff = Duration::from_millis(250);
+        // Why the last attempt to reconnect failed.
+        let mut failed: Option<String> = None;
         loop {
             let reason = match session.take() {
                 Some(s) => {
                     backoff = Duration::from_millis(250);
                     self.serve(s, &mut downloads)
                 }
-                None => "cannot reconnect".into(),
+                None => failed.take().map_or("cannot reconnect".into(), |e| {
+                    format!("cannot reconnect: {e}")
+                }),
             };
             downloads.abandon_all();
             let give_up = !self.config.reconnect || self.closing.load(Ordering::SeqCst);
@@ -805,6 +809,7 @@ impl Inner {
                         self.fail_resends(&e.to_string());
                         break self.finish(e.to_string());
                     }
+                    failed = Some(e.to_string());
                 }
             }
         }

@@ -210,6 +210,16 @@ pub fn run(client: Client, server: &str, verbose: bool) -> Exit {
             },
             c => c,
         };
+        // While the connection is down a command would wait for it
+        // (sends are kept and go when it is back); at the prompt, say so
+        // instead of blocking it.
+        if !online.load(Ordering::SeqCst) {
+            if command == Command::Plain(Request::Quit) {
+                break;
+            }
+            say(lock(&chat).alert("not connected; try again once it says reconnected"));
+            continue;
+        }
         let result = client.execute_patiently(&command, MAX_RETRY_WAIT, |wait| {
             say(format!(
                 "-- the server asks to wait {} s; sending it again then",
@@ -225,7 +235,7 @@ pub fn run(client: Client, server: &str, verbose: bool) -> Exit {
                 println!("{e}");
                 return Exit::Connection;
             }
-            Err(e) => say(format!("!! {e}")),
+            Err(e) => say(lock(&chat).alert(&e.to_string())),
         }
         if command == Command::Plain(Request::Quit) {
             break;
