@@ -110,10 +110,20 @@ fn received_file(c: &Client) -> (PathBuf, String, usize) {
     }
 }
 
+/// Waits for the end of an upload, skipping its progress.
 fn sent_file(c: &Client) -> Reply {
-    match next_event(c) {
-        ClientEvent::FileSent { reply, .. } => reply,
-        other => panic!("expected FileSent, got {other:?}"),
+    sent_file_with_progress(c).0
+}
+
+/// The end of an upload, and the percentages its progress reported.
+fn sent_file_with_progress(c: &Client) -> (Reply, Vec<u64>) {
+    let mut progress = Vec::new();
+    loop {
+        match next_event(c) {
+            ClientEvent::UploadProgress { progress: p, .. } => progress.push(p.percent()),
+            ClientEvent::FileSent { reply, .. } => return (reply, progress),
+            other => panic!("expected FileSent, got {other:?}"),
+        }
     }
 }
 
@@ -126,7 +136,11 @@ fn direct_file_arrives_byte_for_byte_with_progress() {
     let (bob, bob_dir) = client_with_downloads(&server, "bob");
     let reply = ok(&alice, &format!("SEND FILE bob {}", path.display()));
     assert!(reply.contains("big data.bin"));
-    assert_eq!(sent_file(&alice).sent(), [at("@bob:1")]);
+    let (sent, progress) = sent_file_with_progress(&alice);
+    assert_eq!(sent.sent(), [at("@bob:1")]);
+    // The sender sees its upload advance too, in order, short of the end.
+    assert!(progress.len() >= 5, "{progress:?}");
+    assert!(progress.windows(2).all(|w| w[0] < w[1]) && progress[progress.len() - 1] < 100);
     let (got, conv, progress) = received_file(&bob);
     assert_eq!(got, bob_dir.join("big data.bin"));
     assert_eq!(conv, "@alice:1");

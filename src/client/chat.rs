@@ -23,6 +23,7 @@ use crate::event::{GroupNotice, NoticeKind, Reply};
 use crate::names::{Conversation, MessageRef, Username};
 use crate::text::sanitize;
 
+use super::progress::Progress;
 use super::ClientEvent;
 
 /// The prompt's display settings.
@@ -164,18 +165,14 @@ impl Chat {
             ClientEvent::BadMessage { at, from, reason } => self.alert(&format!(
                 "a message {at} from {from} could not be read: {reason}"
             )),
-            ClientEvent::FileProgress {
-                name,
-                received,
-                size,
-                ..
-            } => self.note(&format!(
-                "receiving {}: {} of {} ({}%)",
+            ClientEvent::FileProgress { name, progress, .. } => self.note(&format!(
+                "receiving {}: {}",
                 sanitize(name),
-                human_bytes(*received),
-                human_bytes(*size),
-                received * 100 / (*size).max(1)
+                gauge(progress)
             )),
+            ClientEvent::UploadProgress { path, progress, .. } => {
+                self.note(&format!("sending {}: {}", path.display(), gauge(progress)))
+            }
             ClientEvent::FileFailed { at, reason } => {
                 self.alert(&format!("file {at} failed: {}", sanitize(reason)))
             }
@@ -231,6 +228,20 @@ fn hanging_indent(line: &str) -> usize {
         (None, None) => line.find(' ').map_or(0, |i| i + 1),
     };
     textwrap::core::display_width(&line[..upto])
+}
+
+/// `[####......] 40% of 20 MB, 12 MB/s, 1 s left`.
+pub fn gauge(p: &Progress) -> String {
+    let filled = (p.percent() / 10) as usize;
+    format!(
+        "[{}{}] {}% of {}, {}/s, {} s left",
+        "#".repeat(filled),
+        ".".repeat(10 - filled.min(10)),
+        p.percent(),
+        human_bytes(p.size),
+        human_bytes(p.rate() as u64),
+        p.left().as_secs_f64().ceil()
+    )
 }
 
 /// `1.2 MB`, `340 KB`, `12 B`.
@@ -357,6 +368,16 @@ mod tests {
             second.starts_with(&" ".repeat("14:03 #ops <bob> ".len())),
             "{wrapped:?}"
         );
+    }
+
+    #[test]
+    fn a_transfer_shows_a_gauge_with_rate_and_time_left() {
+        let p = Progress {
+            done: 8_000_000,
+            size: 20_000_000,
+            elapsed: std::time::Duration::from_secs(2),
+        };
+        assert_eq!(gauge(&p), "[####......] 40% of 20 MB, 4.0 MB/s, 3 s left");
     }
 
     #[test]

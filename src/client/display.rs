@@ -8,6 +8,7 @@
 //! MSG <conv>:<seq> <time> <from>: <text>
 //! FILE <conv>:<seq> <time> <from>: saved <path> (<size> bytes)
 //! PROGRESS <conv>:<seq> <name> <received>/<size> bytes (<percent>%)
+//! SENDING <id> <path> <sent>/<size> bytes (<percent>%)
 //! FILE_FAILED <conv>:<seq>: <reason>
 //! FILE_SENT <id> <path>: <server reply>
 //! FILE_SEND_FAILED <id> <path>: <reason>
@@ -61,15 +62,19 @@ pub fn event_line(event: &ClientEvent) -> String {
         ClientEvent::BadMessage { at, from, reason } => {
             format!("MSG_FAILED {at} from {from}: {reason}")
         }
-        ClientEvent::FileProgress {
-            at,
-            name,
-            received,
-            size,
-        } => format!(
-            "PROGRESS {at} {} {received}/{size} bytes ({}%)",
+        ClientEvent::FileProgress { at, name, progress } => format!(
+            "PROGRESS {at} {} {}/{} bytes ({}%)",
             sanitize(name),
-            received * 100 / (*size).max(1)
+            progress.done,
+            progress.size,
+            progress.percent()
+        ),
+        ClientEvent::UploadProgress { id, path, progress } => format!(
+            "SENDING {id} {} {}/{} bytes ({}%)",
+            path.display(),
+            progress.done,
+            progress.size,
+            progress.percent()
         ),
         ClientEvent::FileReceived {
             at,

@@ -20,10 +20,8 @@ use crate::event::FileStart;
 use crate::names::MessageRef;
 use crate::text::is_bidi_control;
 
+use super::progress::Meter;
 use super::ClientEvent;
-
-/// Files at least this large report progress.
-pub const PROGRESS_THRESHOLD: u64 = 1024 * 1024;
 
 /// The longest saved file name, in bytes.
 const MAX_NAME_BYTES: usize = 200;
@@ -34,8 +32,7 @@ struct Incoming {
     temp: PathBuf,
     received: u64,
     hasher: Sha256,
-    /// Last progress step reported, in tenths.
-    reported: u64,
+    progress: Meter,
 }
 
 /// The files being received on one connection.
@@ -82,12 +79,12 @@ impl Downloads {
                 self.active.insert(
                     id,
                     Incoming {
-                        start,
                         file,
                         temp,
                         received: 0,
                         hasher: Sha256::new(),
-                        reported: 0,
+                        progress: Meter::new(start.size),
+                        start,
                     },
                 );
                 Vec::new()
@@ -126,18 +123,14 @@ impl Downloads {
         }
         inc.hasher.update(&data);
         inc.received += data.len() as u64;
-        let size = inc.start.size;
-        let tenths = inc.received * 10 / size.max(1);
-        if size >= PROGRESS_THRESHOLD && tenths > inc.reported && inc.received < size {
-            inc.reported = tenths;
-            return vec![ClientEvent::FileProgress {
+        match inc.progress.update(inc.received) {
+            Some(progress) => vec![ClientEvent::FileProgress {
                 at: id.clone(),
                 name: safe_file_name(&inc.start.name, id.seq),
-                received: inc.received,
-                size,
-            }];
+                progress,
+            }],
+            None => Vec::new(),
         }
-        Vec::new()
     }
 
     /// The sender finished: verify, then move into place.

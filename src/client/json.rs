@@ -12,7 +12,7 @@
 //! (1-based, counting blank and comment lines) and `request` its command
 //! word. A command the client refused itself has `"local":true`. The other
 //! event types: `history_file`, `bad_message`, `file_progress`,
-//! `file_failed`, `file_sent`, `file_send_failed`, `invited`, `removed`,
+//! `upload_progress`, `file_failed`, `file_sent`, `file_send_failed`, `invited`, `removed`,
 //! `connection_lost`, `reconnected`, `disconnected` (fields below).
 
 use serde_json::{json, Map, Value};
@@ -124,12 +124,22 @@ pub fn event(event: &ClientEvent) -> Value {
         ClientEvent::FileProgress {
             at: r,
             name,
-            received,
-            size,
+            progress: p,
         } => at(
             r,
-            json!({"type": "file_progress", "name": name, "received": received, "size": size}),
+            json!({
+                "type": "file_progress", "name": name, "received": p.done, "size": p.size,
+                "seconds": p.elapsed.as_secs_f64(),
+            }),
         ),
+        ClientEvent::UploadProgress {
+            id,
+            path,
+            progress: p,
+        } => json!({
+            "type": "upload_progress", "transfer": id, "path": path.display().to_string(),
+            "sent": p.done, "size": p.size, "seconds": p.elapsed.as_secs_f64(),
+        }),
         ClientEvent::FileReceived {
             at: r,
             at_ms,

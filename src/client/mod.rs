@@ -26,6 +26,7 @@ pub mod display;
 pub mod downloads;
 pub mod json;
 pub mod known_servers;
+pub mod progress;
 pub mod repl;
 pub mod script;
 pub mod seen;
@@ -53,6 +54,7 @@ use crate::request::{
 
 use downloads::Downloads;
 pub use known_servers::Trust;
+use progress::{Meter, Progress};
 use seen::Seen;
 use session::{Acks, Incoming, Session, SessionError, SessionReader, SessionWriter};
 
@@ -114,16 +116,23 @@ pub enum ClientEvent {
         /// What was wrong.
         reason: String,
     },
-    /// Progress of an incoming file over 1 MiB.
+    /// Progress of an incoming file of 1 MiB or more, each tenth.
     FileProgress {
         /// The file.
         at: MessageRef,
         /// Safe file name.
         name: String,
-        /// Bytes so far.
-        received: u64,
-        /// Announced size.
-        size: u64,
+        /// Bytes so far, of how many, in how long.
+        progress: Progress,
+    },
+    /// Progress of one of our uploads of 1 MiB or more, each tenth.
+    UploadProgress {
+        /// Transfer id.
+        id: u64,
+        /// Local path being sent.
+        path: PathBuf,
+        /// Bytes queued for the server so far, of how many, in how long.
+        progress: Progress,
     },
     /// A file arrived complete and verified.
     FileReceived {
@@ -668,6 +677,7 @@ impl Upload {
         let mut f = File::open(&self.path).map_err(|e| e.to_string())?;
         let mut buf = vec![0u8; FILE_CHUNK_SIZE];
         let mut offset = 0u64;
+        let mut meter = Meter::new(self.size);
         while offset < self.size {
             if let Some(why) = self.abort_reason() {
                 return Err(format!("server stopped the upload: {why}"));
@@ -702,6 +712,13 @@ impl Upload {
                 )
                 .map_err(|_| gone())?;
             offset += want as u64;
+            if let Some(progress) = meter.update(offset) {
+                let _ = self.inner.events.send(ClientEvent::UploadProgress {
+                    id: self.id,
+                    path: self.path.clone(),
+                    progress,
+                });
+            }
         }
         if let Some(why) = self.abort_reason() {
             return Err(format!("server stopped the upload: {why}"));
