@@ -158,6 +158,19 @@ impl<R: BufRead> FrameReader<R> {
         frame.map(Some)
     }
 
+    /// Whether no part of a line has been read: the stream stands between
+    /// two frames (its buffer may still hold the next ones).
+    pub fn between_frames(&self) -> bool {
+        self.line.is_empty()
+    }
+
+    /// The reader and the opening half, to rebuild later with
+    /// [`FrameReader::new`] (a connection put aside while idle keeps no
+    /// buffers).
+    pub fn into_parts(self) -> (R, Opener) {
+        (self.inner, self.opener)
+    }
+
     /// The underlying reader (to set timeouts).
     pub fn get_ref(&self) -> &R {
         &self.inner

@@ -711,8 +711,23 @@ fn online(c: &Client) -> String {
 
 #[test]
 fn idle_sessions_are_pinged_then_closed_while_answering_clients_stay() {
+    // Reading threads keep the idle clock (never parked: the idle timeout
+    // comes first).
+    idle_sessions_are_pinged_then_closed(Duration::from_secs(60));
+}
+
+#[test]
+fn parked_idle_sessions_are_pinged_then_closed_too() {
+    // The parking thread keeps the idle clock.
+    idle_sessions_are_pinged_then_closed(Duration::from_millis(20));
+}
+
+fn idle_sessions_are_pinged_then_closed(park_after: Duration) {
     let idle_timeout = Duration::from_secs(1);
-    let server = start_server_with(|c| c.idle_timeout = idle_timeout);
+    let server = start_server_with(|c| {
+        c.idle_timeout = idle_timeout;
+        c.park_after = park_after;
+    });
     // The library client answers PING with PONG.
     let keeper = login(&server, "keeper");
 
@@ -757,6 +772,43 @@ fn idle_sessions_are_pinged_then_closed_while_answering_clients_stay() {
     let list = online(&keeper);
     assert!(list.contains("keeper") && !list.contains("idle"), "{list}");
     assert_no_event(&keeper);
+}
+
+/// Waits (bounded) until `f` holds.
+fn wait_until(what: &str, f: impl Fn() -> bool) {
+    let deadline = Instant::now() + WAIT;
+    while !f() {
+        assert!(Instant::now() < deadline, "never: {what}");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+#[test]
+fn parked_sessions_get_everything_and_wake_for_requests() {
+    let server = start_server_with(|c| c.park_after = Duration::from_millis(20));
+    let alice = login(&server, "alice");
+    let bob = login(&server, "bob");
+    wait_until("both parked", || server.parked_sessions() == 2);
+    // A delivery to a parked session needs no reading thread.
+    ok(&alice, "SEND bob while you sleep");
+    assert_eq!(next_message(&bob).text, "while you sleep");
+    // Many wake-ups and parkings in a row: nothing lost, nothing reordered.
+    for round in 0..5 {
+        wait_until("both parked again", || server.parked_sessions() == 2);
+        for i in 0..10 {
+            ok(&bob, &format!("SEND alice {round}.{i}"));
+        }
+        for i in 0..10 {
+            assert_eq!(next_message(&alice).text, format!("{round}.{i}"));
+        }
+    }
+    // A raw peer: a request arriving while parked is answered.
+    let mut raw = Raw::connect(&server);
+    assert!(raw.request("CREATE_USER carol pw Carol").is_ok());
+    assert!(raw.request("LOGIN carol pw").is_ok());
+    wait_until("carol parked", || server.parked_sessions() == 3);
+    assert!(raw.request("LIST").is_ok());
+    assert_no_event(&alice);
 }
 
 // ---------------------------------------------------------------------------

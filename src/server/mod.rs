@@ -20,6 +20,7 @@ mod delivery;
 mod handler;
 pub mod limits;
 pub mod outbox;
+mod park;
 mod session;
 pub mod state;
 mod transfer;
@@ -96,6 +97,12 @@ pub struct Config {
     #[arg(long, env = "MUCHAT_IDLE_TIMEOUT", value_name = "SECS", default_value = "300", value_parser = parse_secs)]
     pub idle_timeout: Duration,
 
+    /// Give a logged-in session's thread back after it has been silent
+    /// this long; it then waits on one shared poll with the other idle
+    /// sessions, and gets a thread again when it speaks
+    #[arg(long = "park-after-ms", env = "MUCHAT_PARK_AFTER_MS", value_name = "MS", default_value = "2000", value_parser = parse_millis)]
+    pub park_after: Duration,
+
     /// Connections not yet logged in allowed per source address (0: no
     /// limit); logged-in sessions count per user instead
     #[arg(long, env = "MUCHAT_MAX_CONNECTIONS_PER_IP", value_name = "N", default_value_t = Config::DEFAULT.max_connections_per_ip)]
@@ -163,6 +170,7 @@ impl Config {
         max_pending_bytes: 1024 * 1024 * 1024,
         handshake_timeout: Duration::from_secs(10),
         idle_timeout: Duration::from_secs(300),
+        park_after: Duration::from_secs(2),
         max_connections_per_ip: 16,
         max_sessions_per_user: 32,
         login_timeout: Duration::from_secs(30),
@@ -300,6 +308,8 @@ pub(crate) struct Shared {
     catch_up: CatchUp,
     /// Runs the handshakes' exponentiations.
     workers: workers::Workers,
+    /// Holds idle connections without a thread each.
+    parking: park::Parking,
     /// Set when the server is stopping: connections finishing their
     /// handshake are told and closed.
     stopping: AtomicBool,
@@ -337,6 +347,7 @@ impl Shared {
             writers: WriterPool::start(config.outbox_limits(), budget)?,
             catch_up: CatchUp::start(Arc::clone(&store))?,
             workers: workers::Workers::start()?,
+            parking: park::Parking::start()?,
             stopping: AtomicBool::new(false),
             store,
             config,
@@ -389,6 +400,12 @@ impl Server {
     /// The address the server listens on.
     pub fn local_addr(&self) -> SocketAddr {
         self.addr
+    }
+
+    /// Sessions idle enough to have given their thread back (see
+    /// `--park-after-ms`), for monitoring and tests.
+    pub fn parked_sessions(&self) -> usize {
+        self.shared.parking.count()
     }
 
     /// The fingerprint clients pin (see [`crate::identity`]).

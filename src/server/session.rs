@@ -18,6 +18,7 @@ use tracing::{info, info_span, warn};
 use crate::connection::{FrameReader, ReadError, SharedStream};
 use crate::event::{ErrorCode, Reply, ServerMessage};
 use crate::frame::Frame;
+use crate::frame::Opener;
 use crate::handshake;
 use crate::names::Username;
 use crate::request::{Access, ParseError, ReplyKind, Request, Verb};
@@ -30,7 +31,8 @@ use super::state::{Failure, SessionId};
 use super::transfer::Transfers;
 use super::{CloseReason, Shared};
 
-/// Serves one accepted connection until it closes.
+/// Serves one accepted connection until it closes or goes idle (then it
+/// waits without a thread: see [`super::park`]).
 ///
 /// The connection's place among its address's connections (`place`, held
 /// until it logs in) is given back before the socket is closed, so a
@@ -46,25 +48,72 @@ pub(super) fn serve(
     let _entered = span.enter();
     info!("connected");
     let stream = Arc::new(stream);
-    let reason = match start(&stream, peer, id, &shared) {
+    match start(&stream, peer, id, &shared) {
         Ok((reader, mut session)) => {
             session.places = Places::Address(place);
-            let reason = session.run(reader);
-            session.places = Places::None;
-            session.end(&reason);
-            // Prefer the outbox's reason: a slow reader is closed from outside.
-            session
-                .outbox
-                .close_reason()
-                .filter(|r| *r != CloseReason::Finished)
-                .unwrap_or(reason)
+            drive(session, reader);
         }
         Err(reason) => {
             drop(place);
-            reason
+            info!(%reason, "closed");
         }
-    };
+    }
+}
+
+/// The reading half of a connection past its handshake.
+pub(super) type Reader = FrameReader<BufReader<Timed>>;
+
+/// Runs a session on this thread until it closes, or until it has been
+/// idle for the configured `park_after`: then it is handed to the parking
+/// thread, and this thread ends.
+pub(super) fn drive(mut session: Session, reader: Reader) {
+    match session.run(reader) {
+        Run::Idle(reader) => {
+            let shared = Arc::clone(&session.shared);
+            let (read, opener) = (*reader).into_parts();
+            shared.parking.park(session, read.into_inner(), opener);
+        }
+        Run::Closed(reason) => close(session, reason),
+    }
+}
+
+/// Resumes a parked session on this thread: its socket has something to
+/// read, or (`close`) it is to be closed for that reason.
+pub(super) fn resume(session: Session, stream: Timed, opener: Opener, close: Option<CloseReason>) {
+    let span = info_span!("conn", id = session.id, peer = %session.peer);
+    let _entered = span.enter();
+    match close {
+        Some(reason) => {
+            let reason = session.bye(reason);
+            self::close(session, reason);
+        }
+        None => {
+            let reader = FrameReader::new(BufReader::with_capacity(READ_BUFFER, stream), opener);
+            drive(session, reader);
+        }
+    }
+}
+
+/// Ends a session: logs out, closes the socket once its last frames are
+/// written, and logs why.
+fn close(mut session: Session, reason: CloseReason) {
+    session.places = Places::None;
+    session.end(&reason);
+    // Prefer the outbox's reason: a slow reader is closed from outside.
+    let reason = session
+        .outbox
+        .close_reason()
+        .filter(|r| *r != CloseReason::Finished)
+        .unwrap_or(reason);
     info!(%reason, "closed");
+}
+
+/// How a session's run on a thread ended.
+pub(super) enum Run {
+    /// The connection is to close, for this reason.
+    Closed(CloseReason),
+    /// Idle between frames, nothing buffered: park it.
+    Idle(Box<Reader>),
 }
 
 /// Where a connection counts against the connection caps (the place is
@@ -151,9 +200,16 @@ const READ_BUFFER: usize = 2048;
 /// The socket's read side with an optional overall deadline: each read may
 /// wait only for what is left of it, so a peer trickling one byte at a time
 /// cannot stretch the handshake, or a frame, past its deadline.
-struct Timed {
+pub(super) struct Timed {
     stream: SharedStream,
     deadline: Option<Instant>,
+}
+
+impl Timed {
+    /// The socket (for the parking thread's poll).
+    pub(super) fn socket(&self) -> &TcpStream {
+        &self.stream.0
+    }
 }
 
 impl Read for Timed {
@@ -199,6 +255,12 @@ pub(super) struct Session {
     pub started: Instant,
     /// Frames read since then without being logged in.
     pre_login_frames: u32,
+    /// When the last frame arrived (or the session began).
+    pub last_heard: Instant,
+    /// The `PING` sent and not yet answered by any frame, and when.
+    pub ping: Option<(u64, Instant)>,
+    /// `PING`s sent so far (their numbers).
+    pings: u64,
     /// The device token (its hash) this session logged in with.
     pub device: Option<[u8; 32]>,
     /// Commands allowed per second.
@@ -222,6 +284,9 @@ impl Session {
             places: Places::None,
             started: Instant::now(),
             pre_login_frames: 0,
+            last_heard: Instant::now(),
+            ping: None,
+            pings: 0,
             device: None,
             bucket: TokenBucket::new(shared.config.rate, shared.config.burst),
             shared: Arc::clone(shared),
@@ -232,58 +297,90 @@ impl Session {
         }
     }
 
-    fn run(&mut self, mut reader: FrameReader<BufReader<Timed>>) -> CloseReason {
-        // The number of a PING sent and not yet answered by any frame.
-        let mut ping: Option<u64> = None;
-        let mut pings = 0;
-        // Each frame must arrive whole within half the idle timeout, or the
-        // session is pinged (and closed the second time): a peer trickling
-        // bytes is as idle as a silent one.
-        let ping_after = (self.shared.config.idle_timeout / 2).max(Duration::from_millis(10));
+    fn run(&mut self, mut reader: Reader) -> Run {
+        let closed = |reason| Run::Closed(reason);
+        let ping_after = self.ping_after();
+        // When the frame being read must be whole (kept while a frame is
+        // half read, so parking checks cannot stretch it).
+        let mut frame_by = Instant::now() + ping_after;
         loop {
             // Before login the login deadline comes first.
             let login_by =
                 (self.login.is_none()).then(|| self.started + self.shared.config.login_timeout);
-            let ping_at = Instant::now() + ping_after;
-            reader.get_mut().get_mut().deadline =
-                Some(login_by.map_or(ping_at, |l| l.min(ping_at)));
+            // Each frame must arrive whole within half the idle timeout, or
+            // the session is pinged (and closed the second time): a peer
+            // trickling bytes is as idle as a silent one.
+            let now = Instant::now();
+            if reader.between_frames() {
+                frame_by = now + ping_after;
+            }
+            let ping_at = match self.ping {
+                Some((_, sent)) => sent + ping_after,
+                None => frame_by,
+            };
+            // A logged-in session silent for a while gives its thread back.
+            let park_after = self.shared.config.park_after;
+            let park_at =
+                (self.login.is_some() && park_after < ping_after).then_some(now + park_after);
+            let deadline = [login_by, park_at]
+                .into_iter()
+                .flatten()
+                .fold(ping_at, Instant::min);
+            reader.get_mut().get_mut().deadline = Some(deadline);
             let frame = match reader.read_frame() {
                 Ok(Some(f)) => f,
-                Ok(None) => return CloseReason::ClientClosed,
+                Ok(None) => return closed(CloseReason::ClientClosed),
                 Err(ReadError::Io(e))
                     if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) =>
                 {
-                    if login_by.is_some_and(|l| Instant::now() >= l) {
-                        return self.bye(CloseReason::LoginTimeout);
+                    let now = Instant::now();
+                    if login_by.is_some_and(|l| now >= l) {
+                        return closed(self.bye(CloseReason::LoginTimeout));
                     }
-                    if ping.is_some() {
-                        return self.bye(CloseReason::IdleTimeout);
+                    if now >= ping_at {
+                        if self.ping.is_some() {
+                            return closed(self.bye(CloseReason::IdleTimeout));
+                        }
+                        self.send_ping();
+                    } else if reader.between_frames() && !reader.has_buffered() {
+                        return Run::Idle(Box::new(reader));
                     }
-                    pings += 1;
-                    ping = Some(pings);
-                    let _ = self.outbox.send(&ServerMessage::Ping(pings));
                     continue;
                 }
-                Err(ReadError::Io(e)) => return CloseReason::ReadFailed(e.to_string()),
-                Err(e) => return self.bye(CloseReason::Protocol(e.to_string())),
+                Err(ReadError::Io(e)) => return closed(CloseReason::ReadFailed(e.to_string())),
+                Err(e) => return closed(self.bye(CloseReason::Protocol(e.to_string()))),
             };
-            ping = None;
+            self.ping = None;
+            self.last_heard = Instant::now();
             if self.login.is_none() {
                 // Work before login is free for the peer: bounded.
                 self.pre_login_frames += 1;
                 if self.pre_login_frames > PRE_LOGIN_FRAMES {
-                    return self.bye(CloseReason::TooManyFrames);
+                    return closed(self.bye(CloseReason::TooManyFrames));
                 }
             }
             if let Flow::Close(reason) = self.receive(frame) {
-                return self.bye(reason);
+                return closed(self.bye(reason));
             }
             // A client that does not read its replies stops being served
             // (its requests wait in its socket) instead of growing memory.
             if !self.outbox.wait_for_room() {
-                return CloseReason::TooSlow;
+                return closed(CloseReason::TooSlow);
             }
         }
+    }
+
+    /// How long a session may be silent before it is pinged, and then
+    /// before it is closed: half the idle timeout each.
+    pub(super) fn ping_after(&self) -> Duration {
+        (self.shared.config.idle_timeout / 2).max(Duration::from_millis(10))
+    }
+
+    /// Sends the next `PING`; the session must answer with any frame.
+    pub(super) fn send_ping(&mut self) {
+        self.pings += 1;
+        self.ping = Some((self.pings, Instant::now()));
+        let _ = self.outbox.send(&ServerMessage::Ping(self.pings));
     }
 
     /// Everything one opened frame from the client does past the socket:
@@ -328,7 +425,7 @@ impl Session {
     }
 
     /// Says why before closing, when the client should be told.
-    fn bye(&self, reason: CloseReason) -> CloseReason {
+    pub(super) fn bye(&self, reason: CloseReason) -> CloseReason {
         if let Some(text) = reason.bye() {
             let _ = self.outbox.send(&ServerMessage::Bye(text));
         }

@@ -266,8 +266,10 @@ fn idle(opts: &Options, n: usize) -> Result<Report, LoadError> {
         deliveries: held.len() as u64,
         ..Report::default()
     };
-    // Let the server settle (replies written, buffers released) first.
-    std::thread::sleep(Duration::from_secs(1));
+    // Let the server settle first: replies written, buffers released, and
+    // the idle sessions parked (the server's default --park-after-ms is
+    // 2000).
+    std::thread::sleep(Duration::from_secs(3));
     meters.stop(&mut report);
     if let (Some(a), Some(b)) = (rss0, pid.and_then(rss_kib)) {
         report.rss_per_session_kib = Some((b - a) / n.max(1) as f64);

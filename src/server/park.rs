@@ -1,0 +1,219 @@
+//! Idle connections without a thread.
+//!
+//! A logged-in connection that has said nothing for `--park-after-ms`
+//! (2 s) gives its thread back: its
+//! [`Session`] and the read half of its socket move here, and one parking
+//! thread waits on all of their sockets at once (epoll, through mio). When
+//! a parked socket becomes readable (a request, a `PONG`, or the close the
+//! server itself began with `BYE`), the session gets a thread again and
+//! carries on where it stopped ([`session::resume`](super::session::resume)).
+//! Deliveries do not need the reading thread (they go through the
+//! session's outbox and the writer pool), so a parked session still gets
+//! everything at once.
+//!
+//! While a session is parked this thread keeps its idle clock: it sends
+//! the `PING` when the session has been silent for half the idle timeout,
+//! and closes it (`BYE idle timeout`) when that goes unanswered as long
+//! again, exactly as a reading thread would.
+//!
+//! Ten thousand idle sessions thus cost ten thousand sockets and session
+//! records, not ten thousand threads and stacks. Nothing read is lost:
+//! only a session standing between two frames with nothing buffered is
+//! parked.
+
+use std::collections::HashMap;
+use std::io;
+use std::os::fd::AsRawFd;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::{unbounded, Receiver, Sender, TryRecvError};
+use mio::unix::SourceFd;
+use mio::{Events, Interest, Poll, Token, Waker};
+
+use crate::frame::Opener;
+
+use super::session::{self, Session, Timed};
+use super::CloseReason;
+
+/// The parking thread's token for "new sessions to park".
+const WAKE: Token = Token(0);
+
+/// The longest the parking thread sleeps between looks at its idle clocks.
+const TICK: Duration = Duration::from_secs(1);
+
+/// A session waiting for its socket.
+struct Parked {
+    session: Session,
+    stream: Timed,
+    opener: Opener,
+}
+
+/// The handle to the parking thread, held by the server's shared state.
+pub(super) struct Parking {
+    tx: Sender<Parked>,
+    waker: Arc<Waker>,
+    /// Sessions parked now.
+    count: Arc<AtomicUsize>,
+}
+
+impl Parking {
+    /// Starts the parking thread.
+    pub fn start() -> io::Result<Parking> {
+        let poll = Poll::new()?;
+        let waker = Arc::new(Waker::new(poll.registry(), WAKE)?);
+        let (tx, rx) = unbounded();
+        let count = Arc::new(AtomicUsize::new(0));
+        let counted = Arc::clone(&count);
+        std::thread::Builder::new()
+            .name("park".into())
+            .stack_size(super::THREAD_STACK)
+            .spawn(move || run(poll, &rx, &counted))?;
+        Ok(Parking { tx, waker, count })
+    }
+
+    /// Sessions parked now.
+    pub fn count(&self) -> usize {
+        self.count.load(Ordering::Relaxed)
+    }
+
+    /// Parks an idle session; if the parking thread is gone, the session
+    /// goes on reading at once on a thread of its own.
+    pub fn park(&self, session: Session, stream: Timed, opener: Opener) {
+        let parked = Parked {
+            session,
+            stream,
+            opener,
+        };
+        if let Err(e) = self.tx.send(parked) {
+            wake(e.0, None);
+            return;
+        }
+        let _ = self.waker.wake();
+    }
+}
+
+impl Drop for Parking {
+    fn drop(&mut self) {
+        // The thread sees the channel closed and ends (no session can be
+        // parked any more: every one holds the state this lives in).
+        let (tx, _) = unbounded();
+        drop(std::mem::replace(&mut self.tx, tx));
+        let _ = self.waker.wake();
+    }
+}
+
+/// Gives a parked session a thread again.
+fn wake(p: Parked, close: Option<CloseReason>) {
+    let id = p.session.id;
+    let job = move || session::resume(p.session, p.stream, p.opener, close);
+    // The job is moved into the thread only if it starts; a failure here
+    // (no threads left) leaves the socket unserved, so say so loudly.
+    if let Err(e) = std::thread::Builder::new()
+        .name(format!("conn-{id}"))
+        .stack_size(super::THREAD_STACK)
+        .spawn(job)
+    {
+        tracing::error!(conn = id, "cannot start a thread for a parked session: {e}");
+    }
+}
+
+/// The parking thread: waits on every parked socket and on the idle
+/// clocks.
+fn run(mut poll: Poll, rx: &Receiver<Parked>, count: &AtomicUsize) {
+    let mut parked: HashMap<Token, Parked> = HashMap::new();
+    let mut next_token = 1usize;
+    let mut events = Events::with_capacity(256);
+    loop {
+        let timeout = next_deadline(&parked)
+            .map(|at| at.saturating_duration_since(Instant::now()))
+            .map_or(TICK, |d| d.min(TICK));
+        if let Err(e) = poll.poll(&mut events, Some(timeout)) {
+            if e.kind() != io::ErrorKind::Interrupted {
+                tracing::error!("parking: poll failed: {e}");
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            continue;
+        }
+        for event in &events {
+            if event.token() == WAKE {
+                continue;
+            }
+            if let Some(p) = parked.remove(&event.token()) {
+                let fd = p.stream.socket().as_raw_fd();
+                let _ = poll.registry().deregister(&mut SourceFd(&fd));
+                wake(p, None);
+            }
+        }
+        // New arrivals.
+        loop {
+            match rx.try_recv() {
+                Ok(p) => {
+                    let token = Token(next_token);
+                    next_token = next_token.wrapping_add(1).max(1);
+                    let fd = p.stream.socket().as_raw_fd();
+                    // Registering a socket that is already readable reports it
+                    // at once, so nothing that arrived meanwhile is missed.
+                    match poll
+                        .registry()
+                        .register(&mut SourceFd(&fd), token, Interest::READABLE)
+                    {
+                        Ok(()) => {
+                            parked.insert(token, p);
+                        }
+                        Err(_) => wake(p, None),
+                    }
+                }
+                Err(TryRecvError::Empty) => break,
+                Err(TryRecvError::Disconnected) => {
+                    if parked.is_empty() {
+                        return;
+                    }
+                    break;
+                }
+            }
+        }
+        idle_clocks(&poll, &mut parked);
+        count.store(parked.len(), Ordering::Relaxed);
+    }
+}
+
+/// When the next parked session's idle clock runs out.
+fn next_deadline(parked: &HashMap<Token, Parked>) -> Option<Instant> {
+    parked.values().map(|p| idle_deadline(&p.session)).min()
+}
+
+/// When a session is due a `PING` (or, pinged, to be closed).
+fn idle_deadline(s: &Session) -> Instant {
+    let after = s.ping_after();
+    match s.ping {
+        Some((_, sent)) => sent + after,
+        None => s.last_heard + after,
+    }
+}
+
+/// Pings the sessions that have been silent long enough, and closes those
+/// that did not answer.
+fn idle_clocks(poll: &Poll, parked: &mut HashMap<Token, Parked>) {
+    let now = Instant::now();
+    let due: Vec<Token> = parked
+        .iter()
+        .filter(|(_, p)| idle_deadline(&p.session) <= now)
+        .map(|(t, _)| *t)
+        .collect();
+    for token in due {
+        let Some(p) = parked.get_mut(&token) else {
+            continue;
+        };
+        if p.session.ping.is_none() {
+            p.session.send_ping();
+            continue;
+        }
+        if let Some(p) = parked.remove(&token) {
+            let fd = p.stream.socket().as_raw_fd();
+            let _ = poll.registry().deregister(&mut SourceFd(&fd));
+            wake(p, Some(CloseReason::IdleTimeout));
+        }
+    }
+}
