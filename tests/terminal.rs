@@ -245,3 +245,66 @@ fn the_prompt_reads_like_a_chat_and_keeps_passwords_secret() {
     let _ = server.kill();
     let _ = server.wait();
 }
+
+#[test]
+fn the_full_screen_client_shows_each_message_in_its_conversation() {
+    if !have_tmux() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let (mut server, addr) = server(dir.path());
+    let tmux = Tmux {
+        socket: dir.path().join("tmux.sock"),
+    };
+    tmux.session("bob", &client_command(dir.path(), &addr, "bob"));
+    tmux.wait_for("bob", "connected", |l| l.starts_with("connected to "));
+    tmux.keys("bob", &["CREATE_USER Bob bob pw2", "Enter"]);
+    tmux.wait_for("bob", "created", |l| l.starts_with("-- created user bob"));
+    tmux.keys("bob", &["LOGIN bob pw2", "Enter"]);
+    tmux.wait_for("bob", "logged in", |l| l == "-- logged in as bob");
+    tmux.keys("bob", &["CREATE_GROUP ops", "Enter"]);
+    tmux.wait_for("bob", "created", |l| l.starts_with("-- created the group"));
+
+    let tui =
+        client_command(dir.path(), &addr, "alice").replace(" --downloads", " --tui --downloads");
+    tmux.session("alice", &tui);
+    tmux.wait_for("alice", "the status bar", |l| {
+        l.contains(&addr) && l.contains("online")
+    });
+    tmux.keys("alice", &["CREATE_USER Alice alice pw1", "Enter"]);
+    tmux.wait_for("alice", "created", |l| l.contains("-- created user alice"));
+    // The password is asked for in a hidden field.
+    tmux.keys("alice", &["LOGIN alice", "Enter"]);
+    tmux.wait_for("alice", "the password field", |l| {
+        l.contains("password (hidden)")
+    });
+    tmux.keys("alice", &["pw1"]);
+    tmux.wait_for("alice", "stars", |l| l.contains("***"));
+    tmux.keys("alice", &["Enter"]);
+    tmux.wait_for("alice", "logged in", |l| l.contains("alice  online"));
+    tmux.keys("alice", &["/join #ops", "Enter"]);
+    tmux.wait_for("alice", "the #ops pane", |l| l.contains("-- joined #ops"));
+
+    // A group message lands in the #ops pane, shown now.
+    tmux.keys("bob", &["SEND_TO_GROUP ops the build is green", "Enter"]);
+    let screen = tmux.wait_for("alice", "bob's message", |l| {
+        l.contains("<bob> the build is green")
+    });
+    assert!(screen.contains("┌#ops"), "{screen}");
+    // A direct message opens a pane of its own, counted unread.
+    tmux.keys("bob", &["SEND alice psst", "Enter"]);
+    tmux.wait_for("alice", "the unread count", |l| l.contains(" @bob (1)"));
+    let screen = tmux.screen("alice");
+    assert!(!screen.contains("psst"), "not in the #ops pane:\n{screen}");
+    tmux.keys("alice", &["C-n"]);
+    let screen = tmux.wait_for("alice", "the @bob pane", |l| l.contains("<bob> psst"));
+    assert!(screen.contains("┌@bob"), "{screen}");
+    // Text typed there goes to bob.
+    tmux.keys("alice", &["hi bob", "Enter"]);
+    tmux.wait_for("bob", "alice's answer", |l| l.ends_with("<alice> hi bob"));
+
+    tmux.keys("alice", &["C-c", "C-c"]);
+    tmux.wait_for("alice", "the exit code", |l| l == "EXIT=0");
+    let _ = server.kill();
+    let _ = server.wait();
+}

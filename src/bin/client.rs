@@ -6,7 +6,7 @@ use std::process::ExitCode;
 
 use clap::Parser;
 use muchat::client::script::{Exit, ScriptOptions};
-use muchat::client::{repl, script, seen, Client, ClientConfig, Trust};
+use muchat::client::{repl, script, seen, tui, Client, ClientConfig, Trust};
 use muchat::identity::Fingerprint;
 
 /// The muchat terminal client.
@@ -61,6 +61,11 @@ struct Args {
     /// Show message ids and full timestamps at the prompt (toggle with /ids)
     #[arg(long, short)]
     verbose: bool,
+
+    /// Full-screen client: conversation list, a pane per conversation,
+    /// transfers, status bar (? for keys)
+    #[arg(long)]
+    tui: bool,
 }
 
 fn parse_fingerprint(s: &str) -> Result<Fingerprint, String> {
@@ -90,7 +95,10 @@ fn main() -> ExitCode {
     if let Some(note) = client.first_use_note() {
         eprintln!("client: {note}");
     }
-    let exit = if interactive && !args.json {
+    let exit = if args.tui {
+        let fingerprint = client.fingerprint().to_string();
+        tui::run(client, &args.server, &fingerprint)
+    } else if interactive && !args.json {
         repl::run(client, &args.server, args.verbose)
     } else {
         let opts = ScriptOptions {

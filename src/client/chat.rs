@@ -35,6 +35,9 @@ pub struct Chat {
     pub ids: bool,
     /// Colour nicks and errors.
     pub color: bool,
+    /// Lines go to a pane of their own conversation (the full-screen
+    /// client): the conversation is not repeated on each line.
+    pub pane: bool,
 }
 
 /// Nick colours: ANSI foreground codes readable on dark and light
@@ -56,16 +59,15 @@ impl Chat {
         if self.me.as_ref() == Some(who) {
             return self.paint("1", &text);
         }
-        let n = who.as_str().bytes().fold(0usize, |h, b| {
-            h.wrapping_mul(31).wrapping_add(usize::from(b))
-        });
-        self.paint(&NICK_COLORS[n % NICK_COLORS.len()].to_string(), &text)
+        self.paint(&nick_color(who).to_string(), &text)
     }
 
     /// Where a message was: `#ops`, nothing for a direct message from the
     /// other person, `@them` for yours; with its number when ids are on.
     fn place(&self, at: &MessageRef, from: &Username) -> String {
         let shown = match &at.conv {
+            _ if self.pane && self.ids => format!(":{}", at.seq),
+            _ if self.pane => return String::new(),
             Conversation::User(other) if other == from && !self.ids => return String::new(),
             _ if self.ids => at.to_string(),
             conv => conv.to_string(),
@@ -106,6 +108,9 @@ impl Chat {
         let Some(me) = &self.me else {
             return self.note(&format!("sent to {to}"));
         };
+        if self.pane {
+            return format!("{} {} {}", local_hh_mm(ms), self.nick(me), sanitize(text));
+        }
         let to = if self.ids && !refs.is_empty() {
             refs.iter()
                 .map(ToString::to_string)
@@ -204,6 +209,14 @@ impl Chat {
             }
         }
     }
+}
+
+/// The ANSI colour code of a nick: the same nick always gets the same one.
+pub fn nick_color(who: &Username) -> u8 {
+    let n = who.as_str().bytes().fold(0usize, |h, b| {
+        h.wrapping_mul(31).wrapping_add(usize::from(b))
+    });
+    NICK_COLORS[n % NICK_COLORS.len()]
 }
 
 /// Wraps a line to `width` columns, continuation lines indented to where

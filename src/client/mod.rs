@@ -31,6 +31,7 @@ pub mod repl;
 pub mod script;
 pub mod seen;
 pub mod session;
+pub mod tui;
 
 use std::collections::{HashMap, VecDeque};
 use std::fs::File;
@@ -47,6 +48,7 @@ use sha2::{Digest, Sha256};
 use crate::command::Command;
 use crate::content::{Body, ContentKey};
 use crate::event::{Delivery, GroupNotice, Reply, ReplyData};
+use crate::identity::Fingerprint;
 use crate::names::{GroupName, MessageRef, Username};
 use crate::request::{
     DeviceToken, FileOffer, FileTarget, Request, SendId, FILE_CHUNK_SIZE, MAX_MESSAGE_LEN,
@@ -279,6 +281,7 @@ pub struct Client {
     inner: Arc<Inner>,
     events: Receiver<ClientEvent>,
     pinned: Option<String>,
+    fingerprint: Fingerprint,
     /// The thread that reads (and reconnects); joined on drop, so partial
     /// downloads are cleaned up before the process can exit.
     runner: Option<std::thread::JoinHandle<()>>,
@@ -315,6 +318,7 @@ impl Client {
             config,
         });
         let pinned = session.pinned.clone();
+        let fingerprint = session.fingerprint.clone();
         // Before the reader starts, so a close right away finds the socket.
         *lock(&inner.stream) = Some(session.writer.stream());
         let runner = Arc::clone(&inner);
@@ -325,8 +329,14 @@ impl Client {
             inner,
             events,
             pinned,
+            fingerprint,
             runner: Some(runner),
         })
+    }
+
+    /// The server key's fingerprint, as pinned.
+    pub fn fingerprint(&self) -> &Fingerprint {
+        &self.fingerprint
     }
 
     /// On first contact with a server, a note saying its key was pinned and

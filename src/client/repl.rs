@@ -113,6 +113,7 @@ pub fn run(client: Client, server: &str, verbose: bool) -> Exit {
         me: None,
         ids: verbose,
         color,
+        pane: false,
     }));
     let online = Arc::new(AtomicBool::new(true));
     let events = client.events().clone();

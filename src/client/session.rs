@@ -105,6 +105,8 @@ pub struct Session {
     pub writer: SessionWriter,
     /// On first contact with a server: where its key was pinned.
     pub pinned: Option<String>,
+    /// The server key's fingerprint (checked against the trust).
+    pub fingerprint: Fingerprint,
 }
 
 impl Session {
@@ -129,8 +131,9 @@ impl Session {
         let mut reader = BufReader::new(SharedStream(Arc::clone(&stream)));
         let mut w = SharedStream(Arc::clone(&stream));
         let keyed = handshake::client(&mut reader, &mut w)?;
-        let verdict = known_servers::check(trust, addr, &Fingerprint::of(&keyed.server_key))
-            .map_err(SessionError::Untrusted)?;
+        let fingerprint = Fingerprint::of(&keyed.server_key);
+        let verdict =
+            known_servers::check(trust, addr, &fingerprint).map_err(SessionError::Untrusted)?;
         stream.set_read_timeout(None)?;
         Ok(Session {
             reader: SessionReader {
@@ -145,6 +148,7 @@ impl Session {
                 Verdict::Pinned(note) => Some(note),
                 Verdict::Known => None,
             },
+            fingerprint,
         })
     }
 
