@@ -10,7 +10,7 @@
 
 use std::path::PathBuf;
 
-use crate::names::{GroupName, NameError, Username};
+use crate::names::{GroupName, MessageRef, NameError, Username};
 use crate::request::{
     message_too_long, FileTarget, HistoryTarget, Request, Verb, DEFAULT_HISTORY, MAX_FIELD_LEN,
     MAX_HISTORY, MAX_MESSAGE_LEN,
@@ -19,15 +19,34 @@ use crate::request::{
 /// The text `HELP` prints: every typed command from the verb table.
 pub fn help() -> String {
     let rows: Vec<(&str, &str)> = Verb::ALL.iter().filter_map(|v| v.spec().typed).collect();
-    let width = rows.iter().map(|(u, _)| u.len()).max().unwrap_or(0);
+    let width = rows
+        .iter()
+        .chain(LOCAL)
+        .map(|(u, _)| u.len())
+        .max()
+        .unwrap_or(0);
     let mut out =
         String::from("Commands (command words in any case; #group and @user work everywhere):\n");
+    let rows = rows.into_iter().chain(LOCAL.iter().copied());
     for (usage, what) in rows {
         out.push_str(&format!("  {usage:width$}  {what}\n"));
     }
     out.push_str("  HELP");
     out
 }
+
+/// Commands the client carries out itself (no verb of their own on the
+/// wire): usage and what they do.
+const LOCAL: &[(&str, &str)] = &[
+    (
+        "RECORD <user|#group> [seconds]",
+        "record a voice note (default 10 s, at most 600) and send it",
+    ),
+    ("PLAY <conv>:<seq>", "play a voice note you received, e.g. PLAY @bob:3"),
+];
+
+/// The longest voice note `RECORD` takes, in seconds.
+pub const MAX_RECORD_SECS: u64 = 600;
 
 /// The command words, for tab completion.
 pub fn words() -> Vec<&'static str> {
@@ -40,7 +59,7 @@ pub fn words() -> Vec<&'static str> {
                 .map_or("", |(u, _)| u.split(' ').next().unwrap_or(""))
         })
         .collect();
-    w.push("HELP");
+    w.extend(["RECORD", "PLAY", "HELP"]);
     let mut seen = std::collections::HashSet::new();
     w.retain(|x| seen.insert(*x));
     w
@@ -74,6 +93,25 @@ pub enum Command {
         /// The local file.
         path: PathBuf,
     },
+    /// `SEND VOICE ...` or `SEND_TO_GROUP VOICE ...`: a WAV file sent as a
+    /// voice note (checked, with its length announced).
+    SendVoice {
+        /// Recipients.
+        target: FileTarget,
+        /// The local WAV file.
+        path: PathBuf,
+    },
+    /// `RECORD <user|#group> [seconds]`: record a voice note from the
+    /// microphone (through the system's recorder) and send it.
+    Record {
+        /// Recipients.
+        target: FileTarget,
+        /// How long to record.
+        secs: u64,
+    },
+    /// `PLAY <conv>:<seq>`: play a received voice note (through the
+    /// system's player).
+    Play(MessageRef),
     /// `LOGIN <username>` or `CREATE_USER <name> <username>` without the
     /// password: the client asks for it (without echo).
     NeedsPassword {
@@ -218,8 +256,16 @@ impl Command {
             "/history" => "HISTORY".into(),
             _ => first.to_ascii_uppercase(),
         };
-        if verb == "HELP" {
-            return Ok(Command::Help);
+        match verb.as_str() {
+            "HELP" => return Ok(Command::Help),
+            "RECORD" | "/RECORD" => return parse_record(rest),
+            "PLAY" | "/PLAY" => {
+                let usage = || CommandError::Usage("PLAY <conv>:<seq>");
+                let at = rest.trim();
+                let at = at.strip_prefix('#').map_or_else(|| at.to_string(), |g| format!("#{g}"));
+                return MessageRef::parse(&at).map(Command::Play).ok_or_else(usage);
+            }
+            _ => {}
         }
         // `/msg #ops hi` goes to a group.
         let verb = if verb == "SEND" && rest.trim_start().starts_with('#') {
@@ -317,7 +363,10 @@ impl Command {
                 plain(Request::History { with, limit })
             }
             Verb::Send | Verb::SendToGroup => parse_send(v, rest),
-            Verb::SendFile | Verb::SendToGroupFile => parse_send(v, rest),
+            Verb::SendFile
+            | Verb::SendToGroupFile
+            | Verb::SendVoice
+            | Verb::SendToGroupVoice => parse_send(v, rest),
             // Not typed: filtered out above.
             Verb::Help
             | Verb::Resume
@@ -330,12 +379,35 @@ impl Command {
     }
 }
 
+/// `RECORD <user|#group> [seconds]`.
+fn parse_record(rest: &str) -> Result<Command, CommandError> {
+    const USAGE: &str = "RECORD <user|#group> [seconds] (at most 600)";
+    let args: Vec<&str> = rest.split_whitespace().collect();
+    let (to, secs) = match args.as_slice() {
+        [to] => (*to, 10),
+        [to, secs] => match secs.parse::<u64>() {
+            Ok(n) if (1..=MAX_RECORD_SECS).contains(&n) => (*to, n),
+            _ => return Err(CommandError::Usage(USAGE)),
+        },
+        _ => return Err(CommandError::Usage(USAGE)),
+    };
+    let target = if to.starts_with('#') {
+        FileTarget::Groups(vec![group(to)?])
+    } else {
+        FileTarget::User(user(to)?)
+    };
+    Ok(Command::Record { target, secs })
+}
+
 fn parse_send(verb: Verb, rest: &str) -> Result<Command, CommandError> {
-    let to_user = matches!(verb, Verb::Send | Verb::SendFile);
+    let to_user = matches!(verb, Verb::Send | Verb::SendFile | Verb::SendVoice);
     let bad = || CommandError::Usage(usage(verb));
     let (first, after) = word(rest);
-    // FILE is a reserved name, so "SEND FILE bob x" can only mean a file.
-    if first.eq_ignore_ascii_case("file") {
+    // FILE is a reserved name, so "SEND FILE bob x" can only mean a file;
+    // VOICE in capitals means a voice note ("SEND voice hi" still writes
+    // to a user named voice).
+    let voice = first == "VOICE";
+    if first.eq_ignore_ascii_case("file") || voice {
         let (target, path) = if to_user {
             let (to, path) = word(after);
             (FileTarget::User(user(to)?), path)
@@ -347,9 +419,11 @@ fn parse_send(verb: Verb, rest: &str) -> Result<Command, CommandError> {
         if path.is_empty() {
             return Err(bad());
         }
-        return Ok(Command::SendFile {
-            target,
-            path: PathBuf::from(path),
+        let path = PathBuf::from(path);
+        return Ok(if voice {
+            Command::SendVoice { target, path }
+        } else {
+            Command::SendFile { target, path }
         });
     }
     let (target, text) = if to_user {

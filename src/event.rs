@@ -38,7 +38,7 @@ use std::fmt;
 use crate::content::{Body, ContentKey};
 use crate::frame::Frame;
 use crate::names::{Conversation, GroupName, MessageRef, Username};
-use crate::request::{format_sha256, parse_sha256, DeviceToken, ReplyKind};
+use crate::request::{format_sha256, parse_sha256, DeviceToken, ReplyKind, Voice};
 
 macro_rules! error_codes {
     ($($(#[$doc:meta])* $variant:ident = $wire:literal,)*) => {
@@ -326,6 +326,8 @@ pub struct FileStart {
     pub sha256: [u8; 32],
     /// The sender's file name: untrusted, to be sanitised.
     pub name: String,
+    /// Set for a voice note (announced as `VOICE`/`HIST_VOICE`).
+    pub voice: Option<Voice>,
 }
 
 /// An owner or admin changed a user's place in a group: sent to that
@@ -426,9 +428,18 @@ fn delivery_head(verb: &str, d: &Delivery) -> String {
     format!("{verb} {} {} {} {}", d.at, d.at_ms, d.from, d.key.to_b64())
 }
 
-fn file_head(verb: &str, f: &FileStart) -> String {
+/// `FILE ...` or, for a voice note, `VOICE ...` with its length and format
+/// before the name (`history`: `HIST_FILE`, `HIST_VOICE`).
+fn file_head(history: bool, f: &FileStart) -> String {
+    let verb = match (history, f.voice.is_some()) {
+        (false, false) => "FILE",
+        (false, true) => "VOICE",
+        (true, false) => "HIST_FILE",
+        (true, true) => "HIST_VOICE",
+    };
+    let voice = f.voice.map(|v| format!("{} ", v.to_wire())).unwrap_or_default();
     format!(
-        "{verb} {} {} {} {} {} {}",
+        "{verb} {} {} {} {} {} {voice}{}",
         f.at,
         f.at_ms,
         f.from,
@@ -469,8 +480,8 @@ impl ServerMessage {
                 body: Some(body.clone()),
                 clear: true,
             },
-            ServerMessage::File(f) => plain(file_head("FILE", f)),
-            ServerMessage::HistoryFile(f) => plain(file_head("HIST_FILE", f)),
+            ServerMessage::File(f) => plain(file_head(false, f)),
+            ServerMessage::HistoryFile(f) => plain(file_head(true, f)),
             ServerMessage::Chunk {
                 at,
                 offset,
@@ -545,23 +556,34 @@ impl ServerMessage {
                 }
                 ServerMessage::GroupMsg { key_id, seq, body }
             }
-            "FILE" | "HIST_FILE" => {
+            "FILE" | "HIST_FILE" | "VOICE" | "HIST_VOICE" => {
                 no_body()?;
+                let (at, at_ms) = (at(next()?)?, num(next()?)?);
+                let from = Username::parse(next()?).map_err(|_| bad())?;
+                let (size, sha256) = (num(next()?)?, parse_sha256(next()?).ok_or_else(bad)?);
+                let voice = match verb {
+                    "VOICE" | "HIST_VOICE" => {
+                        let (d, format) = (next()?, next()?);
+                        Some(Voice::from_wire(d, format).ok_or_else(bad)?)
+                    }
+                    _ => None,
+                };
                 let f = FileStart {
-                    at: at(next()?)?,
-                    at_ms: num(next()?)?,
-                    from: Username::parse(next()?).map_err(|_| bad())?,
-                    size: num(next()?)?,
-                    sha256: parse_sha256(next()?).ok_or_else(bad)?,
+                    at,
+                    at_ms,
+                    from,
+                    size,
+                    sha256,
                     name: t.collect::<Vec<&str>>().join(" "),
+                    voice,
                 };
                 if f.name.is_empty() {
                     return Err(bad());
                 }
-                if verb == "FILE" {
-                    ServerMessage::File(f)
-                } else {
+                if verb.starts_with("HIST_") {
                     ServerMessage::HistoryFile(f)
+                } else {
+                    ServerMessage::File(f)
                 }
             }
             "CHUNK" => {
@@ -686,6 +708,19 @@ mod tests {
                 size: 100,
                 sha256: [7; 32],
                 name: "two  spaces.txt".into(),
+                voice: None,
+            }),
+            ServerMessage::File(FileStart {
+                at: bob_ref.clone(),
+                at_ms: 6,
+                from: alice.clone(),
+                size: 48_044,
+                sha256: [9; 32],
+                name: "note.wav".into(),
+                voice: Some(Voice {
+                    duration_ms: 1_500,
+                    format: crate::request::AudioFormat::Wav,
+                }),
             }),
             ServerMessage::Chunk {
                 at: bob_ref.clone(),
@@ -707,6 +742,19 @@ mod tests {
                 size: 1,
                 sha256: [8; 32],
                 name: "old.txt".into(),
+                voice: None,
+            }),
+            ServerMessage::HistoryFile(FileStart {
+                at: group_ref("g", 20),
+                at_ms: 6,
+                from: alice.clone(),
+                size: 44,
+                sha256: [8; 32],
+                name: "old note.wav".into(),
+                voice: Some(Voice {
+                    duration_ms: 61_000,
+                    format: crate::request::AudioFormat::Wav,
+                }),
             }),
             ServerMessage::FileEnd(bob_ref.clone()),
             ServerMessage::FileAbort(bob_ref, "server is shutting down".into()),

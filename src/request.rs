@@ -347,6 +347,26 @@ verbs! {
         rated: true,
         typed: Some(("SEND_TO_GROUP FILE <group>[,<group>...] <path>", "send a file to groups")),
     },
+    /// Announce a voice note for a user: a file with its length and format.
+    SendVoice => VerbSpec {
+        word: "SEND_VOICE",
+        usage: "SEND_VOICE <username> <send-id> <size> <sha256> <duration-ms> <format> <file name>",
+        access: Access::LoggedIn,
+        body: false,
+        reply: ReplyKind::Upload,
+        rated: true,
+        typed: Some(("SEND VOICE <username> <file.wav>", "send a voice note")),
+    },
+    /// Announce a voice note for groups.
+    SendToGroupVoice => VerbSpec {
+        word: "SEND_TO_GROUP_VOICE",
+        usage: "SEND_TO_GROUP_VOICE <group>[,...] <send-id> <size> <sha256> <duration-ms> <format> <file name>",
+        access: Access::LoggedIn,
+        body: false,
+        reply: ReplyKind::Upload,
+        rated: true,
+        typed: Some(("SEND_TO_GROUP VOICE <group>[,<group>...] <file.wav>", "send a voice note to groups")),
+    },
     /// One piece of an announced file.
     Chunk => VerbSpec {
         word: "CHUNK",
@@ -537,6 +557,57 @@ pub struct FileOffer {
     pub sha256: [u8; 32],
     /// The sender's name for the file: untrusted, sanitised by receivers.
     pub name: String,
+    /// Set for a voice note: its length and format.
+    pub voice: Option<Voice>,
+}
+
+/// What makes a file a voice note: announced with it, so receivers can
+/// show its length before (or without) fetching it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Voice {
+    /// Its length in milliseconds.
+    pub duration_ms: u64,
+    /// Its audio format.
+    pub format: AudioFormat,
+}
+
+/// The audio formats voice notes may have.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AudioFormat {
+    /// RIFF WAVE (PCM).
+    Wav,
+}
+
+impl AudioFormat {
+    /// Its word on the wire.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AudioFormat::Wav => "wav",
+        }
+    }
+
+    /// Reads the word on the wire.
+    pub fn parse(s: &str) -> Option<AudioFormat> {
+        match s {
+            "wav" => Some(AudioFormat::Wav),
+            _ => None,
+        }
+    }
+}
+
+impl Voice {
+    /// `<duration-ms> <format>`, as in `SEND_VOICE` and `VOICE`.
+    pub fn to_wire(self) -> String {
+        format!("{} {}", self.duration_ms, self.format.as_str())
+    }
+
+    /// Reads `<duration-ms>` and `<format>`.
+    pub fn from_wire(duration: &str, format: &str) -> Option<Voice> {
+        Some(Voice {
+            duration_ms: parse_number(duration)?,
+            format: AudioFormat::parse(format)?,
+        })
+    }
 }
 
 /// What an owner or admin does to a user in a group.
@@ -918,9 +989,9 @@ impl Request {
                 key: ContentKey::from_b64(a.next()?)?,
                 body: body()?,
             },
-            Verb::SendFile | Verb::SendToGroupFile => {
+            Verb::SendFile | Verb::SendToGroupFile | Verb::SendVoice | Verb::SendToGroupVoice => {
                 let to = a.next()?;
-                let target = if verb == Verb::SendFile {
+                let target = if matches!(verb, Verb::SendFile | Verb::SendVoice) {
                     FileTarget::User(Username::parse(to)?)
                 } else {
                     FileTarget::Groups(parse_group_list(to)?)
@@ -928,12 +999,20 @@ impl Request {
                 let send_id = a.send_id()?;
                 let size = a.number()?;
                 let sha256 = parse_sha256(a.next()?).ok_or(ParseError::Usage(verb))?;
+                let voice = match verb {
+                    Verb::SendVoice | Verb::SendToGroupVoice => {
+                        let (duration, format) = (a.next()?, a.next()?);
+                        Some(Voice::from_wire(duration, format).ok_or(ParseError::Usage(verb))?)
+                    }
+                    _ => None,
+                };
                 Request::SendFile(FileOffer {
                     target,
                     send_id,
                     size,
                     sha256,
                     name: a.field(true)?,
+                    voice,
                 })
             }
             Verb::Chunk => Request::Chunk {
@@ -995,11 +1074,12 @@ impl Request {
             Request::Quit => Verb::Quit,
             Request::Send { .. } => Verb::Send,
             Request::SendToGroup { .. } => Verb::SendToGroup,
-            Request::SendFile(FileOffer {
-                target: FileTarget::User(_),
-                ..
-            }) => Verb::SendFile,
-            Request::SendFile(_) => Verb::SendToGroupFile,
+            Request::SendFile(o) => match (&o.target, o.voice) {
+                (FileTarget::User(_), None) => Verb::SendFile,
+                (FileTarget::Groups(_), None) => Verb::SendToGroupFile,
+                (FileTarget::User(_), Some(_)) => Verb::SendVoice,
+                (FileTarget::Groups(_), Some(_)) => Verb::SendToGroupVoice,
+            },
             Request::Chunk { .. } => Verb::Chunk,
             Request::FileEnd(_) => Verb::FileEnd,
             Request::FileAbort(_) => Verb::FileAbort,
@@ -1066,8 +1146,9 @@ impl Request {
                     FileTarget::Groups(g) => format_group_list(g),
                 };
                 let sha = format_sha256(&o.sha256);
+                let voice = o.voice.map(|v| format!("{} ", v.to_wire())).unwrap_or_default();
                 (
-                    format!("{target} {} {} {sha} {}", o.send_id, o.size, o.name),
+                    format!("{target} {} {} {sha} {voice}{}", o.send_id, o.size, o.name),
                     None,
                 )
             }
@@ -1297,6 +1378,7 @@ mod tests {
                 size: 12,
                 sha256: [0xab; 32],
                 name: "my report.pdf".into(),
+                voice: None,
             }),
             Request::SendFile(FileOffer {
                 target: FileTarget::Groups(gs.clone()),
@@ -1304,6 +1386,29 @@ mod tests {
                 size: 0,
                 sha256: [1; 32],
                 name: "x".into(),
+                voice: None,
+            }),
+            Request::SendFile(FileOffer {
+                target: FileTarget::User(u.clone()),
+                send_id: SendId::random(),
+                size: 48_044,
+                sha256: [2; 32],
+                name: "note 1.wav".into(),
+                voice: Some(Voice {
+                    duration_ms: 1_500,
+                    format: AudioFormat::Wav,
+                }),
+            }),
+            Request::SendFile(FileOffer {
+                target: FileTarget::Groups(gs.clone()),
+                send_id: SendId::random(),
+                size: 44,
+                sha256: [3; 32],
+                name: "n.wav".into(),
+                voice: Some(Voice {
+                    duration_ms: 0,
+                    format: AudioFormat::Wav,
+                }),
             }),
             Request::Chunk {
                 transfer: 7,

@@ -23,6 +23,7 @@ use crate::event::{GroupNotice, NoticeKind, Reply};
 use crate::names::{Conversation, MessageRef, Username};
 use crate::text::sanitize;
 
+use super::audio::duration_label;
 use super::progress::Progress;
 use super::ClientEvent;
 
@@ -144,29 +145,35 @@ impl Chat {
                 from,
                 name,
                 size,
-            } => self.said(
-                *at_ms,
-                at,
-                from,
-                &format!("[file] {} ({})", sanitize(name), human_bytes(*size)),
-            ),
+                voice,
+            } => {
+                let kind = match voice {
+                    Some(v) => format!("[voice {}]", duration_label(v.duration_ms)),
+                    None => "[file]".to_string(),
+                };
+                let what = format!("{kind} {} ({})", sanitize(name), human_bytes(*size));
+                self.said(*at_ms, at, from, &what)
+            }
             ClientEvent::FileReceived {
                 at,
                 at_ms,
                 from,
                 path,
                 size,
+                voice,
                 ..
-            } => self.said(
-                *at_ms,
-                at,
-                from,
-                &format!(
-                    "[file] saved {} ({})",
-                    sanitize(&path.display().to_string()),
-                    human_bytes(*size)
-                ),
-            ),
+            } => {
+                let path = sanitize(&path.display().to_string()).into_owned();
+                let what = match voice {
+                    Some(v) => format!(
+                        "[voice {}] saved {path} ({}); PLAY {at} to listen",
+                        duration_label(v.duration_ms),
+                        human_bytes(*size)
+                    ),
+                    None => format!("[file] saved {path} ({})", human_bytes(*size)),
+                };
+                self.said(*at_ms, at, from, &what)
+            }
             ClientEvent::BadMessage { at, from, reason } => self.alert(&format!(
                 "a message {at} from {from} could not be read: {reason}"
             )),

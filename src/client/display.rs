@@ -6,7 +6,7 @@
 //! OK <text>
 //! ERR <CODE> <text>
 //! MSG <conv>:<seq> <time> <from>: <text>
-//! FILE <conv>:<seq> <time> <from>: saved <path> (<size> bytes)
+//! FILE <conv>:<seq> <time> <from>: saved <path> (<size> bytes[, voice <m:ss>])
 //! PROGRESS <conv>:<seq> <name> <received>/<size> bytes (<percent>%)
 //! SENDING <id> <path> <sent>/<size> bytes (<percent>%)
 //! FILE_FAILED <conv>:<seq>: <reason>
@@ -27,7 +27,9 @@ use crate::clock::format_ms;
 use crate::event::{GroupNotice, NoticeKind, Reply};
 pub use crate::text::sanitize;
 
+use super::audio::duration_label;
 use super::ClientEvent;
+use crate::request::Voice;
 
 /// The line for a reply.
 pub fn reply_line(reply: &Reply) -> String {
@@ -54,10 +56,12 @@ pub fn event_line(event: &ClientEvent) -> String {
             from,
             name,
             size,
+            voice,
         } => format!(
-            "FILE {at} {} {from}: {} ({size} bytes)",
+            "FILE {at} {} {from}: {} ({size} bytes{})",
             format_ms(*at_ms),
-            sanitize(name)
+            sanitize(name),
+            voice_note(voice)
         ),
         ClientEvent::BadMessage { at, from, reason } => {
             format!("MSG_FAILED {at} from {from}: {reason}")
@@ -82,11 +86,13 @@ pub fn event_line(event: &ClientEvent) -> String {
             from,
             path,
             size,
+            voice,
             ..
         } => format!(
-            "FILE {at} {} {from}: saved {} ({size} bytes)",
+            "FILE {at} {} {from}: saved {} ({size} bytes{})",
             format_ms(*at_ms),
-            sanitize(&path.display().to_string())
+            sanitize(&path.display().to_string()),
+            voice_note(voice)
         ),
         ClientEvent::FileFailed { at, reason } => {
             format!("FILE_FAILED {at}: {}", sanitize(reason))
@@ -111,6 +117,13 @@ pub fn event_line(event: &ClientEvent) -> String {
         ClientEvent::Reconnected => "RECONNECTED".to_string(),
         ClientEvent::Disconnected(why) => format!("DISCONNECTED {}", sanitize(why)),
     }
+}
+
+/// `, voice 0:07` for a voice note, nothing for a plain file.
+fn voice_note(voice: &Option<Voice>) -> String {
+    voice
+        .map(|v| format!(", voice {}", duration_label(v.duration_ms)))
+        .unwrap_or_default()
 }
 
 #[cfg(test)]

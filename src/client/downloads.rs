@@ -176,6 +176,7 @@ impl Downloads {
                     path,
                     size: received,
                     sha256: start.sha256,
+                    voice: start.voice,
                 }]
             }
             Err(e) => {

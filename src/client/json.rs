@@ -5,7 +5,7 @@
 //! {"type":"reply","line":3,"request":"SEND","ok":true,"text":"...","refs":["@bob:4"]}
 //! {"type":"reply","line":4,"request":"JOIN","ok":false,"code":"NO_SUCH_GROUP","text":"..."}
 //! {"type":"message","conversation":"#ops","seq":17,"from":"alice","time":"2026-12-02T11:03:03.150Z","time_ms":1764673383150,"text":"hi","history":false}
-//! {"type":"file","conversation":"@alice","seq":5,"from":"alice","path":"downloads/a.pdf","size":200000,"sha256":"9f86...","time":"...","time_ms":...}
+//! {"type":"file","conversation":"@alice","seq":5,"from":"alice","path":"downloads/a.pdf","size":200000,"sha256":"9f86...","voice":null,"time":"...","time_ms":...}
 //! ```
 //!
 //! A reply names the request it answers: `line` is the script's line number
@@ -106,11 +106,15 @@ pub fn event(event: &ClientEvent) -> Value {
             from,
             name,
             size,
+            voice,
         } => time(
             *at_ms,
             at(
                 r,
-                json!({"type": "history_file", "from": from.to_string(), "name": name, "size": size}),
+                json!({
+                    "type": "history_file", "from": from.to_string(), "name": name,
+                    "size": size, "voice": voice_json(voice),
+                }),
             ),
         ),
         ClientEvent::BadMessage {
@@ -147,6 +151,7 @@ pub fn event(event: &ClientEvent) -> Value {
             path,
             size,
             sha256,
+            voice,
         } => time(
             *at_ms,
             at(
@@ -154,7 +159,7 @@ pub fn event(event: &ClientEvent) -> Value {
                 json!({
                     "type": "file", "from": from.to_string(),
                     "path": path.display().to_string(), "size": size,
-                    "sha256": hex(sha256),
+                    "sha256": hex(sha256), "voice": voice_json(voice),
                 }),
             ),
         ),
@@ -189,6 +194,14 @@ pub fn event(event: &ClientEvent) -> Value {
         }),
         ClientEvent::Reconnected => json!({"type": "reconnected"}),
         ClientEvent::Disconnected(reason) => json!({"type": "disconnected", "reason": reason}),
+    }
+}
+
+/// `{"duration_ms": ..., "format": "wav"}` for a voice note, else null.
+fn voice_json(voice: &Option<crate::request::Voice>) -> Value {
+    match voice {
+        Some(v) => json!({"duration_ms": v.duration_ms, "format": v.format.as_str()}),
+        None => Value::Null,
     }
 }
 

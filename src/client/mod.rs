@@ -51,7 +51,7 @@ use crate::event::{Delivery, GroupNotice, Reply, ReplyData};
 use crate::identity::Fingerprint;
 use crate::names::{GroupName, MessageRef, Username};
 use crate::request::{
-    DeviceToken, FileOffer, FileTarget, Request, SendId, FILE_CHUNK_SIZE, MAX_MESSAGE_LEN,
+    DeviceToken, FileOffer, FileTarget, Request, SendId, Voice, FILE_CHUNK_SIZE, MAX_MESSAGE_LEN,
 };
 
 use downloads::Downloads;
@@ -108,6 +108,8 @@ pub enum ClientEvent {
         name: String,
         /// Size in bytes.
         size: u64,
+        /// Set for a voice note: its length and format.
+        voice: Option<Voice>,
     },
     /// A message whose content could not be decrypted.
     BadMessage {
@@ -150,6 +152,8 @@ pub enum ClientEvent {
         size: u64,
         /// Its SHA-256 (checked).
         sha256: [u8; 32],
+        /// Set for a voice note: its length and format.
+        voice: Option<Voice>,
     },
     /// An incoming file failed; nothing was kept.
     FileFailed {
@@ -270,6 +274,8 @@ struct Inner {
     /// What was handled and is still to be acknowledged (the reader adds,
     /// a closing client flushes).
     acks: Mutex<Acks>,
+    /// Voice notes received, by message, for `PLAY`.
+    received: Mutex<HashMap<MessageRef, PathBuf>>,
 }
 
 pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -315,6 +321,7 @@ impl Client {
             sending: AtomicUsize::new(0),
             seen: Mutex::new(Seen::in_memory()),
             acks: Mutex::new(Acks::default()),
+            received: Mutex::new(HashMap::new()),
             config,
         });
         let pinned = session.pinned.clone();
@@ -487,6 +494,24 @@ impl Client {
     /// upload's end arrives as [`ClientEvent::FileSent`] or
     /// [`ClientEvent::FileSendFailed`].
     pub fn send_file(&self, target: FileTarget, path: &Path) -> Result<Reply, ClientError> {
+        self.send_file_as(target, path, None)
+    }
+
+    /// [`send_file`](Self::send_file) for a voice note: the file is
+    /// checked to be audio first (a text file renamed `.wav` is refused
+    /// here, before anything is sent), and its length and format go with
+    /// the announcement.
+    pub fn send_voice(&self, target: FileTarget, path: &Path) -> Result<Reply, ClientError> {
+        let info = audio::inspect(path).map_err(|e| ClientError::Refused(e.to_string()))?;
+        self.send_file_as(target, path, Some(info.voice()))
+    }
+
+    fn send_file_as(
+        &self,
+        target: FileTarget,
+        path: &Path,
+        voice: Option<Voice>,
+    ) -> Result<Reply, ClientError> {
         let (size, sha256) = hash_file(path)?;
         let name = path
             .file_name()
@@ -504,6 +529,7 @@ impl Client {
             size,
             sha256,
             name,
+            voice,
         }))?;
         let Reply::Ok {
             data: ReplyData::Transfer(id),
@@ -540,10 +566,34 @@ impl Client {
             Command::Send { to, text } => self.send_text(to, text),
             Command::SendToGroup { groups, text } => self.send_group_text(groups, text),
             Command::SendFile { target, path } => self.send_file(target.clone(), path),
+            Command::SendVoice { target, path } => self.send_voice(target.clone(), path),
+            Command::Record { target, secs } => self.record(target.clone(), *secs),
+            Command::Play(at) => self.play(at),
             Command::NeedsPassword { username, .. } => Err(ClientError::Refused(format!(
                 "a password is needed for {username}: give it after the username"
             ))),
         }
+    }
+
+    /// Records `secs` seconds from the microphone (the system's recorder)
+    /// into the downloads directory and sends it as a voice note.
+    pub fn record(&self, target: FileTarget, secs: u64) -> Result<Reply, ClientError> {
+        let dir = &self.inner.config.downloads;
+        std::fs::create_dir_all(dir)?;
+        let path = dir.join(format!("voice-{}.wav", crate::clock::now_ms()));
+        audio::record(&path, secs).map_err(|e| ClientError::Refused(e.to_string()))?;
+        self.send_voice(target, &path)
+    }
+
+    /// Plays a voice note received on this client (the system's player).
+    pub fn play(&self, at: &MessageRef) -> Result<Reply, ClientError> {
+        let path = lock(&self.inner.received).get(at).cloned().ok_or_else(|| {
+            ClientError::Refused(format!(
+                "no voice note {at} was received here; HISTORY shows past ones, which are not kept"
+            ))
+        })?;
+        audio::play(&path).map_err(|e| ClientError::Refused(e.to_string()))?;
+        Ok(Reply::ok(format!("played {}", path.display())))
     }
 
     /// [`execute`](Self::execute), sending the command again after the
@@ -1077,6 +1127,7 @@ impl Inner {
                     from: f.from,
                     name: f.name,
                     size: f.size,
+                    voice: f.voice,
                 }],
                 Incoming::File(start) => {
                     if lock(&self.seen).is_new(&start.at) {
@@ -1125,6 +1176,16 @@ impl Inner {
                 lock(&self.acks).handled(&at);
             }
             for e in events {
+                // Voice notes are remembered, for PLAY.
+                if let ClientEvent::FileReceived {
+                    at,
+                    path,
+                    voice: Some(_),
+                    ..
+                } = &e
+                {
+                    lock(&self.received).insert(at.clone(), path.clone());
+                }
                 let _ = self.events.send(e);
             }
             if !r.has_buffered() && last_flush.elapsed() >= ACK_EVERY && lock(&self.acks).pending()

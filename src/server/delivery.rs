@@ -113,6 +113,7 @@ fn file_start(entry: &LogEntry, f: &FileInfo, viewer: &Username) -> FileStart {
         size: f.size,
         sha256: f.sha256,
         name: f.name.clone(),
+        voice: f.voice,
     }
 }
 

@@ -103,6 +103,7 @@ impl Transfers {
             size: offer.size,
             sha256: offer.sha256,
             name: offer.name.clone(),
+            voice: offer.voice,
         };
         info.id = shared.store.new_file(&info).map_err(storage)?;
         let id = info.id;

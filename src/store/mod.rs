@@ -205,6 +205,8 @@ pub struct FileInfo {
     pub sha256: [u8; 32],
     /// The sender's name for it (untrusted).
     pub name: String,
+    /// Set for a voice note.
+    pub voice: Option<crate::request::Voice>,
 }
 
 /// What a log entry carries.

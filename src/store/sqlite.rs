@@ -29,7 +29,7 @@ use super::{
 };
 use crate::content::{Body, ContentKey};
 use crate::names::{GroupName, Username};
-use crate::request::{format_sha256, parse_sha256, SendId};
+use crate::request::{format_sha256, parse_sha256, SendId, Voice};
 
 /// The database file inside the data directory.
 pub const DB_FILE: &str = "muchat.db";
@@ -175,6 +175,8 @@ const MIGRATIONS: &[&str] = &[
      DROP TABLE v1_seq;
      DROP TABLE pending;
      DROP TABLE messages",
+    // 2 -> 3: voice notes: a file may carry '<duration-ms> <format>'.
+    "ALTER TABLE files ADD COLUMN voice TEXT",
 ];
 
 /// What a write returns.
@@ -726,10 +728,16 @@ fn apply(tx: &Connection, op: &Op) -> StoreResult<Outcome> {
         ),
         Op::NewFile(f) => {
             tx.prepare_cached(
-                "INSERT INTO files (size, sha256, name, created_ms, complete, released)
-                 VALUES (?1, ?2, ?3, ?4, 0, 0)",
+                "INSERT INTO files (size, sha256, name, created_ms, complete, released, voice)
+                 VALUES (?1, ?2, ?3, ?4, 0, 0, ?5)",
             )?
-            .execute(params![f.size as i64, format_sha256(&f.sha256), f.name, now])?;
+            .execute(params![
+                f.size as i64,
+                format_sha256(&f.sha256),
+                f.name,
+                now,
+                f.voice.map(|v| v.to_wire())
+            ])?;
             Ok(Outcome::Count(tx.last_insert_rowid() as u64))
         }
         Op::SaveChunk(file_id, c) => count(
@@ -918,6 +926,13 @@ fn entry_from_row(conv: &ConvId, r: &rusqlite::Row<'_>) -> rusqlite::Result<LogE
                 size: r.get::<_, i64>(7)? as u64,
                 sha256: parse_sha256(&sha).ok_or_else(|| bad("sha256"))?,
                 name: r.get(9)?,
+                voice: match r.get::<_, Option<String>>(10)? {
+                    None => None,
+                    Some(v) => {
+                        let (d, format) = v.split_once(' ').ok_or_else(|| bad("voice"))?;
+                        Some(Voice::from_wire(d, format).ok_or_else(|| bad("voice"))?)
+                    }
+                },
             })
         }
         _ => return Err(bad("kind")),
@@ -932,7 +947,7 @@ fn entry_from_row(conv: &ConvId, r: &rusqlite::Row<'_>) -> rusqlite::Result<LogE
 }
 
 const LOG_COLUMNS: &str =
-    "l.seq, l.at_ms, l.sender, l.kind, l.key, l.body, f.id, f.size, f.sha256, f.name
+    "l.seq, l.at_ms, l.sender, l.kind, l.key, l.body, f.id, f.size, f.sha256, f.name, f.voice
      FROM log l LEFT JOIN files f ON f.id = l.file_id";
 
 impl Store for SqliteStore {
