@@ -21,6 +21,7 @@
 //! answers with the original reply), so a send is stored once whatever
 //! happens to the connection.
 
+pub mod audio;
 pub mod chat;
 pub mod display;
 pub mod downloads;
