@@ -42,7 +42,10 @@ const LOCAL: &[(&str, &str)] = &[
         "RECORD <user|#group> [seconds]",
         "record a voice note (default 10 s, at most 600) and send it",
     ),
-    ("PLAY <conv>:<seq>", "play a voice note you received, e.g. PLAY @bob:3"),
+    (
+        "PLAY <conv>:<seq>",
+        "play a voice note you received, e.g. PLAY @bob:3",
+    ),
 ];
 
 /// The longest voice note `RECORD` takes, in seconds.
@@ -262,7 +265,9 @@ impl Command {
             "PLAY" | "/PLAY" => {
                 let usage = || CommandError::Usage("PLAY <conv>:<seq>");
                 let at = rest.trim();
-                let at = at.strip_prefix('#').map_or_else(|| at.to_string(), |g| format!("#{g}"));
+                let at = at
+                    .strip_prefix('#')
+                    .map_or_else(|| at.to_string(), |g| format!("#{g}"));
                 return MessageRef::parse(&at).map(Command::Play).ok_or_else(usage);
             }
             _ => {}
@@ -363,10 +368,9 @@ impl Command {
                 plain(Request::History { with, limit })
             }
             Verb::Send | Verb::SendToGroup => parse_send(v, rest),
-            Verb::SendFile
-            | Verb::SendToGroupFile
-            | Verb::SendVoice
-            | Verb::SendToGroupVoice => parse_send(v, rest),
+            Verb::SendFile | Verb::SendToGroupFile | Verb::SendVoice | Verb::SendToGroupVoice => {
+                parse_send(v, rest)
+            }
             // Not typed: filtered out above.
             Verb::Help
             | Verb::Resume

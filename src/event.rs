@@ -437,7 +437,10 @@ fn file_head(history: bool, f: &FileStart) -> String {
         (true, false) => "HIST_FILE",
         (true, true) => "HIST_VOICE",
     };
-    let voice = f.voice.map(|v| format!("{} ", v.to_wire())).unwrap_or_default();
+    let voice = f
+        .voice
+        .map(|v| format!("{} ", v.to_wire()))
+        .unwrap_or_default();
     format!(
         "{verb} {} {} {} {} {} {voice}{}",
         f.at,

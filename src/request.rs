@@ -1146,7 +1146,10 @@ impl Request {
                     FileTarget::Groups(g) => format_group_list(g),
                 };
                 let sha = format_sha256(&o.sha256);
-                let voice = o.voice.map(|v| format!("{} ", v.to_wire())).unwrap_or_default();
+                let voice = o
+                    .voice
+                    .map(|v| format!("{} ", v.to_wire()))
+                    .unwrap_or_default();
                 (
                     format!("{target} {} {} {sha} {voice}{}", o.send_id, o.size, o.name),
                     None,

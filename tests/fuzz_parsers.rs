@@ -36,8 +36,8 @@ use muchat::handshake::{self, PROTOCOL};
 use muchat::identity::Fingerprint;
 use muchat::names::{Conversation, GroupName, MessageRef, Username, MAX_NAME_LEN};
 use muchat::request::{
-    DeviceToken, FileOffer, FileTarget, HistoryTarget, Manage, ReplyKind, Request, SendId, Verb,
-    MAX_HISTORY, MAX_MESSAGE_LEN, MAX_SEND_ID_LEN,
+    AudioFormat, DeviceToken, FileOffer, FileTarget, HistoryTarget, Manage, ReplyKind, Request,
+    SendId, Verb, Voice, MAX_HISTORY, MAX_MESSAGE_LEN, MAX_SEND_ID_LEN,
 };
 use muchat::text::{is_bidi_control, sanitize};
 
@@ -220,15 +220,17 @@ fn valid_request() -> impl Strategy<Value = Request> {
             send_id(),
             any::<u64>(),
             any::<[u8; 32]>(),
-            field(true)
+            field(true),
+            voice(),
         )
-            .prop_map(|(target, send_id, size, sha256, name)| {
+            .prop_map(|(target, send_id, size, sha256, name, voice)| {
                 Request::SendFile(FileOffer {
                     target,
                     send_id,
                     size,
                     sha256,
                     name,
+                    voice,
                 })
             }),
         (any::<u64>(), any::<u64>(), content_key(), body(300)).prop_map(
@@ -269,6 +271,14 @@ fn delivery() -> impl Strategy<Value = Delivery> {
         })
 }
 
+/// No voice, or any length of a WAV note.
+fn voice() -> impl Strategy<Value = Option<Voice>> {
+    proptest::option::of(any::<u64>().prop_map(|duration_ms| Voice {
+        duration_ms,
+        format: AudioFormat::Wav,
+    }))
+}
+
 fn file_start() -> impl Strategy<Value = FileStart> {
     (
         message_ref(),
@@ -277,14 +287,16 @@ fn file_start() -> impl Strategy<Value = FileStart> {
         any::<u64>(),
         any::<[u8; 32]>(),
         any::<String>().prop_filter("a file has a name", |n| !n.is_empty()),
+        voice(),
     )
-        .prop_map(|(at, at_ms, from, size, sha256, name)| FileStart {
+        .prop_map(|(at, at_ms, from, size, sha256, name, voice)| FileStart {
             at,
             at_ms,
             from,
             size,
             sha256,
             name,
+            voice,
         })
 }
 
@@ -1257,13 +1269,22 @@ fn check_command(c: &Command) -> Result<(), TestCaseError> {
             prop_assert!(!groups.is_empty());
             prop_assert_eq!(groups, &dedup(groups.clone()));
         }
-        Command::SendFile { target, path } => {
+        Command::SendFile { target, path } | Command::SendVoice { target, path } => {
             let p = path.to_str().expect("typed paths are text");
             prop_assert!(!p.is_empty() && p == p.trim(), "{:?}", p);
             if let FileTarget::Groups(gs) = target {
                 prop_assert!(!gs.is_empty());
                 prop_assert_eq!(gs, &dedup(gs.clone()));
             }
+        }
+        Command::Record { target, secs } => {
+            prop_assert!((1..=600).contains(secs));
+            if let FileTarget::Groups(gs) = target {
+                prop_assert_eq!(gs.len(), 1);
+            }
+        }
+        Command::Play(at) => {
+            prop_assert_eq!(MessageRef::parse(&at.to_string()), Some(at.clone()));
         }
         Command::Plain(r) => {
             prop_assert!(r.verb().spec().typed.is_some(), "{:?}", r);

@@ -475,6 +475,7 @@ fn content(doc: &BTreeMap<String, String>) -> Content {
         size: data.len() as u64,
         sha256: Sha256::digest(data).into(),
         name: FILE_NAME.to_string(),
+        voice: None,
     });
     Content {
         send,

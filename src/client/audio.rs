@@ -5,7 +5,7 @@
 //! [seconds]") the client reads the file's own header with [`inspect`]:
 //! it refuses files that are not WAV (a text file renamed `.wav`, an empty
 //! or truncated file) or longer than [`MAX_VOICE`], and learns the note's
-//! [`VoiceInfo`] (format and duration) to announce with it; a received note
+//! [`Voice`] (format and duration) to announce with it; a received note
 //! is checked the same way before "PLAY <id>" hands it to [`play`].
 //!
 //! Sound itself goes through the usual command-line tools rather than an
@@ -17,7 +17,6 @@
 //! packages that provide one.
 
 use std::ffi::{OsStr, OsString};
-use std::fmt;
 use std::fs::File;
 use std::io::{self, BufReader, Read, Seek, SeekFrom};
 use std::os::unix::fs::PermissionsExt;
@@ -26,6 +25,8 @@ use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::mpsc;
 use std::thread;
 use std::time::{Duration, Instant};
+
+use crate::request::{AudioFormat, Voice};
 
 /// The longest voice note this client records, sends or accepts.
 pub const MAX_VOICE: Duration = Duration::from_secs(10 * 60);
@@ -102,48 +103,6 @@ fn stderr_suffix(stderr: &str) -> String {
     }
 }
 
-/// What a voice note is: its format and length, read from the file's own
-/// header.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct VoiceInfo {
-    /// The file format.
-    pub format: VoiceFormat,
-    /// The length, in whole milliseconds (rounded down).
-    pub duration_ms: u64,
-}
-
-/// The file formats a voice note may have.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum VoiceFormat {
-    /// RIFF WAVE (PCM or float samples), what every recorder here writes.
-    Wav,
-}
-
-impl VoiceFormat {
-    /// The format's name on the wire and in file extensions: `"wav"`.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            VoiceFormat::Wav => "wav",
-        }
-    }
-
-    /// The format named `name` (as [`as_str`](Self::as_str) writes it, in
-    /// any case), or `None` for a format this client does not know.
-    pub fn parse(name: &str) -> Option<VoiceFormat> {
-        if name.eq_ignore_ascii_case("wav") {
-            Some(VoiceFormat::Wav)
-        } else {
-            None
-        }
-    }
-}
-
-impl fmt::Display for VoiceFormat {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
 /// Reads and checks the WAV file at `path`: its header must parse, its
 /// sample rate must not be 0, its data chunk must hold at least one sample
 /// and as many bytes as the header announces (the file is not truncated),
@@ -152,7 +111,7 @@ impl fmt::Display for VoiceFormat {
 /// The duration is the sample count / (sample rate × channels), in whole
 /// milliseconds. Errors: [`AudioError::NotAudio`] (the message names the
 /// file and the reason), [`AudioError::TooLong`], [`AudioError::Io`].
-pub fn inspect(path: &Path) -> Result<VoiceInfo, AudioError> {
+pub fn inspect(path: &Path) -> Result<Voice, AudioError> {
     let io_error = |source| AudioError::Io {
         path: path.to_path_buf(),
         source,
@@ -215,8 +174,8 @@ pub fn inspect(path: &Path) -> Result<VoiceInfo, AudioError> {
             duration_ms,
         });
     }
-    Ok(VoiceInfo {
-        format: VoiceFormat::Wav,
+    Ok(Voice {
+        format: AudioFormat::Wav,
         duration_ms,
     })
 }
@@ -395,12 +354,12 @@ fn is_executable(path: &Path) -> bool {
 /// [`AudioError::Tool`] when it fails or is still running `secs` + 5 s
 /// later (it is then killed), and [`inspect`]'s errors when what it wrote
 /// is not a usable recording.
-pub fn record(out: &Path, secs: u64) -> Result<VoiceInfo, AudioError> {
+pub fn record(out: &Path, secs: u64) -> Result<Voice, AudioError> {
     record_with(&path_var(), out, secs)
 }
 
 /// [`record`] with the recorder looked for in `path_var` instead of `PATH`.
-fn record_with(path_var: &OsStr, out: &Path, secs: u64) -> Result<VoiceInfo, AudioError> {
+fn record_with(path_var: &OsStr, out: &Path, secs: u64) -> Result<Voice, AudioError> {
     if secs == 0 || secs > MAX_VOICE.as_secs() {
         return Err(AudioError::BadLength(secs));
     }
@@ -633,8 +592,8 @@ mod tests {
         write_wav(&path, 8000, 1, 8, 1.5);
         assert_eq!(
             inspect(&path).unwrap(),
-            VoiceInfo {
-                format: VoiceFormat::Wav,
+            Voice {
+                format: AudioFormat::Wav,
                 duration_ms: 1500
             }
         );
@@ -763,14 +722,6 @@ mod tests {
     }
 
     #[test]
-    fn voice_format_names() {
-        assert_eq!(VoiceFormat::Wav.as_str(), "wav");
-        assert_eq!(VoiceFormat::parse("wav"), Some(VoiceFormat::Wav));
-        assert_eq!(VoiceFormat::parse("WAV"), Some(VoiceFormat::Wav));
-        assert_eq!(VoiceFormat::parse("mp3"), None);
-    }
-
-    #[test]
     fn find_in_follows_preference_order_not_path_order() {
         let first = TempDir::new().unwrap();
         let second = TempDir::new().unwrap();
@@ -846,8 +797,8 @@ mod tests {
         let info = record_with(tools.path().as_os_str(), &out, 3).unwrap();
         assert_eq!(
             info,
-            VoiceInfo {
-                format: VoiceFormat::Wav,
+            Voice {
+                format: AudioFormat::Wav,
                 duration_ms: 3000
             }
         );

@@ -503,8 +503,8 @@ impl Client {
     /// here, before anything is sent), and its length and format go with
     /// the announcement.
     pub fn send_voice(&self, target: FileTarget, path: &Path) -> Result<Reply, ClientError> {
-        let info = audio::inspect(path).map_err(|e| ClientError::Refused(e.to_string()))?;
-        self.send_file_as(target, path, Some(info.voice()))
+        let voice = audio::inspect(path).map_err(|e| ClientError::Refused(e.to_string()))?;
+        self.send_file_as(target, path, Some(voice))
     }
 
     fn send_file_as(

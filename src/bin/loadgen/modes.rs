@@ -394,6 +394,7 @@ fn file(opts: &Options, size: u64, members: usize) -> Result<Report, LoadError> 
         size,
         sha256,
         name: "loadgen.bin".into(),
+        voice: None,
     });
     let id = match sender.session.request(&offer).map_err(fail)?.0 {
         Reply::Ok {
