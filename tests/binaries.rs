@@ -1096,3 +1096,100 @@ fn a_closed_standard_output_ends_the_client_quietly() {
         err.seen
     );
 }
+
+/// `RECORD` and `PLAY` through the real binaries, with stand-in `arecord`
+/// and `aplay` first on the client's `PATH` (tests never touch a
+/// microphone or speakers): `arecord` writes a WAV made here to the file it
+/// is given, `aplay` notes the file it was asked to play.
+#[test]
+fn record_sends_a_voice_note_and_play_plays_the_one_received() {
+    use std::os::unix::fs::PermissionsExt;
+    let sandbox = Sandbox::new();
+    let server = start_server_bin(sandbox.server_cmd(&sandbox.path("data")));
+    let tools = sandbox.dir("tools");
+    let mic = sandbox.path("mic.wav");
+    let spec = hound::WavSpec {
+        channels: 1,
+        sample_rate: 8000,
+        bits_per_sample: 16,
+        sample_format: hound::SampleFormat::Int,
+    };
+    let mut w = hound::WavWriter::create(&mic, spec).unwrap();
+    for i in 0..16_000u32 {
+        w.write_sample(((i % 40) as i16 - 20) * 400).unwrap();
+    }
+    w.finalize().unwrap();
+    let played = sandbox.path("played.txt");
+    for (name, body) in [
+        ("arecord", format!("cp {} \"$last\"", mic.display())),
+        ("aplay", format!("echo \"$last\" > {}", played.display())),
+    ] {
+        let p = tools.join(name);
+        // The file is the last argument.
+        std::fs::write(&p, format!("#!/bin/sh\nfor last; do :; done\n{body}\n")).unwrap();
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o755)).unwrap();
+    }
+    let path = format!(
+        "{}:{}",
+        tools.display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
+    let client = |who: &str| {
+        let mut c = sandbox.client_cmd(&server, who);
+        c.env("PATH", &path);
+        Proc::spawn(who, c)
+    };
+
+    let mut alice = client("alice");
+    for line in [
+        "CREATE_USER A alice pw",
+        "CREATE_USER B bob pw",
+        "LOGIN alice pw",
+        "RECORD bob 2",
+    ] {
+        alice.send(line);
+    }
+    let a = alice.finish();
+    assert_eq!(a.code, Some(0), "{a:?}");
+    assert!(a.out.iter().any(|l| l.starts_with("FILE_SENT ")), "{a:?}");
+
+    let mut bob = client("bob");
+    bob.send("LOGIN bob pw");
+    // Announced and saved as a voice note of 2 s.
+    let line = bob.out_line("FILE @alice:1 ");
+    assert!(line.ends_with(", voice 0:02)"), "{line}");
+    let saved = line
+        .split(": saved ")
+        .nth(1)
+        .and_then(|s| s.rsplit_once(" ("))
+        .map(|(p, _)| p.to_string())
+        .unwrap_or_else(|| panic!("{line}"));
+    bob.send("PLAY @alice:1");
+    bob.out_line("OK played ");
+    assert_eq!(std::fs::read_to_string(&played).unwrap().trim(), saved);
+    // A note this client never received.
+    bob.send("PLAY @alice:9");
+    bob.out_line("no voice note @alice:9");
+    let b = bob.finish();
+    assert_eq!(b.code, Some(1), "the failed PLAY counts: {b:?}");
+}
+
+#[test]
+fn record_without_a_recorder_says_what_to_install() {
+    let sandbox = Sandbox::new();
+    let server = start_server_bin(sandbox.server_cmd(&sandbox.path("data")));
+    let mut c = sandbox.client_cmd(&server, "alice");
+    // Nothing on PATH: no recorder, no player.
+    c.env("PATH", sandbox.dir("empty-bin"));
+    let mut alice = Proc::spawn("alice", c);
+    for line in ["CREATE_USER A alice pw", "LOGIN alice pw", "RECORD alice 1"] {
+        alice.send(line);
+    }
+    let a = alice.finish();
+    assert_eq!(a.code, Some(1), "{a:?}");
+    let text = a.stdout();
+    assert!(
+        text.contains("no recorder found") && text.contains("arecord"),
+        "{text}"
+    );
+}
