@@ -5,6 +5,7 @@
 
 mod attack;
 mod fanout;
+mod hoard;
 mod modes;
 mod report;
 
@@ -72,6 +73,11 @@ struct Args {
     /// Measure the des crate's single-core 3DES-CBC MB/s and exit
     #[arg(long)]
     cipher: bool,
+    /// Clients that stop reading (pipelined HISTORY, a flooded group, a
+    /// backlog): report the server's peak RSS and another member's
+    /// HISTORY latency (needs --server-pid)
+    #[arg(long)]
+    hoard: bool,
     /// Run one of the attacks the server's abuse limits answer (against
     /// the first ADDR, from loopback source addresses 127.10.0.1 and up)
     /// and report what got through
@@ -148,6 +154,7 @@ fn main() -> ExitCode {
             }
         };
     }
+    let hoarding = args.hoard;
     let mode = if let Some(sessions) = args.idle {
         Mode::Idle { sessions }
     } else if let Some(clients) = args.storm {
@@ -177,6 +184,20 @@ fn main() -> ExitCode {
         server_pids: args.server_pids,
         sample: args.sample,
     };
+    if hoarding {
+        let result = hoard::hoard(&opts);
+        let _ = std::fs::remove_file(&throwaway);
+        return match result {
+            Ok(json) => {
+                println!("{json}");
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("loadgen: {e}");
+                ExitCode::FAILURE
+            }
+        };
+    }
     let result = run(&opts);
     let _ = std::fs::remove_file(&throwaway);
     match result {

@@ -126,6 +126,21 @@ impl Client {
     }
 }
 
+impl Client {
+    /// Reads until the next reply, answering `PING`s on the way; an `ERR`
+    /// fails the run.
+    pub(crate) fn await_reply(&mut self) -> Result<(), LoadError> {
+        loop {
+            match self.session.reader.recv().map_err(fail)? {
+                Incoming::Reply(r) if r.is_ok() => return Ok(()),
+                Incoming::Reply(r) => return Err(fail(format!("{}: {}", self.name, r.text()))),
+                Incoming::Ping(n) => self.session.writer.send(&Request::Pong(n)).map_err(fail)?,
+                _ => {}
+            }
+        }
+    }
+}
+
 /// Connects, creates the account (if new) and logs in.
 fn client(opts: &Options, i: usize) -> Result<Client, LoadError> {
     let addr = &opts.addrs[i % opts.addrs.len()];
