@@ -54,17 +54,40 @@ impl fmt::Display for Fingerprint {
 /// is none. A key file that exists but does not parse is an error naming
 /// it: silently replacing it would make every client see a changed key.
 pub fn load_or_create(dir: &Path) -> Result<StaticSecret, String> {
-    let path = dir.join(KEY_FILE);
+    load_or_create_at(&dir.join(KEY_FILE))
+}
+
+/// [`load_or_create`] with the key file at `path` (`--key-file`: several
+/// servers sharing one identity, so clients' pinned fingerprints hold
+/// whichever of them they reach). A key file others may read is refused,
+/// as SSH refuses a private key with open permissions.
+pub fn load_or_create_at(path: &Path) -> Result<StaticSecret, String> {
+    let dir = path.parent().filter(|d| !d.as_os_str().is_empty());
+    let path = path.to_path_buf();
     match std::fs::read_to_string(&path) {
         Ok(text) => {
+            use std::os::unix::fs::PermissionsExt;
+            let mode = std::fs::metadata(&path)
+                .map_err(|e| format!("cannot read {}: {e}", path.display()))?
+                .permissions()
+                .mode();
+            if mode & 0o077 != 0 {
+                return Err(format!(
+                    "{}: the server key is readable by others (mode {:o}); chmod 600 it",
+                    path.display(),
+                    mode & 0o777
+                ));
+            }
             let bytes = decode_hex(text.trim())
                 .ok_or_else(|| format!("{}: not a muchat server key", path.display()))?;
             StaticSecret::from_bytes(&bytes)
                 .map_err(|_| format!("{}: not a muchat server key", path.display()))
         }
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            std::fs::create_dir_all(dir)
-                .map_err(|e| format!("cannot create data directory {}: {e}", dir.display()))?;
+            if let Some(dir) = dir {
+                std::fs::create_dir_all(dir)
+                    .map_err(|e| format!("cannot create directory {}: {e}", dir.display()))?;
+            }
             let key = StaticSecret::random().map_err(|e| e.to_string())?;
             let hex: String = key.to_bytes().iter().map(|b| format!("{b:02x}")).collect();
             let mut f = OpenOptions::new()

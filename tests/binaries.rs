@@ -1193,3 +1193,54 @@ fn record_without_a_recorder_says_what_to_install() {
         "{text}"
     );
 }
+
+#[test]
+fn servers_sharing_a_key_file_are_one_identity_to_clients() {
+    use std::os::unix::fs::PermissionsExt;
+    let sandbox = Sandbox::new();
+    let key = sandbox.path("cluster/server_key");
+    // Created by --fingerprint when missing, mode 0600.
+    let mut fp = sandbox.command(SERVER);
+    fp.arg("--fingerprint").arg("--key-file").arg(&key);
+    let printed = Proc::run("fingerprint", fp);
+    assert_eq!(printed.code, Some(0), "{printed:?}");
+    let mode = std::fs::metadata(&key).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o600);
+
+    let node = |dir: &str| {
+        let mut c = sandbox.server_cmd(&sandbox.path(dir));
+        c.arg("--key-file").arg(&key);
+        start_server_bin(c)
+    };
+    let (one, two) = (node("data1"), node("data2"));
+    assert_eq!(one.fingerprint, printed.out[0]);
+    assert_eq!(two.fingerprint, printed.out[0]);
+    // A client that pinned node one (known_servers, trust on first use)
+    // finds the same key on node two under the same name.
+    let known = sandbox.path("known_servers");
+    let client = |server: &ServerBin| {
+        let mut c = sandbox.command(CLIENT);
+        c.arg(&server.addr).arg("--known-servers").arg(&known);
+        Proc::run("client", c)
+    };
+    assert_eq!(client(&one).code, Some(0));
+    let pinned = std::fs::read_to_string(&known).unwrap();
+    let renamed = pinned.replace(&one.addr, &two.addr);
+    std::fs::write(&known, renamed).unwrap();
+    let second = client(&two);
+    assert_eq!(second.code, Some(0), "{second:?}");
+    // Known, not pinned afresh.
+    assert!(!second.stderr().contains("first connection"), "{second:?}");
+    assert!(
+        client(&one).stderr().contains("first connection"),
+        "one's name is no longer pinned"
+    );
+
+    // A key file others can read is refused, naming the fix.
+    std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let mut c = sandbox.server_cmd(&sandbox.path("data3"));
+    c.arg("--key-file").arg(&key);
+    let refused = Proc::run("server", c);
+    assert_ne!(refused.code, Some(0), "{refused:?}");
+    assert!(refused.stderr().contains("chmod 600"), "{refused:?}");
+}

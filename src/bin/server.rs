@@ -20,8 +20,8 @@ struct Args {
     #[arg(env = "MUCHAT_LISTEN", default_value = "127.0.0.1:9000")]
     addr: String,
 
-    /// Print this server's key fingerprint (creating the key in the data
-    /// directory if needed) and exit
+    /// Print this server's key fingerprint (creating the key, in the data
+    /// directory or at --key-file, if needed) and exit
     #[arg(long)]
     fingerprint: bool,
 
@@ -62,7 +62,7 @@ fn main() -> ExitCode {
         .with_target(false)
         .init();
     if args.fingerprint {
-        return match muchat::identity::load_or_create(&args.config.data_dir) {
+        return match muchat::identity::load_or_create_at(&args.config.key_path()) {
             Ok(key) => {
                 println!("{}", muchat::identity::Fingerprint::of(key.public_value()));
                 ExitCode::SUCCESS

@@ -80,6 +80,11 @@ pub struct Config {
     )]
     pub data_dir: PathBuf,
 
+    /// The server's key (created 0600 if missing) [default: DIR/server_key];
+    /// servers that share one key present one identity to clients
+    #[arg(long, env = "MUCHAT_KEY_FILE", value_name = "FILE")]
+    pub key_file: Option<PathBuf>,
+
     /// Largest file accepted, in bytes
     #[arg(long, env = "MUCHAT_MAX_FILE_SIZE", value_name = "BYTES", default_value_t = Config::DEFAULT.max_file_size)]
     pub max_file_size: u64,
@@ -166,6 +171,7 @@ impl Config {
     /// The defaults, also the flags' defaults.
     pub const DEFAULT: Config = Config {
         data_dir: PathBuf::new(),
+        key_file: None,
         max_file_size: 100 * 1024 * 1024,
         max_pending_bytes: 1024 * 1024 * 1024,
         handshake_timeout: Duration::from_secs(10),
@@ -195,6 +201,14 @@ impl Config {
             password_cost: PasswordCost::TESTING,
             ..Config::DEFAULT
         }
+    }
+
+    /// Where the server's key is: `--key-file`, or `server_key` in the
+    /// data directory.
+    pub fn key_path(&self) -> PathBuf {
+        self.key_file
+            .clone()
+            .unwrap_or_else(|| self.data_dir.join(identity::KEY_FILE))
     }
 
     fn outbox_limits(&self) -> OutboxLimits {
@@ -329,7 +343,7 @@ impl Shared {
         let store: Arc<dyn Store> = Arc::new(store);
         let passwords = Passwords::new(config.password_cost).map_err(io::Error::other)?;
         let identity =
-            Arc::new(identity::load_or_create(&config.data_dir).map_err(io::Error::other)?);
+            Arc::new(identity::load_or_create_at(&config.key_path()).map_err(io::Error::other)?);
         let budget = Arc::new(Budget::new(config.memory_budget));
         Ok(Shared {
             identity,
