@@ -144,18 +144,50 @@ fn client_command(dir: &Path, addr: &str, who: &str) -> String {
     )
 }
 
+/// A server, a tmux of the test's own and the directory they live in;
+/// the server is stopped on drop (the tmux server too, by its own drop).
+struct Setup {
+    tmux: Tmux,
+    server: Child,
+    addr: String,
+    dir: tempfile::TempDir,
+}
+
+impl Setup {
+    /// None (after saying so) where tmux is not installed.
+    fn start() -> Option<Setup> {
+        if !have_tmux() {
+            return None;
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let (server, addr) = server(dir.path());
+        let tmux = Tmux {
+            socket: dir.path().join("tmux.sock"),
+        };
+        Some(Setup {
+            tmux,
+            server,
+            addr,
+            dir,
+        })
+    }
+}
+
+impl Drop for Setup {
+    fn drop(&mut self) {
+        let _ = self.server.kill();
+        let _ = self.server.wait();
+    }
+}
+
 #[test]
 fn the_prompt_reads_like_a_chat_and_keeps_passwords_secret() {
-    if !have_tmux() {
+    let Some(t) = Setup::start() else {
         return;
-    }
-    let dir = tempfile::tempdir().unwrap();
-    let (mut server, addr) = server(dir.path());
-    let tmux = Tmux {
-        socket: dir.path().join("tmux.sock"),
     };
-    tmux.session("alice", &client_command(dir.path(), &addr, "alice"));
-    tmux.session("bob", &client_command(dir.path(), &addr, "bob"));
+    let (dir, addr, tmux) = (&t.dir, t.addr.as_str(), &t.tmux);
+    tmux.session("alice", &client_command(dir.path(), addr, "alice"));
+    tmux.session("bob", &client_command(dir.path(), addr, "bob"));
     tmux.wait_for("alice", "connected", |l| l.starts_with("connected to "));
     tmux.wait_for("bob", "connected", |l| l.starts_with("connected to "));
 
@@ -241,22 +273,15 @@ fn the_prompt_reads_like_a_chat_and_keeps_passwords_secret() {
     tmux.keys("alice", &["half a line", "C-c"]);
     tmux.keys("alice", &["C-c"]);
     tmux.wait_for("alice", "the exit code", |l| l == "EXIT=0");
-
-    let _ = server.kill();
-    let _ = server.wait();
 }
 
 #[test]
 fn the_full_screen_client_shows_each_message_in_its_conversation() {
-    if !have_tmux() {
+    let Some(t) = Setup::start() else {
         return;
-    }
-    let dir = tempfile::tempdir().unwrap();
-    let (mut server, addr) = server(dir.path());
-    let tmux = Tmux {
-        socket: dir.path().join("tmux.sock"),
     };
-    tmux.session("bob", &client_command(dir.path(), &addr, "bob"));
+    let (dir, addr, tmux) = (&t.dir, t.addr.as_str(), &t.tmux);
+    tmux.session("bob", &client_command(dir.path(), addr, "bob"));
     tmux.wait_for("bob", "connected", |l| l.starts_with("connected to "));
     tmux.keys("bob", &["CREATE_USER Bob bob pw2", "Enter"]);
     tmux.wait_for("bob", "created", |l| l.starts_with("-- created user bob"));
@@ -266,10 +291,10 @@ fn the_full_screen_client_shows_each_message_in_its_conversation() {
     tmux.wait_for("bob", "created", |l| l.starts_with("-- created the group"));
 
     let tui =
-        client_command(dir.path(), &addr, "alice").replace(" --downloads", " --tui --downloads");
+        client_command(dir.path(), addr, "alice").replace(" --downloads", " --tui --downloads");
     tmux.session("alice", &tui);
     tmux.wait_for("alice", "the status bar", |l| {
-        l.contains(&addr) && l.contains("online")
+        l.contains(addr) && l.contains("online")
     });
     tmux.keys("alice", &["CREATE_USER Alice alice pw1", "Enter"]);
     tmux.wait_for("alice", "created", |l| l.contains("-- created user alice"));
@@ -305,6 +330,4 @@ fn the_full_screen_client_shows_each_message_in_its_conversation() {
 
     tmux.keys("alice", &["C-c", "C-c"]);
     tmux.wait_for("alice", "the exit code", |l| l == "EXIT=0");
-    let _ = server.kill();
-    let _ = server.wait();
 }

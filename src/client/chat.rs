@@ -286,19 +286,10 @@ pub fn human_bytes(n: u64) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::client::testing::message;
 
     fn user(s: &str) -> Username {
         Username::parse(s).unwrap()
-    }
-
-    fn msg(at: &str, from: &str, text: &str) -> ClientEvent {
-        ClientEvent::Message {
-            at: MessageRef::parse(at).unwrap(),
-            at_ms: 0,
-            from: user(from),
-            text: text.into(),
-            history: false,
-        }
     }
 
     /// The line without its local time (which depends on the zone).
@@ -312,17 +303,17 @@ mod tests {
             me: Some(user("alice")),
             ..Chat::default()
         };
-        let line = chat.event(&msg("#ops:17", "bob", "hi all"));
+        let line = chat.event(&message("#ops:17", "bob", "hi all"));
         assert_eq!(line.len(), 5 + 1 + "#ops <bob> hi all".len());
         assert_eq!(&line[2..3], ":", "HH:MM first: {line}");
         assert_eq!(rest(&line), "#ops <bob> hi all");
         assert_eq!(
-            rest(&chat.event(&msg("@bob:3", "bob", "lunch?"))),
+            rest(&chat.event(&message("@bob:3", "bob", "lunch?"))),
             "<bob> lunch?"
         );
         // Yours to bob, seen from another of your sessions.
         assert_eq!(
-            rest(&chat.event(&msg("@bob:4", "alice", "sure"))),
+            rest(&chat.event(&message("@bob:4", "alice", "sure"))),
             "@bob <alice> sure"
         );
         assert_eq!(
@@ -338,11 +329,11 @@ mod tests {
             ..Chat::default()
         };
         assert_eq!(
-            rest(&chat.event(&msg("@bob:3", "bob", "x"))),
+            rest(&chat.event(&message("@bob:3", "bob", "x"))),
             "@bob:3 <bob> x"
         );
         assert_eq!(
-            rest(&chat.event(&msg("#ops:17", "bob", "x"))),
+            rest(&chat.event(&message("#ops:17", "bob", "x"))),
             "#ops:17 <bob> x"
         );
     }
@@ -350,13 +341,13 @@ mod tests {
     #[test]
     fn colour_only_when_asked_and_text_is_sanitised() {
         let plain = Chat::default();
-        let line = plain.event(&msg("#ops:1", "bob", "hi\x1b[2J"));
+        let line = plain.event(&message("#ops:1", "bob", "hi\x1b[2J"));
         assert!(!line.contains('\x1b'), "{line:?}");
         let coloured = Chat {
             color: true,
             ..Chat::default()
         };
-        let line = coloured.event(&msg("#ops:1", "bob", "hi\x1b[2J"));
+        let line = coloured.event(&message("#ops:1", "bob", "hi\x1b[2J"));
         assert!(line.contains("\x1b["), "{line:?}");
         assert!(line.ends_with("hi\\x1b[2J"), "{line:?}");
         assert!(coloured
@@ -381,7 +372,7 @@ mod tests {
             color: true,
             ..Chat::default()
         };
-        let line = coloured.event(&msg("#ops:1", "bob", &"word ".repeat(30)));
+        let line = coloured.event(&message("#ops:1", "bob", &"word ".repeat(30)));
         let wrapped = wrap(line.trim_end(), 40);
         let second = wrapped.lines().nth(1).unwrap();
         assert!(

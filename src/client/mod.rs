@@ -1230,3 +1230,21 @@ fn open_message(d: Delivery, history: bool) -> ClientEvent {
         },
     }
 }
+
+/// Events for the display tests (the prompt's, the full-screen client's).
+#[cfg(test)]
+pub(crate) mod testing {
+    use super::ClientEvent;
+    use crate::names::{MessageRef, Username};
+
+    /// A live text message `text` from `from` at `at` (`#ops:1`, `@bob:2`).
+    pub fn message(at: &str, from: &str, text: &str) -> ClientEvent {
+        ClientEvent::Message {
+            at: MessageRef::parse(at).expect("a message reference"),
+            at_ms: 0,
+            from: Username::parse(from).expect("a user name"),
+            text: text.into(),
+            history: false,
+        }
+    }
+}

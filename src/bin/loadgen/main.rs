@@ -143,16 +143,7 @@ fn main() -> ExitCode {
         };
         let result = attacker.run(attack);
         let _ = std::fs::remove_file(&throwaway);
-        return match result {
-            Ok(json) => {
-                println!("{json}");
-                ExitCode::SUCCESS
-            }
-            Err(e) => {
-                eprintln!("loadgen: {e}");
-                ExitCode::FAILURE
-            }
-        };
+        return print_json(result);
     }
     let hoarding = args.hoard;
     let mode = if let Some(sessions) = args.idle {
@@ -187,16 +178,7 @@ fn main() -> ExitCode {
     if hoarding {
         let result = hoard::hoard(&opts);
         let _ = std::fs::remove_file(&throwaway);
-        return match result {
-            Ok(json) => {
-                println!("{json}");
-                ExitCode::SUCCESS
-            }
-            Err(e) => {
-                eprintln!("loadgen: {e}");
-                ExitCode::FAILURE
-            }
-        };
+        return print_json(result);
     }
     let result = run(&opts);
     let _ = std::fs::remove_file(&throwaway);
@@ -213,6 +195,20 @@ fn main() -> ExitCode {
                 );
                 ExitCode::FAILURE
             }
+        }
+        Err(e) => {
+            eprintln!("loadgen: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Ends a mode that reports one JSON object (its summary already printed).
+fn print_json(result: Result<serde_json::Value, modes::LoadError>) -> ExitCode {
+    match result {
+        Ok(json) => {
+            println!("{json}");
+            ExitCode::SUCCESS
         }
         Err(e) => {
             eprintln!("loadgen: {e}");

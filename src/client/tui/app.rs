@@ -465,7 +465,8 @@ pub fn is_command(line: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::names::{GroupName, MessageRef, Username};
+    use crate::client::testing::message;
+    use crate::names::GroupName;
 
     fn key(code: KeyCode) -> KeyEvent {
         KeyEvent::new(code, KeyModifiers::NONE)
@@ -480,16 +481,6 @@ mod tests {
             assert_eq!(app.key(key(KeyCode::Char(c))), None);
         }
         app.key(key(KeyCode::Enter))
-    }
-
-    fn message(at: &str, from: &str, text: &str) -> ClientEvent {
-        ClientEvent::Message {
-            at: MessageRef::parse(at).unwrap(),
-            at_ms: 0,
-            from: Username::parse(from).unwrap(),
-            text: text.into(),
-            history: false,
-        }
     }
 
     #[test]

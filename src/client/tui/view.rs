@@ -207,8 +207,8 @@ fn draw_help(f: &mut Frame) {
 mod tests {
     use super::*;
     use crate::client::progress::Progress;
+    use crate::client::testing::message;
     use crate::client::ClientEvent;
-    use crate::names::MessageRef;
     use ratatui::backend::TestBackend;
     use ratatui::Terminal;
 
@@ -224,16 +224,6 @@ mod tests {
             out.push('\n');
         }
         out
-    }
-
-    fn message(at: &str, from: &str, text: &str) -> ClientEvent {
-        ClientEvent::Message {
-            at: MessageRef::parse(at).unwrap(),
-            at_ms: 0,
-            from: Username::parse(from).unwrap(),
-            text: text.into(),
-            history: false,
-        }
     }
 
     #[test]
