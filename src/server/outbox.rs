@@ -365,16 +365,38 @@ thread_local! {
     /// Outboxes pushed to while [`deferring_wakeups`] runs on this thread.
     static DEFERRED: std::cell::RefCell<Option<Vec<Arc<Inner>>>> =
         const { std::cell::RefCell::new(None) };
+    /// Outboxes whose wake-up waits for the next commit, and for how many
+    /// commits they have waited.
+    static CARRIED: std::cell::RefCell<(Vec<Arc<Inner>>, u32)> =
+        const { std::cell::RefCell::new((Vec::new(), 0)) };
 }
 
-/// Runs `f`, then wakes the writers for every outbox it pushed to, once
-/// each: the messages of one commit then reach each connection in one
-/// write, as an event-loop server would send them.
-pub fn deferring_wakeups(f: &mut dyn FnMut()) {
+/// Commits whose wake-ups may wait for the next one while the store is
+/// busy: bounds the delay this adds to a few commits' time.
+const CARRY_COMMITS: u32 = 8;
+
+/// Runs `f` (a commit's completions), then wakes the writers for every
+/// outbox it pushed to, once each: the messages of one commit reach each
+/// connection in one write, as an event-loop server would send them. While
+/// more writes are queued behind this commit (`more`), the wake-ups wait
+/// for the next commit (at most [`CARRY_COMMITS`]), so a busy server sends
+/// several commits' messages in one write per connection; an idle one
+/// sends at once.
+pub fn deferring_wakeups(f: &mut dyn FnMut(), more: bool) {
     let outer = DEFERRED.with(|d| d.borrow_mut().replace(Vec::new()));
     f();
     let pushed = DEFERRED.with(|d| std::mem::replace(&mut *d.borrow_mut(), outer));
-    for inner in pushed.into_iter().flatten() {
+    let due = CARRIED.with(|c| {
+        let mut c = c.borrow_mut();
+        c.0.extend(pushed.into_iter().flatten());
+        c.1 += 1;
+        if more && c.1 < CARRY_COMMITS {
+            return Vec::new();
+        }
+        c.1 = 0;
+        std::mem::take(&mut c.0)
+    });
+    for inner in due {
         ensure_writer(&inner);
     }
 }
@@ -643,5 +665,45 @@ fn serve(inner: &Arc<Inner>) -> Served {
         Served::MoreQueued
     } else {
         Served::Idle
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn scheduled(o: &Outbox) -> bool {
+        o.inner.scheduled.load(Ordering::SeqCst)
+    }
+
+    #[test]
+    fn a_busy_store_carries_wake_ups_to_a_later_commit_but_not_forever() {
+        let pool =
+            WriterPool::start(OutboxLimits::default(), Arc::new(Budget::new(1 << 20))).unwrap();
+        let o = pool.detached_outbox();
+        let push = || {
+            o.send(&ServerMessage::Ping(1)).unwrap();
+        };
+        // More writes queued behind the commit: the wake-up waits...
+        deferring_wakeups(&mut || push(), true);
+        assert!(!scheduled(&o));
+        deferring_wakeups(&mut || {}, true);
+        assert!(!scheduled(&o));
+        // ...until a commit with nothing behind it.
+        deferring_wakeups(&mut || {}, false);
+        assert!(scheduled(&o));
+
+        // Under constant load it waits for CARRY_COMMITS commits at most.
+        let o = pool.detached_outbox();
+        let push = || {
+            o.send(&ServerMessage::Ping(2)).unwrap();
+        };
+        deferring_wakeups(&mut || push(), true);
+        for _ in 1..CARRY_COMMITS - 1 {
+            deferring_wakeups(&mut || {}, true);
+            assert!(!scheduled(&o));
+        }
+        deferring_wakeups(&mut || {}, true);
+        assert!(scheduled(&o));
     }
 }

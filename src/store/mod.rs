@@ -287,8 +287,10 @@ pub struct StoredChunk {
 
 /// Runs the completions of one commit together (the server uses it to
 /// wake its writers once per commit rather than once per message, so a
-/// connection gets several messages in one write).
-pub type BatchHook = std::sync::Arc<dyn Fn(&mut dyn FnMut()) + Send + Sync>;
+/// connection gets several messages in one write). The flag says whether
+/// more writes are already queued behind this commit (so the next batch
+/// follows at once).
+pub type BatchHook = std::sync::Arc<dyn Fn(&mut dyn FnMut(), bool) + Send + Sync>;
 
 /// Work to run on the store's writer when a queued write has committed (or
 /// failed). Completions run one at a time, in the order their writes were

@@ -526,6 +526,8 @@ fn write_loop(mut conn: Connection, jobs: &Receiver<Job>, batch_hook: Option<Bat
             }
             acked_since_release |= batch.iter().any(|j| matches!(j.op, Op::Ack(..)));
             let outcome = apply_batch(&mut conn, &mut batch);
+            // More writes already waiting: the next batch follows at once.
+            let more = !jobs.is_empty();
             let mut jobs = Some(batch.into_iter().zip(outcome));
             let mut complete = || {
                 // In queue order, so completions (replies) keep their order.
@@ -544,7 +546,7 @@ fn write_loop(mut conn: Connection, jobs: &Receiver<Job>, batch_hook: Option<Bat
                 }
             };
             match &batch_hook {
-                Some(hook) => hook(&mut complete),
+                Some(hook) => hook(&mut complete, more),
                 None => complete(),
             }
         }
