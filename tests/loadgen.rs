@@ -318,3 +318,20 @@ fn attacks_report_what_the_limits_let_through() {
         "{v}"
     );
 }
+
+#[test]
+fn hoard_reports_memory_and_another_members_history() {
+    let server = start_server();
+    let sandbox = server.path("loadgen");
+    let run = loadgen(
+        &sandbox,
+        &args(&server, "ho", &["--hoard", "--messages", "100"]),
+    );
+    assert_eq!(run.code, Some(0), "{run:?}");
+    let line = run.stdout.lines().rfind(|l| l.starts_with('{'));
+    let v: Value = serde_json::from_str(line.unwrap_or_else(|| panic!("{run:?}"))).unwrap();
+    assert_eq!(v["mode"], "hoard", "{v}");
+    assert!(num(&v, "rss_peak_mib") >= num(&v, "rss_before_mib"), "{v}");
+    assert!(num(&v, "probes") >= 10.0, "{v}");
+    assert!(num(&v, "probe_history_p50_ms") > 0.0, "{v}");
+}

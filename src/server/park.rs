@@ -107,16 +107,25 @@ impl Drop for Parking {
 /// Gives a parked session a thread again.
 fn wake(p: Parked, close: Option<CloseReason>) {
     let id = p.session.id;
-    let job = move || session::resume(p.session, p.stream, p.opener, close);
-    // The job is moved into the thread only if it starts; a failure here
-    // (no threads left) leaves the socket unserved, so say so loudly.
-    if let Err(e) = std::thread::Builder::new()
+    let (tx, job) = crossbeam_channel::bounded::<Parked>(1);
+    let started = std::thread::Builder::new()
         .name(format!("conn-{id}"))
         .stack_size(super::THREAD_STACK)
-        .spawn(job)
-    {
+        .spawn(move || {
+            if let Ok(p) = job.recv() {
+                session::resume(p.session, p.stream, p.opener, close);
+            }
+        });
+    if let Err(e) = started {
+        // No thread to read with (the system is out of them): end the
+        // session here, properly (logged out, told why), rather than leave
+        // it online with nobody reading.
         tracing::error!(conn = id, "cannot start a thread for a parked session: {e}");
+        let why = CloseReason::ReadFailed(format!("cannot start a thread: {e}"));
+        session::resume(p.session, p.stream, p.opener, Some(why));
+        return;
     }
+    let _ = tx.send(p);
 }
 
 /// The parking thread: waits on every parked socket and on the idle

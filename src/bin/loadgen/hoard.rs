@@ -4,7 +4,8 @@
 //!
 //! * one account with 8 sessions, each pipelining `HISTORY #group 500`
 //!   requests and never reading;
-//! * 4 members of a flooded group that never read;
+//! * 4 members of a flooded group that never read (`--messages`, 3000 by
+//!   default here, before the hoarders come and as many during);
 //! * a member with a large backlog logging in 4 times and never reading.
 //!
 //! Meanwhile a reading member asks for `HISTORY #group 50` every 200 ms
@@ -26,16 +27,15 @@ use muchat::request::{HistoryTarget, Request, SendId};
 use super::modes::{clients, fail, form_group, Client, LoadError, Options};
 use super::report::rss_kib;
 
-/// Messages in the group before the hoarders come, and during.
-const BEFORE: usize = 3000;
-const FLOOD: usize = 3000;
 /// Bytes of text per message.
 const SIZE: usize = 1000;
 /// `HISTORY` requests each hoarding session pipelines.
 const PIPELINED: usize = 100;
 
-/// Runs the hoarding shapes; returns what was measured.
-pub fn hoard(opts: &Options) -> Result<Value, LoadError> {
+/// Runs the hoarding shapes with `messages` in the group before the
+/// hoarders come and as many during; returns what was measured.
+pub fn hoard(opts: &Options, messages: usize) -> Result<Value, LoadError> {
+    let (before, flood) = (messages, messages);
     let started = Instant::now();
     let past_deadline = || started.elapsed() >= opts.deadline;
     let pid = opts
@@ -50,7 +50,7 @@ pub fn hoard(opts: &Options) -> Result<Value, LoadError> {
     let lagger = all[6].name.clone();
     all[6].ok(&Request::Logout, &[])?;
     let mut flooder = all.remove(0);
-    send_all(&mut flooder, &group, BEFORE)?;
+    send_all(&mut flooder, &group, before)?;
     let rss_before = rss_kib(pid).unwrap_or(0.0);
 
     // The RSS, sampled until the hoarders are gone.
@@ -111,7 +111,7 @@ pub fn hoard(opts: &Options) -> Result<Value, LoadError> {
             }
             times
         });
-        let sent = send_all(&mut flooder, &group, FLOOD);
+        let sent = send_all(&mut flooder, &group, flood);
         flooding.store(false, Ordering::Relaxed);
         probe_ms = probes.join().map_err(|_| fail("the probe panicked"))?;
         sent?;
@@ -135,7 +135,7 @@ pub fn hoard(opts: &Options) -> Result<Value, LoadError> {
     let mib = |k: f64| k / 1024.0;
     println!(
         "hoard: 8 sessions pipelining HISTORY 500 unread, 4 members not reading a flood of \
-         {FLOOD} x {SIZE} B, a backlog user logged in 4 times unread: server RSS {:.0} MiB \
+         {flood} x {SIZE} B, a backlog user logged in 4 times unread: server RSS {:.0} MiB \
          before, {:.0} MiB at the peak, {:.0} MiB 5 s after they left; another member's \
          HISTORY 50 took {:.1} ms (median) / {:.1} ms (max) over {} probes",
         mib(rss_before),

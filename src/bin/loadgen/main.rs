@@ -38,9 +38,10 @@ struct Args {
     /// Fan-out: how many members send
     #[arg(long, default_value_t = 1)]
     senders: usize,
-    /// Fan-out: messages per sender
-    #[arg(long, default_value_t = 2000)]
-    messages: usize,
+    /// Fan-out: messages per sender [default: 2000]; --hoard: messages in
+    /// the group before the hoarders and during [default: 3000]
+    #[arg(long)]
+    messages: Option<usize>,
     /// Fan-out: message text size in bytes
     #[arg(long, default_value_t = 100)]
     size: usize,
@@ -159,7 +160,7 @@ fn main() -> ExitCode {
         Mode::FanOut {
             members: args.members,
             senders: args.senders,
-            messages: args.messages,
+            messages: args.messages.unwrap_or(2000),
             size: args.size,
             window: args.window,
             loops: args.loops,
@@ -176,7 +177,7 @@ fn main() -> ExitCode {
         sample: args.sample,
     };
     if hoarding {
-        let result = hoard::hoard(&opts);
+        let result = hoard::hoard(&opts, args.messages.unwrap_or(3000));
         let _ = std::fs::remove_file(&throwaway);
         return print_json(result);
     }
