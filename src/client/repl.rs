@@ -221,6 +221,9 @@ pub fn run(client: Client, server: &str, verbose: bool) -> Exit {
             say(lock(&chat).alert("not connected; try again once it says reconnected"));
             continue;
         }
+        if let Command::Record { secs, .. } = &command {
+            say(lock(&chat).note(&format!("recording {secs} s from the microphone...")));
+        }
         let result = client.execute_patiently(&command, MAX_RETRY_WAIT, |wait| {
             say(format!(
                 "-- the server asks to wait {} s; sending it again then",

@@ -421,6 +421,13 @@ impl App {
                 None
             }
             Ok(c) => {
+                if let Command::Record { secs, .. } = &c {
+                    let note = self
+                        .chat
+                        .note(&format!("recording {secs} s from the microphone..."));
+                    let pane = self.selected_name();
+                    self.say(&pane, note);
+                }
                 // Writing to someone opens (and shows) their pane.
                 if let Command::Send { to, .. } = &c {
                     let i = self.pane(&format!("@{to}"));
