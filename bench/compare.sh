@@ -29,6 +29,8 @@ usage() {
 }
 case ${1:-} in -h | --help) usage 0 ;; esac
 root=$(cd "$(dirname "$0")/.." && pwd)
+# shellcheck source=bench/lib.sh
+. "$root/bench/lib.sh"
 fanout=${NGIRCD_FANOUT:-$root/../shared/peer-bench/ngircd-fanout.sh}
 deadline=${DEADLINE:-120}
 shapes=("$@")
@@ -59,18 +61,7 @@ for shape in "${shapes[@]}"; do
     [ "$n" -le "$max_members" ] || max_members=$n
 done
 
-# Each member is a socket in the server and one in the generator.
-want=$((2 * max_members + 1024))
-[ "$want" -ge 65536 ] || want=65536
-hard=$(ulimit -Hn)
-if [ "$hard" = unlimited ] || [ "$hard" -ge "$want" ]; then
-    ulimit -n "$want" 2>/dev/null || true
-else
-    ulimit -n "$hard" 2>/dev/null || true
-fi
-if [ "$(ulimit -n)" != unlimited ] && [ "$(ulimit -n)" -lt $((max_members + 256)) ]; then
-    echo "compare.sh: warning: open-files limit $(ulimit -n) is too low for $max_members members" >&2
-fi
+raise_open_files compare.sh "$max_members"
 
 if [ "${SKIP_BUILD:-0}" != 1 ]; then
     echo "compare.sh: cargo build --release (server, loadgen)" >&2

@@ -39,6 +39,8 @@ case $1 in
     -*) echo "run.sh: the first argument is the data directory, not $1" >&2; usage 2 ;;
 esac
 root=$(cd "$(dirname "$0")/.." && pwd)
+# shellcheck source=bench/lib.sh
+. "$root/bench/lib.sh"
 bin=${MUCHAT_BIN:-$root/target/release}
 dir=$1
 shift
@@ -67,18 +69,7 @@ done
     || { echo "run.sh: --deadline and --members/--idle/--storm take whole numbers" >&2; exit 2; }
 limit=${RUN_TIMEOUT:-$((deadline + 60 + members / 10))}
 
-# One socket per member in each process, plus the server's store and threads.
-want=$((2 * members + 1024))
-[ "$want" -ge 65536 ] || want=65536
-hard=$(ulimit -Hn)
-if [ "$hard" = unlimited ] || [ "$hard" -ge "$want" ]; then
-    ulimit -n "$want" 2>/dev/null || true
-else
-    ulimit -n "$hard" 2>/dev/null || true
-fi
-if [ "$(ulimit -n)" != unlimited ] && [ "$(ulimit -n)" -lt $((members + 256)) ]; then
-    echo "run.sh: warning: open-files limit $(ulimit -n) is too low for $members members" >&2
-fi
+raise_open_files run.sh "$members"
 
 # A fresh data directory; refuse to wipe one this script did not make.
 if [ -e "$dir" ]; then

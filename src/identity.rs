@@ -50,27 +50,21 @@ impl fmt::Display for Fingerprint {
     }
 }
 
-/// Loads the server's key pair from `dir`, creating it (mode 0600) if there
-/// is none. A key file that exists but does not parse is an error naming
-/// it: silently replacing it would make every client see a changed key.
-pub fn load_or_create(dir: &Path) -> Result<StaticSecret, String> {
-    load_or_create_at(&dir.join(KEY_FILE))
-}
-
-/// [`load_or_create`] with the key file at `path` (`--key-file`: several
-/// servers sharing one identity, so clients' pinned fingerprints hold
-/// whichever of them they reach). A key file others may read is refused,
-/// as SSH refuses a private key with open permissions.
-pub fn load_or_create_at(path: &Path) -> Result<StaticSecret, String> {
+/// Loads the server's key pair from the key file at `path` (`server_key`
+/// in the data directory, or `--key-file`: several servers sharing one
+/// identity, so clients' pinned fingerprints hold whichever of them they
+/// reach), creating it (mode 0600) if there is none. A key file that
+/// exists but does not parse is an error naming it: silently replacing it
+/// would make every client see a changed key. A key file others may read
+/// is refused, as SSH refuses a private key with open permissions.
+pub fn load_or_create(path: &Path) -> Result<StaticSecret, String> {
     let dir = path.parent().filter(|d| !d.as_os_str().is_empty());
-    let path = path.to_path_buf();
-    match std::fs::read_to_string(&path) {
-        Ok(text) => {
+    match std::fs::File::open(path) {
+        Ok(mut f) => {
+            use std::io::Read;
             use std::os::unix::fs::PermissionsExt;
-            let mode = std::fs::metadata(&path)
-                .map_err(|e| format!("cannot read {}: {e}", path.display()))?
-                .permissions()
-                .mode();
+            let unreadable = |e: std::io::Error| format!("cannot read {}: {e}", path.display());
+            let mode = f.metadata().map_err(unreadable)?.permissions().mode();
             if mode & 0o077 != 0 {
                 return Err(format!(
                     "{}: the server key is readable by others (mode {:o}); chmod 600 it",
@@ -78,6 +72,8 @@ pub fn load_or_create_at(path: &Path) -> Result<StaticSecret, String> {
                     mode & 0o777
                 ));
             }
+            let mut text = String::new();
+            f.read_to_string(&mut text).map_err(unreadable)?;
             let bytes = decode_hex(text.trim())
                 .ok_or_else(|| format!("{}: not a muchat server key", path.display()))?;
             StaticSecret::from_bytes(&bytes)
@@ -94,7 +90,7 @@ pub fn load_or_create_at(path: &Path) -> Result<StaticSecret, String> {
                 .write(true)
                 .create_new(true)
                 .mode(0o600)
-                .open(&path)
+                .open(path)
                 .map_err(|e| format!("cannot create {}: {e}", path.display()))?;
             f.write_all(format!("{hex}\n").as_bytes())
                 .and_then(|()| f.sync_all())
@@ -124,16 +120,18 @@ mod tests {
     fn key_file_is_created_private_and_reloaded() {
         let dir = std::env::temp_dir().join(format!("muchat-identity-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
-        let a = load_or_create(&dir).unwrap();
+        let a = load_or_create(&dir.join(KEY_FILE)).unwrap();
         let mode = std::fs::metadata(dir.join(KEY_FILE))
             .unwrap()
             .permissions()
             .mode();
         assert_eq!(mode & 0o777, 0o600);
-        let b = load_or_create(&dir).unwrap();
+        let b = load_or_create(&dir.join(KEY_FILE)).unwrap();
         assert_eq!(a.public_value(), b.public_value());
         std::fs::write(dir.join(KEY_FILE), "garbage").unwrap();
-        assert!(load_or_create(&dir).unwrap_err().contains(KEY_FILE));
+        assert!(load_or_create(&dir.join(KEY_FILE))
+            .unwrap_err()
+            .contains(KEY_FILE));
         std::fs::remove_dir_all(&dir).unwrap();
     }
 

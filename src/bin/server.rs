@@ -62,7 +62,7 @@ fn main() -> ExitCode {
         .with_target(false)
         .init();
     if args.fingerprint {
-        return match muchat::identity::load_or_create_at(&args.config.key_path()) {
+        return match muchat::identity::load_or_create(&args.config.key_path()) {
             Ok(key) => {
                 println!("{}", muchat::identity::Fingerprint::of(key.public_value()));
                 ExitCode::SUCCESS

@@ -61,7 +61,7 @@ pub fn event_line(event: &ClientEvent) -> String {
             "FILE {at} {} {from}: {} ({size} bytes{})",
             format_ms(*at_ms),
             sanitize(name),
-            voice_note(voice)
+            voice_note(*voice)
         ),
         ClientEvent::BadMessage { at, from, reason } => {
             format!("MSG_FAILED {at} from {from}: {reason}")
@@ -92,7 +92,7 @@ pub fn event_line(event: &ClientEvent) -> String {
             "FILE {at} {} {from}: saved {} ({size} bytes{})",
             format_ms(*at_ms),
             sanitize(&path.display().to_string()),
-            voice_note(voice)
+            voice_note(*voice)
         ),
         ClientEvent::FileFailed { at, reason } => {
             format!("FILE_FAILED {at}: {}", sanitize(reason))
@@ -120,7 +120,7 @@ pub fn event_line(event: &ClientEvent) -> String {
 }
 
 /// `, voice 0:07` for a voice note, nothing for a plain file.
-fn voice_note(voice: &Option<Voice>) -> String {
+fn voice_note(voice: Option<Voice>) -> String {
     voice
         .map(|v| format!(", voice {}", duration_label(v.duration_ms)))
         .unwrap_or_default()

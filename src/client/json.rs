@@ -113,7 +113,7 @@ pub fn event(event: &ClientEvent) -> Value {
                 r,
                 json!({
                     "type": "history_file", "from": from.to_string(), "name": name,
-                    "size": size, "voice": voice_json(voice),
+                    "size": size, "voice": voice_json(*voice),
                 }),
             ),
         ),
@@ -159,7 +159,7 @@ pub fn event(event: &ClientEvent) -> Value {
                 json!({
                     "type": "file", "from": from.to_string(),
                     "path": path.display().to_string(), "size": size,
-                    "sha256": hex(sha256), "voice": voice_json(voice),
+                    "sha256": hex(sha256), "voice": voice_json(*voice),
                 }),
             ),
         ),
@@ -198,7 +198,7 @@ pub fn event(event: &ClientEvent) -> Value {
 }
 
 /// `{"duration_ms": ..., "format": "wav"}` for a voice note, else null.
-fn voice_json(voice: &Option<crate::request::Voice>) -> Value {
+fn voice_json(voice: Option<crate::request::Voice>) -> Value {
     match voice {
         Some(v) => json!({"duration_ms": v.duration_ms, "format": v.format.as_str()}),
         None => Value::Null,

@@ -304,8 +304,3 @@ pub fn local_reply(e: &CommandError) -> Reply {
     };
     Reply::err(code, e.to_string())
 }
-
-/// The line printed for a typed command the client itself refused.
-pub fn local_error(e: &CommandError) -> String {
-    reply_line(&local_reply(e))
-}

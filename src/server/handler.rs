@@ -359,12 +359,13 @@ fn set_member(s: &Session, g: &GroupName, user: Option<&Username>, change: Membe
     let target = user.cloned().unwrap_or_else(|| me.clone());
     let shared = Arc::clone(&s.shared);
     let reserved =
-        shared
+        match shared
             .state()
-            .reserve(&me, &target, g, change, shared.config.max_groups_per_user);
-    if let Err(f) = reserved {
-        return Answer::Now(f.into());
-    }
+            .reserve(&me, &target, g, change, shared.config.max_groups_per_user)
+        {
+            Ok(r) => r,
+            Err(f) => return Answer::Now(f.into()),
+        };
     let join = change == Membership::Join;
     let done = s.begin_commit();
     let (outbox, group) = (s.outbox.clone(), g.clone());
@@ -406,7 +407,7 @@ fn set_member(s: &Session, g: &GroupName, user: Option<&Username>, change: Membe
                     }
                 }
                 Err(e) => {
-                    shared.state().unreserve(&target, &group, change);
+                    shared.state().unreserve(&target, &group, change, reserved);
                     storage(e).into()
                 }
             };
@@ -424,15 +425,27 @@ fn manage(s: &Session, action: Manage, g: &GroupName, user: &Username) -> Answer
         Ok(me) => me,
         Err(f) => return Answer::Now(f.into()),
     };
-    let change = match action {
+    let (change, done) = match action {
         Manage::Kick => return set_member(s, g, Some(user), Membership::Kick),
-        Manage::Invite => GroupChange::Invite {
-            user: user.clone(),
-            by: me.clone(),
-        },
-        Manage::Promote => GroupChange::Admin(user.clone(), true),
-        Manage::Demote => GroupChange::Admin(user.clone(), false),
-        Manage::Handover => GroupChange::Owner(user.clone()),
+        Manage::Invite => (
+            GroupChange::Invite {
+                user: user.clone(),
+                by: me.clone(),
+            },
+            format!("invited {user} to #{g}"),
+        ),
+        Manage::Promote => (
+            GroupChange::Admin(user.clone(), true),
+            format!("{user} is an admin of #{g}"),
+        ),
+        Manage::Demote => (
+            GroupChange::Admin(user.clone(), false),
+            format!("{user} is no longer an admin of #{g}"),
+        ),
+        Manage::Handover => (
+            GroupChange::Owner(user.clone()),
+            format!("{user} owns #{g} now; you are an admin"),
+        ),
     };
     let shared = &s.shared;
     let undo = match shared.state().change_group(&me, g, &change) {
@@ -449,17 +462,13 @@ fn manage(s: &Session, action: Manage, g: &GroupName, user: &Username) -> Answer
             group: g.clone(),
             by: me.clone(),
         });
-        for l in shared.state().links_of(user) {
+        // Sent after the state's lock is released.
+        let links = shared.state().links_of(user);
+        for l in links {
             let _ = l.outbox.send(&invited);
         }
     }
-    Answer::Now(Reply::ok(match action {
-        Manage::Invite => format!("invited {user} to #{g}"),
-        Manage::Promote => format!("{user} is an admin of #{g}"),
-        Manage::Demote => format!("{user} is no longer an admin of #{g}"),
-        Manage::Handover => format!("{user} owns #{g} now; you are an admin"),
-        Manage::Kick => unreachable!("handled above"),
-    }))
+    Answer::Now(Reply::ok(done))
 }
 
 /// Where a text goes.

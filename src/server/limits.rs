@@ -34,9 +34,11 @@ impl TokenBucket {
         }
     }
 
-    /// Takes one token if there is one.
-    pub fn take(&mut self) -> bool {
-        self.take_at(Instant::now()).is_ok()
+    /// Whether the bucket is full at `now` (the same as a new one, so it
+    /// need not be kept).
+    pub fn is_full_at(&self, now: Instant) -> bool {
+        let elapsed = now.saturating_duration_since(self.last).as_secs_f64();
+        self.rate == 0.0 || self.tokens + elapsed * self.rate >= self.burst
     }
 
     /// Takes one token at `now`, or says how long until there is one.
@@ -368,11 +370,7 @@ impl HandshakeRate {
         let mut map = self.buckets.lock().unwrap_or_else(|e| e.into_inner());
         if map.len() >= SWEEP_AT {
             // A full bucket is the same as none.
-            let full = self.burst;
-            map.retain(|_, b| {
-                let mut probe = b.clone();
-                (0..full).any(|_| probe.take_at(now).is_err())
-            });
+            map.retain(|_, b| !b.is_full_at(now));
         }
         map.entry(addr)
             .or_insert_with(|| TokenBucket::new(self.rate, self.burst))
@@ -400,7 +398,11 @@ mod tests {
         let wait = b.take_at(t0 + Duration::from_millis(100)).unwrap_err();
         assert!(wait > Duration::from_millis(90) && wait <= Duration::from_millis(100));
         let mut unlimited = TokenBucket::new(0, 1);
-        assert!((0..1000).all(|_| unlimited.take()));
+        assert!((0..1000).all(|_| unlimited.take_at(t0).is_ok()));
+        assert!(unlimited.is_full_at(t0));
+        // A drained bucket is full again (as good as new) once refilled.
+        assert!(!b.is_full_at(t0 + Duration::from_millis(100)));
+        assert!(b.is_full_at(t0 + Duration::from_secs(1)));
     }
 
     #[test]

@@ -343,7 +343,7 @@ impl Shared {
         let store: Arc<dyn Store> = Arc::new(store);
         let passwords = Passwords::new(config.password_cost).map_err(io::Error::other)?;
         let identity =
-            Arc::new(identity::load_or_create_at(&config.key_path()).map_err(io::Error::other)?);
+            Arc::new(identity::load_or_create(&config.key_path()).map_err(io::Error::other)?);
         let budget = Arc::new(Budget::new(config.memory_budget));
         Ok(Shared {
             identity,

@@ -129,15 +129,16 @@ fn wake(p: Parked, close: Option<CloseReason>) {
 }
 
 /// The parking thread: waits on every parked socket and on the idle
-/// clocks.
+/// clocks. The clocks are looked at when the earliest of them is due (or a
+/// [`TICK`] has passed), not on every wake-up, so a busy poll over many
+/// parked sessions does not scan them all each time.
 fn run(mut poll: Poll, rx: &Receiver<Parked>, count: &AtomicUsize) {
     let mut parked: HashMap<Token, Parked> = HashMap::new();
     let mut next_token = 1usize;
     let mut events = Events::with_capacity(256);
+    let mut next_check = Instant::now() + TICK;
     loop {
-        let timeout = next_deadline(&parked)
-            .map(|at| at.saturating_duration_since(Instant::now()))
-            .map_or(TICK, |d| d.min(TICK));
+        let timeout = next_check.saturating_duration_since(Instant::now());
         if let Err(e) = poll.poll(&mut events, Some(timeout)) {
             if e.kind() != io::ErrorKind::Interrupted {
                 tracing::error!("parking: poll failed: {e}");
@@ -146,12 +147,7 @@ fn run(mut poll: Poll, rx: &Receiver<Parked>, count: &AtomicUsize) {
             continue;
         }
         for event in &events {
-            if event.token() == WAKE {
-                continue;
-            }
-            if let Some(p) = parked.remove(&event.token()) {
-                let fd = p.stream.socket().as_raw_fd();
-                let _ = poll.registry().deregister(&mut SourceFd(&fd));
+            if let Some(p) = unpark(&poll, &mut parked, event.token()) {
                 wake(p, None);
             }
         }
@@ -169,6 +165,7 @@ fn run(mut poll: Poll, rx: &Receiver<Parked>, count: &AtomicUsize) {
                         .register(&mut SourceFd(&fd), token, Interest::READABLE)
                     {
                         Ok(()) => {
+                            next_check = next_check.min(idle_deadline(&p.session));
                             parked.insert(token, p);
                         }
                         Err(_) => wake(p, None),
@@ -183,14 +180,20 @@ fn run(mut poll: Poll, rx: &Receiver<Parked>, count: &AtomicUsize) {
                 }
             }
         }
-        idle_clocks(&poll, &mut parked);
+        if Instant::now() >= next_check {
+            next_check = idle_clocks(&poll, &mut parked);
+        }
         count.store(parked.len(), Ordering::Relaxed);
     }
 }
 
-/// When the next parked session's idle clock runs out.
-fn next_deadline(parked: &HashMap<Token, Parked>) -> Option<Instant> {
-    parked.values().map(|p| idle_deadline(&p.session)).min()
+/// Takes a session off the poll (None for the waker's token, or one
+/// already gone).
+fn unpark(poll: &Poll, parked: &mut HashMap<Token, Parked>, token: Token) -> Option<Parked> {
+    let p = parked.remove(&token)?;
+    let fd = p.stream.socket().as_raw_fd();
+    let _ = poll.registry().deregister(&mut SourceFd(&fd));
+    Some(p)
 }
 
 /// When a session is due a `PING` (or, pinged, to be closed).
@@ -202,27 +205,27 @@ fn idle_deadline(s: &Session) -> Instant {
     }
 }
 
-/// Pings the sessions that have been silent long enough, and closes those
-/// that did not answer.
-fn idle_clocks(poll: &Poll, parked: &mut HashMap<Token, Parked>) {
+/// Pings the sessions that have been silent long enough and closes those
+/// that did not answer; returns when to look again (the earliest clock
+/// left, a [`TICK`] from now at the latest).
+fn idle_clocks(poll: &Poll, parked: &mut HashMap<Token, Parked>) -> Instant {
     let now = Instant::now();
-    let due: Vec<Token> = parked
-        .iter()
-        .filter(|(_, p)| idle_deadline(&p.session) <= now)
-        .map(|(t, _)| *t)
-        .collect();
-    for token in due {
-        let Some(p) = parked.get_mut(&token) else {
-            continue;
-        };
-        if p.session.ping.is_none() {
+    let mut next = now + TICK;
+    let mut unanswered = Vec::new();
+    for (token, p) in parked.iter_mut() {
+        if idle_deadline(&p.session) <= now {
+            if p.session.ping.is_some() {
+                unanswered.push(*token);
+                continue;
+            }
             p.session.send_ping();
-            continue;
         }
-        if let Some(p) = parked.remove(&token) {
-            let fd = p.stream.socket().as_raw_fd();
-            let _ = poll.registry().deregister(&mut SourceFd(&fd));
+        next = next.min(idle_deadline(&p.session));
+    }
+    for token in unanswered {
+        if let Some(p) = unpark(poll, parked, token) {
             wake(p, Some(CloseReason::IdleTimeout));
         }
     }
+    next
 }

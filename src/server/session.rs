@@ -298,7 +298,6 @@ impl Session {
     }
 
     fn run(&mut self, mut reader: Reader) -> Run {
-        let closed = |reason| Run::Closed(reason);
         let ping_after = self.ping_after();
         // When the frame being read must be whole (kept while a frame is
         // half read, so parking checks cannot stretch it).
@@ -329,17 +328,17 @@ impl Session {
             reader.get_mut().get_mut().deadline = Some(deadline);
             let frame = match reader.read_frame() {
                 Ok(Some(f)) => f,
-                Ok(None) => return closed(CloseReason::ClientClosed),
+                Ok(None) => return Run::Closed(CloseReason::ClientClosed),
                 Err(ReadError::Io(e))
                     if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) =>
                 {
                     let now = Instant::now();
                     if login_by.is_some_and(|l| now >= l) {
-                        return closed(self.bye(CloseReason::LoginTimeout));
+                        return Run::Closed(self.bye(CloseReason::LoginTimeout));
                     }
                     if now >= ping_at {
                         if self.ping.is_some() {
-                            return closed(self.bye(CloseReason::IdleTimeout));
+                            return Run::Closed(self.bye(CloseReason::IdleTimeout));
                         }
                         self.send_ping();
                     } else if reader.between_frames() && !reader.has_buffered() {
@@ -347,8 +346,10 @@ impl Session {
                     }
                     continue;
                 }
-                Err(ReadError::Io(e)) => return closed(CloseReason::ReadFailed(e.to_string())),
-                Err(e) => return closed(self.bye(CloseReason::Protocol(e.to_string()))),
+                Err(ReadError::Io(e)) => {
+                    return Run::Closed(CloseReason::ReadFailed(e.to_string()))
+                }
+                Err(e) => return Run::Closed(self.bye(CloseReason::Protocol(e.to_string()))),
             };
             self.ping = None;
             self.last_heard = Instant::now();
@@ -356,16 +357,16 @@ impl Session {
                 // Work before login is free for the peer: bounded.
                 self.pre_login_frames += 1;
                 if self.pre_login_frames > PRE_LOGIN_FRAMES {
-                    return closed(self.bye(CloseReason::TooManyFrames));
+                    return Run::Closed(self.bye(CloseReason::TooManyFrames));
                 }
             }
             if let Flow::Close(reason) = self.receive(frame) {
-                return closed(self.bye(reason));
+                return Run::Closed(self.bye(reason));
             }
             // A client that does not read its replies stops being served
             // (its requests wait in its socket) instead of growing memory.
             if !self.outbox.wait_for_room() {
-                return closed(CloseReason::TooSlow);
+                return Run::Closed(CloseReason::TooSlow);
             }
         }
     }

@@ -86,8 +86,19 @@ impl Group {
     }
 }
 
+/// What a reserved membership change took away besides the membership,
+/// so that undoing it ([`State::unreserve`]) gives it back.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[must_use = "keep it to undo the change if the store fails"]
+pub struct Reserved {
+    /// The joiner's invitation was used up.
+    was_invited: bool,
+    /// The leaver (or removed member) was an admin.
+    was_admin: bool,
+}
+
 /// A membership change decided under the state's lock, before the store
-/// has it (see [`State::reserve_join`]).
+/// has it (see [`State::reserve`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Membership {
     /// Joined.
@@ -313,10 +324,11 @@ impl State {
         group: &GroupName,
         change: Membership,
         max_groups: usize,
-    ) -> Result<(), Failure> {
+    ) -> Result<Reserved, Failure> {
         let n = self.groups_of(user);
         let g = self.group_mut(group)?;
         let member = g.members.contains(user);
+        let mut reserved = Reserved::default();
         match change {
             Membership::Join => {
                 if member {
@@ -334,7 +346,7 @@ impl State {
                 if n >= max_groups {
                     return Err(too_many_groups(n));
                 }
-                g.invited.remove(user);
+                reserved.was_invited = g.invited.remove(user);
                 g.members.insert(user.clone());
             }
             Membership::Leave => {
@@ -348,7 +360,7 @@ impl State {
                     ));
                 }
                 g.members.remove(user);
-                g.admins.remove(user);
+                reserved.was_admin = g.admins.remove(user);
             }
             Membership::Kick => {
                 if !g.manages(by) {
@@ -367,21 +379,34 @@ impl State {
                     ));
                 }
                 g.members.remove(user);
-                g.admins.remove(user);
+                reserved.was_admin = g.admins.remove(user);
             }
         }
-        Ok(())
+        Ok(reserved)
     }
 
-    /// Undoes a reservation the store could not commit.
-    pub fn unreserve(&mut self, user: &Username, group: &GroupName, change: Membership) {
+    /// Undoes a reservation the store could not commit, invitation and
+    /// admin role included.
+    pub fn unreserve(
+        &mut self,
+        user: &Username,
+        group: &GroupName,
+        change: Membership,
+        reserved: Reserved,
+    ) {
         if let Some(g) = self.groups.get_mut(group) {
             match change {
                 Membership::Join => {
                     g.members.remove(user);
+                    if reserved.was_invited {
+                        g.invited.insert(user.clone());
+                    }
                 }
                 Membership::Leave | Membership::Kick => {
                     g.members.insert(user.clone());
+                    if reserved.was_admin {
+                        g.admins.insert(user.clone());
+                    }
                 }
             }
         }
@@ -718,4 +743,54 @@ fn not_member(g: &GroupName) -> Failure {
         ErrorCode::NotMember,
         format!("you are not a member of #{g}"),
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::GroupRecord;
+
+    fn user(s: &str) -> Username {
+        Username::parse(s).unwrap()
+    }
+
+    fn state_with(group: &GroupRecord) -> State {
+        State::from_snapshot(Snapshot {
+            users: Vec::new(),
+            groups: vec![group.clone()],
+            heads: HashMap::new(),
+        })
+    }
+
+    #[test]
+    fn an_undone_membership_change_gives_back_the_role_and_the_invitation() {
+        let (owner, bob, carol) = (user("owner"), user("bob"), user("carol"));
+        let ops = GroupName::parse("ops").unwrap();
+        let mut st = state_with(&GroupRecord {
+            name: ops.clone(),
+            owner: owner.clone(),
+            private: true,
+            members: vec![owner.clone(), bob.clone()],
+            admins: vec![bob.clone()],
+            invited: vec![carol.clone()],
+        });
+        // The owner removes an admin; the store fails; bob is an admin again.
+        let r = st
+            .reserve(&owner, &bob, &ops, Membership::Kick, 10)
+            .unwrap();
+        st.unreserve(&bob, &ops, Membership::Kick, r);
+        let g = &st.groups[&ops];
+        assert!(g.members.contains(&bob) && g.admins.contains(&bob));
+        // Carol's join uses up her invitation; undone, she may join again.
+        let r = st
+            .reserve(&carol, &carol, &ops, Membership::Join, 10)
+            .unwrap();
+        assert!(!st.groups[&ops].invited.contains(&carol));
+        st.unreserve(&carol, &ops, Membership::Join, r);
+        let g = &st.groups[&ops];
+        assert!(!g.members.contains(&carol) && g.invited.contains(&carol));
+        assert!(st
+            .reserve(&carol, &carol, &ops, Membership::Join, 10)
+            .is_ok());
+    }
 }

@@ -72,7 +72,7 @@ use muchat::names::{GroupName, Username};
 use muchat::request::{Request, SendId};
 
 use super::modes::{
-    clients, fail, form_group, message_text, now_us, stamp, LoadError, Meters, Options,
+    clients, fail, form_group, message_text, now_us, stamp, FanOut, LoadError, Meters, Options,
 };
 use super::report::Report;
 
@@ -426,17 +426,16 @@ fn run_loop(poll: &mut Poll, members: &mut [Member], job: &Job, status: &Sender<
 /// did when the scheduler let them): when the receivers are the slower
 /// side, messages queue in the server, latency becomes queueing time, and
 /// the server writes bigger batches.
-#[allow(clippy::too_many_arguments)]
-pub fn fan_out(
-    opts: &Options,
-    members: usize,
-    senders: usize,
-    messages: usize,
-    size: usize,
-    window: usize,
-    loops: usize,
-    sender_loop: bool,
-) -> Result<Report, LoadError> {
+pub fn fan_out(opts: &Options, shape: &FanOut) -> Result<Report, LoadError> {
+    let &FanOut {
+        members,
+        senders,
+        messages,
+        size,
+        window,
+        loops,
+        sender_loop,
+    } = shape;
     let group = GroupName::parse(&format!("{}g", opts.prefix)).map_err(fail)?;
     let mut all = clients(opts, members)?;
     form_group(&mut all, &group)?;

@@ -18,7 +18,7 @@ use muchat::client::Trust;
 use muchat::identity::Fingerprint;
 
 use attack::{Attack, Attacker};
-use modes::{fresh_prefix, run, tdes_mb_per_s, Mode, Options};
+use modes::{fresh_prefix, run, tdes_mb_per_s, FanOut, Mode, Options};
 
 /// Drives muchat servers with real protocol traffic (every MAC verified,
 /// every group envelope opened, every delivery acknowledged, a sample of
@@ -157,7 +157,7 @@ fn main() -> ExitCode {
             members: if args.to == "group" { 10 } else { 1 },
         }
     } else {
-        Mode::FanOut {
+        Mode::FanOut(FanOut {
             members: args.members,
             senders: args.senders,
             messages: args.messages.unwrap_or(2000),
@@ -165,7 +165,7 @@ fn main() -> ExitCode {
             window: args.window,
             loops: args.loops,
             sender_loop: args.sender_loop,
-        }
+        })
     };
     let opts = Options {
         addrs: args.addrs,

@@ -28,25 +28,29 @@ use super::report::{rss_kib, Meter, Report};
 /// What to run.
 #[derive(Debug, Clone)]
 pub enum Mode {
-    /// `members` clients in one group; `senders` of them send `messages`
-    /// messages of `size` bytes each, keeping `window` unanswered.
-    FanOut {
-        members: usize,
-        senders: usize,
-        messages: usize,
-        size: usize,
-        window: usize,
-        /// Event-loop threads serving the sessions.
-        loops: usize,
-        /// The senders get one more loop of their own.
-        sender_loop: bool,
-    },
+    /// Group fan-out.
+    FanOut(FanOut),
     /// Hold `sessions` logged-in sessions, then time one probe message.
     Idle { sessions: usize },
     /// `clients` connect, handshake and log in at once.
     Storm { clients: usize },
     /// One file of `size` bytes to one user or a group of `members`.
     File { size: u64, members: usize },
+}
+
+/// A fan-out shape: `members` clients in one group; `senders` of them send
+/// `messages` messages of `size` bytes each, keeping `window` unanswered.
+#[derive(Debug, Clone)]
+pub struct FanOut {
+    pub members: usize,
+    pub senders: usize,
+    pub messages: usize,
+    pub size: usize,
+    pub window: usize,
+    /// Event-loop threads serving the sessions.
+    pub loops: usize,
+    /// The senders get one more loop of their own.
+    pub sender_loop: bool,
 }
 
 /// Run settings.
@@ -80,23 +84,13 @@ pub(crate) fn fail(e: impl std::fmt::Display) -> LoadError {
 /// Runs the load and reports.
 pub fn run(opts: &Options) -> Result<Report, LoadError> {
     match opts.mode.clone() {
-        Mode::FanOut {
-            members,
-            senders,
-            messages,
-            size,
-            window,
-            loops,
-            sender_loop,
-        } => fan_out(
+        Mode::FanOut(shape) => fan_out(
             opts,
-            members,
-            senders.clamp(1, members),
-            messages,
-            size,
-            window.max(1),
-            loops,
-            sender_loop,
+            &FanOut {
+                senders: shape.senders.clamp(1, shape.members),
+                window: shape.window.max(1),
+                ..shape
+            },
         ),
         Mode::Idle { sessions } => idle(opts, sessions),
         Mode::Storm { clients } => storm(opts, clients),
