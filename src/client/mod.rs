@@ -582,8 +582,9 @@ impl Client {
         let dir = &self.inner.config.downloads;
         std::fs::create_dir_all(dir)?;
         let path = dir.join(format!("voice-{}.wav", crate::clock::now_ms()));
-        audio::record(&path, secs).map_err(|e| ClientError::Refused(e.to_string()))?;
-        self.send_voice(target, &path)
+        // The recording is checked (and measured) as it is made.
+        let voice = audio::record(&path, secs).map_err(|e| ClientError::Refused(e.to_string()))?;
+        self.send_file_as(target, &path, Some(voice))
     }
 
     /// Plays a voice note received on this client (the system's player).

@@ -61,23 +61,21 @@ pub struct ScriptOptions {
     pub fail_fast: bool,
 }
 
-/// Standard output closed.
-struct Closed;
-
-/// Where replies and events go.
+/// Where replies and events go. A failed write means standard output was
+/// closed: the script ends with [`Exit::OutputClosed`].
 struct Out {
     json: bool,
 }
 
 impl Out {
-    fn write(&self, line: &str) -> Result<(), Closed> {
+    fn write(&self, line: &str) -> Step {
         let mut stdout = std::io::stdout().lock();
         writeln!(stdout, "{line}")
             .and_then(|()| stdout.flush())
-            .map_err(|_| Closed)
+            .map_err(|_| Exit::OutputClosed)
     }
 
-    fn event(&self, e: &ClientEvent) -> Result<(), Closed> {
+    fn event(&self, e: &ClientEvent) -> Step {
         if self.json {
             self.write(&json::event(e).to_string())
         } else {
@@ -85,7 +83,7 @@ impl Out {
         }
     }
 
-    fn reply(&self, line: usize, request: &str, r: &Reply) -> Result<(), Closed> {
+    fn reply(&self, line: usize, request: &str, r: &Reply) -> Step {
         if self.json {
             self.write(&json::reply(line, request, r).to_string())
         } else {
@@ -93,12 +91,22 @@ impl Out {
         }
     }
 
-    fn local(&self, line: usize, request: &str, e: &CommandError) -> Result<(), Closed> {
+    /// A command the client refused to send.
+    fn refused(&self, line: usize, request: &str, e: &CommandError) -> Step {
         let r = local_reply(e);
         if self.json {
             self.write(&json::local_reply(line, request, &r).to_string())
         } else {
             self.write(&reply_line(&r))
+        }
+    }
+
+    /// A command the client could not carry out (a file it cannot read).
+    fn failed(&self, line: usize, request: &str, e: &ClientError) -> Step {
+        if self.json {
+            self.write(&json::local_failure(line, request, &e.to_string()).to_string())
+        } else {
+            self.write(&format!("ERR LOCAL {e}"))
         }
     }
 }
@@ -112,6 +120,8 @@ struct Script<'a> {
     failed: bool,
     /// `QUIT` was sent: the connection's end is expected.
     quitting: bool,
+    /// Stop at the first failure.
+    fail_fast: bool,
 }
 
 /// How a step of the script ended it, if it did.
@@ -123,7 +133,7 @@ impl Script<'_> {
         if self.quitting && matches!(e, ClientEvent::Disconnected(_)) {
             return Ok(());
         }
-        self.out.event(e).map_err(|Closed| Exit::OutputClosed)?;
+        self.out.event(e)?;
         match e {
             ClientEvent::FileSendFailed { .. } => self.failed = true,
             ClientEvent::Disconnected(_) => return Err(Exit::Connection),
@@ -174,19 +184,17 @@ impl Script<'_> {
     }
 
     /// Runs one command line.
-    fn command(&mut self, n: usize, line: &str, fail_fast: bool) -> Step {
+    fn command(&mut self, n: usize, line: &str) -> Step {
         let request = line.split_whitespace().next().unwrap_or("").to_uppercase();
         let command = match Command::parse(line) {
             Ok(c) => c,
             Err(e) => {
-                self.out
-                    .local(n, &request, &e)
-                    .map_err(|Closed| Exit::OutputClosed)?;
-                return self.failure(fail_fast);
+                self.out.refused(n, &request, &e)?;
+                return self.failure();
             }
         };
         if command == Command::Help {
-            return self.out.write(&help()).map_err(|Closed| Exit::OutputClosed);
+            return self.out.write(&help());
         }
         let quit = command == Command::Plain(Request::Quit);
         if quit {
@@ -198,14 +206,12 @@ impl Script<'_> {
         self.drain()?;
         match result {
             Ok(reply) => {
-                self.out
-                    .reply(n, &request, &reply)
-                    .map_err(|Closed| Exit::OutputClosed)?;
+                self.out.reply(n, &request, &reply)?;
                 if quit {
                     return Err(self.end());
                 }
                 if !reply.is_ok() {
-                    return self.failure(fail_fast);
+                    return self.failure();
                 }
                 Ok(())
             }
@@ -216,21 +222,15 @@ impl Script<'_> {
                 Err(Exit::Connection)
             }
             Err(e) => {
-                let printed = if self.out.json {
-                    self.out
-                        .write(&json::local_failure(n, &request, &e.to_string()).to_string())
-                } else {
-                    self.out.write(&format!("ERR LOCAL {e}"))
-                };
-                printed.map_err(|Closed| Exit::OutputClosed)?;
-                self.failure(fail_fast)
+                self.out.failed(n, &request, &e)?;
+                self.failure()
             }
         }
     }
 
-    fn failure(&mut self, fail_fast: bool) -> Step {
+    fn failure(&mut self) -> Step {
         self.failed = true;
-        if fail_fast {
+        if self.fail_fast {
             return Err(Exit::Failed);
         }
         Ok(())
@@ -265,6 +265,7 @@ pub fn run(client: Client, input: impl BufRead + Send + 'static, opts: ScriptOpt
         out: Out { json: opts.json },
         failed: false,
         quitting: false,
+        fail_fast: opts.fail_fast,
     };
     let mut n = 0;
     let step = (|| -> Step {
@@ -281,7 +282,7 @@ pub fn run(client: Client, input: impl BufRead + Send + 'static, opts: ScriptOpt
                     if trimmed.is_empty() || trimmed.starts_with('#') {
                         continue;
                     }
-                    s.command(n, &line, opts.fail_fast)?;
+                    s.command(n, &line)?;
                 }
             }
         }
