@@ -16,7 +16,11 @@
 //! writes every change through to the store *before* acknowledging it: an
 //! `OK` means committed.
 
+pub mod postgres;
 pub mod sqlite;
+mod writer;
+
+pub use writer::LogStore;
 
 use std::collections::HashMap;
 use std::fmt;
@@ -32,6 +36,12 @@ pub enum StoreError {
     /// The database refused or failed an operation.
     #[error("database error: {0}")]
     Database(#[from] rusqlite::Error),
+    /// PostgreSQL refused or failed an operation, or cannot be reached.
+    #[error("database error: {0}")]
+    Postgres(#[from] ::postgres::Error),
+    /// No connection to PostgreSQL could be had in time.
+    #[error("database unreachable: {0}")]
+    Unreachable(String),
     /// The data directory or database file cannot be used.
     #[error("{path}: {why}")]
     Unusable {
@@ -285,6 +295,68 @@ pub struct StoredChunk {
     pub body: Body,
 }
 
+/// A log row's columns, as both backends keep them (a file's come from
+/// the `files` table); parsed, not trusted, by [`LogRow::into_entry`].
+pub(crate) struct LogRow {
+    pub seq: i64,
+    pub at_ms: i64,
+    pub sender: String,
+    /// `text` or `file`.
+    pub kind: String,
+    /// Text: the content key, base64.
+    pub key: String,
+    /// Text: the encrypted body, base64.
+    pub body: String,
+    /// File: id, size, SHA-256 (hex), name, voice (`<duration-ms> <format>`).
+    pub file: Option<(i64, i64, String, String, Option<String>)>,
+}
+
+impl LogRow {
+    /// The entry this row of `conv` holds.
+    pub fn into_entry(self, conv: &ConvId) -> StoreResult<LogEntry> {
+        let bad = || StoreError::Corrupt("log");
+        let content = match (self.kind.as_str(), self.file) {
+            ("text", _) => Content::Text {
+                key: ContentKey::from_b64(&self.key).map_err(|_| bad())?,
+                body: Body::from_wire(&self.body).map_err(|_| bad())?,
+            },
+            ("file", Some((id, size, sha, name, voice))) => Content::File(FileInfo {
+                id: id as u64,
+                size: size as u64,
+                sha256: crate::request::parse_sha256(&sha).ok_or_else(bad)?,
+                name,
+                voice: match voice {
+                    None => None,
+                    Some(v) => {
+                        let (d, format) = v.split_once(' ').ok_or_else(bad)?;
+                        Some(crate::request::Voice::from_wire(d, format).ok_or_else(bad)?)
+                    }
+                },
+            }),
+            _ => return Err(bad()),
+        };
+        Ok(LogEntry {
+            conv: conv.clone(),
+            seq: self.seq as u64,
+            at_ms: self.at_ms as u64,
+            from: Username::parse(&self.sender).map_err(|_| bad())?,
+            content,
+        })
+    }
+}
+
+impl StoredChunk {
+    /// A chunk from its stored columns (offset, key and body as base64).
+    pub(crate) fn from_columns(offset: i64, key: &str, body: &str) -> StoreResult<StoredChunk> {
+        let bad = |_| StoreError::Corrupt("file chunk");
+        Ok(StoredChunk {
+            offset: offset as u64,
+            key: ContentKey::from_b64(key).map_err(bad)?,
+            body: Body::from_wire(body).map_err(bad)?,
+        })
+    }
+}
+
 /// Runs the completions of one commit together (the server uses it to
 /// wake its writers once per commit rather than once per message, so a
 /// connection gets several messages in one write). The flag says whether
@@ -307,6 +379,13 @@ pub type Completion<T> = Box<dyn FnOnce(StoreResult<T>) + Send>;
 pub trait Store: Send + Sync {
     /// Loads accounts, groups and conversation heads.
     fn load(&self) -> StoreResult<Snapshot>;
+
+    /// One account, if it exists (another server of a cluster may have
+    /// created it since [`load`](Store::load)).
+    fn user(&self, username: &Username) -> StoreResult<Option<UserRecord>>;
+
+    /// One group as stored now, if it exists.
+    fn group(&self, name: &GroupName) -> StoreResult<Option<GroupRecord>>;
 
     /// Creates an account; false if the username is taken.
     fn create_user(&self, user: &UserRecord) -> StoreResult<bool>;

@@ -18,18 +18,20 @@
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use crossbeam_channel::{bounded, unbounded, Receiver, Sender};
 use rusqlite::{params, Connection, OpenFlags, OptionalExtension};
 
-use super::{
-    Append, Appended, BatchHook, Completion, Content, ConvId, Cursor, FileInfo, GroupChange,
-    GroupRecord, LogEntry, Snapshot, Store, StoreError, StoreResult, StoredChunk, UserRecord,
+use super::writer::{
+    format_send_refs, parse_send_refs, Batcher, LogStore, Op, Outcome, Reads,
+    SEND_ID_DAYS,
 };
-use crate::content::{Body, ContentKey};
+use super::{
+    Append, Appended, BatchHook, Content, ConvId, Cursor, GroupChange, GroupRecord,
+    LogEntry, LogRow, Snapshot, StoreError, StoreResult, StoredChunk, UserRecord,
+};
 use crate::names::{GroupName, Username};
-use crate::request::{format_sha256, parse_sha256, SendId, Voice};
+use crate::request::{format_sha256, SendId};
 
 /// The database file inside the data directory.
 pub const DB_FILE: &str = "muchat.db";
@@ -179,66 +181,23 @@ const MIGRATIONS: &[&str] = &[
     "ALTER TABLE files ADD COLUMN voice TEXT",
 ];
 
-/// What a write returns.
-enum Outcome {
-    /// Done; a count where one is asked for (created: 1 or 0, chunks...).
-    Count(u64),
-    /// An append's outcome.
-    Appended(Appended),
-    /// A membership change: the group's head, and whether it changed.
-    Membership(u64, bool),
-    /// A user's cursors.
-    Cursors(Vec<Cursor>),
-}
-
-/// A queued write.
-enum Op {
-    CreateUser(UserRecord),
-    CreateGroup(GroupName, Username, bool),
-    ChangeGroup(GroupName, GroupChange),
-    SetMember(GroupName, Username, bool),
-    Append(Box<Append>),
-    Ack(Username, ConvId, u64),
-    /// Reads a user's cursors on the writer, in order with appends.
-    Cursors(Username),
-    NewFile(FileInfo),
-    SaveChunk(u64, StoredChunk),
-    DiscardFile(u64),
-    /// Counts a file's stored chunks on the writer, after its chunk writes.
-    CountChunks(u64),
-    AddDevice(Username, [u8; 32]),
-    ForgetDevice([u8; 32]),
-    /// Nothing: a barrier.
-    Nothing,
-}
-
-type Then = Box<dyn FnOnce(StoreResult<Outcome>) + Send>;
-
-/// Where a write's outcome goes.
-enum Done {
-    /// Nobody waits (chunks, acks): a failure is logged.
-    Nobody,
-    /// A caller blocked on the outcome.
-    Waiter(Sender<StoreResult<Outcome>>),
-    /// Work to run on the writer thread after the commit.
-    Then(Then),
-}
-
-/// A write and where its outcome goes.
-struct Job {
-    op: Op,
-    done: Done,
-}
-
 /// The SQLite-backed [`Store`].
-pub struct SqliteStore {
+pub type SqliteStore = LogStore<SqliteReads>;
+
+/// The read half of the SQLite store: a few connections of its own, which
+/// WAL lets run beside the writer.
+pub struct SqliteReads {
     path: PathBuf,
-    writes: Sender<Job>,
     /// Idle read connections; more are opened when all are busy.
     readers: Mutex<Vec<Connection>>,
     /// `DIR/lock`, locked for as long as this store is open: one server per
     /// data directory.
     _lock: std::fs::File,
+}
+
+/// The writer half: its own connection, used by the writer thread alone.
+struct SqliteBatcher {
+    conn: Connection,
 }
 
 /// The lock file inside the data directory; it holds the locking server's
@@ -282,22 +241,10 @@ fn lock_dir(dir: &Path) -> Result<std::fs::File, String> {
     Ok(f)
 }
 
-/// Most writes folded into one transaction.
-const MAX_BATCH: usize = 4096;
-
 /// Read connections kept open when idle.
 const IDLE_READERS: usize = 4;
 
-/// How often delivered files' chunks are looked for and dropped.
-const RELEASE_EVERY: Duration = Duration::from_secs(2);
-
-/// How long a send id is remembered (a client retries within minutes).
-const SEND_ID_DAYS: u64 = 7;
-
-/// How long a device token stays valid without being used.
-const DEVICE_DAYS: u64 = 30;
-
-impl SqliteStore {
+impl LogStore<SqliteReads> {
     /// Opens (creating if needed) the store in `dir`. Fails, naming the
     /// path, if the directory cannot be created or written, or the
     /// database is corrupt or from a newer version.
@@ -335,52 +282,26 @@ impl SqliteStore {
                  DELETE FROM files WHERE complete = 0;",
             )
             .map_err(|e| problem(&e))?;
+        if let Err(e) = forget_old_sends(&writer) {
+            tracing::warn!("cannot forget old send ids: {e}");
+        }
         let reader = open_connection(&path).map_err(|e| problem(&e))?;
-        let (writes, jobs) = unbounded();
-        std::thread::Builder::new()
-            .name("store-writer".into())
-            .spawn(move || write_loop(writer, &jobs, batch))
-            .map_err(|e| problem(&e))?;
-        Ok(SqliteStore {
+        let reads = SqliteReads {
             path,
-            writes,
             readers: Mutex::new(vec![reader]),
             _lock: lock,
-        })
+        };
+        let batcher = SqliteBatcher { conn: writer };
+        LogStore::start(reads, batcher, batch).map_err(|e| unusable(dir, e.to_string()))
     }
 
     /// The database file.
     pub fn path(&self) -> &Path {
-        &self.path
+        &self.reads.path
     }
+}
 
-    fn wait(&self, op: Op) -> StoreResult<Outcome> {
-        let (tx, rx) = bounded(1);
-        self.writes
-            .send(Job {
-                op,
-                done: Done::Waiter(tx),
-            })
-            .map_err(|_| StoreError::Stopped)?;
-        rx.recv().map_err(|_| StoreError::Stopped)?
-    }
-
-    fn wait_count(&self, op: Op) -> StoreResult<u64> {
-        match self.wait(op)? {
-            Outcome::Count(n) => Ok(n),
-            _ => Err(StoreError::Corrupt("write outcome")),
-        }
-    }
-
-    fn queue(&self, op: Op, done: Done) {
-        if let Err(e) = self.writes.send(Job { op, done }) {
-            // The writer is gone: fail the job here so no caller hangs.
-            if let Done::Then(f) = e.into_inner().done {
-                f(Err(StoreError::Stopped));
-            }
-        }
-    }
-
+impl SqliteReads {
     /// Runs `f` on a read connection of its own (opened if none is idle),
     /// so one slow read never holds up another.
     fn with_reader<T>(&self, f: impl FnOnce(&Connection) -> StoreResult<T>) -> StoreResult<T> {
@@ -496,82 +417,21 @@ fn migrate(conn: &Connection) -> Result<(), String> {
     Ok(())
 }
 
-fn write_loop(mut conn: Connection, jobs: &Receiver<Job>, batch_hook: Option<BatchHook>) {
-    let mut last_release = Instant::now();
-    let mut acked_since_release = false;
-    if let Err(e) = forget_old_sends(&conn) {
-        tracing::warn!("cannot forget old send ids: {e}");
-    }
-    loop {
-        let first = if acked_since_release {
-            // Wake up to release delivered files even when nothing else comes.
-            match jobs.recv_timeout(RELEASE_EVERY) {
-                Ok(j) => Some(j),
-                Err(crossbeam_channel::RecvTimeoutError::Timeout) => None,
-                Err(crossbeam_channel::RecvTimeoutError::Disconnected) => return,
-            }
-        } else {
-            match jobs.recv() {
-                Ok(j) => Some(j),
-                Err(_) => return,
-            }
+impl Batcher for SqliteBatcher {
+    fn apply_batch(&mut self, ops: &[&Op]) -> Vec<StoreResult<Outcome>> {
+        let tx = match self.conn.transaction() {
+            Ok(tx) => tx,
+            Err(e) => return failed_batch(ops.len(), &e),
         };
-        if let Some(first) = first {
-            let mut batch = vec![first];
-            while batch.len() < MAX_BATCH {
-                match jobs.try_recv() {
-                    Ok(j) => batch.push(j),
-                    Err(_) => break,
-                }
-            }
-            acked_since_release |= batch.iter().any(|j| matches!(j.op, Op::Ack(..)));
-            let outcome = apply_batch(&mut conn, &mut batch);
-            // More writes already waiting: the next batch follows at once.
-            let more = !jobs.is_empty();
-            let mut jobs = Some(batch.into_iter().zip(outcome));
-            let mut complete = || {
-                // In queue order, so completions (replies) keep their order.
-                for (job, result) in jobs.take().into_iter().flatten() {
-                    match job.done {
-                        Done::Nobody => {
-                            if let Err(e) = result {
-                                tracing::error!("store write failed: {e}");
-                            }
-                        }
-                        Done::Waiter(tx) => {
-                            let _ = tx.send(result);
-                        }
-                        Done::Then(f) => f(result),
-                    }
-                }
-            };
-            match &batch_hook {
-                Some(hook) => hook(&mut complete, more),
-                None => complete(),
-            }
-        }
-        if acked_since_release && last_release.elapsed() >= RELEASE_EVERY {
-            last_release = Instant::now();
-            acked_since_release = false;
-            if let Err(e) = release_delivered_files(&conn) {
-                tracing::warn!("cannot release delivered files: {e}");
-            }
+        let results: Vec<StoreResult<Outcome>> = ops.iter().map(|op| apply(&tx, op)).collect();
+        match tx.commit() {
+            Ok(()) => results,
+            Err(e) => failed_batch(ops.len(), &e),
         }
     }
-}
 
-/// Applies a batch in one transaction. Each job gets its own result; if the
-/// commit fails, every job in the batch fails.
-fn apply_batch(conn: &mut Connection, batch: &mut [Job]) -> Vec<StoreResult<Outcome>> {
-    merge_acks(batch);
-    let tx = match conn.transaction() {
-        Ok(tx) => tx,
-        Err(e) => return failed_batch(batch.len(), &e),
-    };
-    let results: Vec<StoreResult<Outcome>> = batch.iter().map(|j| apply(&tx, &j.op)).collect();
-    match tx.commit() {
-        Ok(()) => results,
-        Err(e) => failed_batch(batch.len(), &e),
+    fn tidy(&mut self) -> StoreResult<()> {
+        release_delivered_files(&self.conn)
     }
 }
 
@@ -585,29 +445,6 @@ fn failed_batch(n: usize, e: &rusqlite::Error) -> Vec<StoreResult<Outcome>> {
             })
         })
         .collect()
-}
-
-/// Keeps only the highest acknowledgement per user and conversation in a
-/// batch (the others become no-ops): clients acknowledge in bursts.
-fn merge_acks(batch: &mut [Job]) {
-    let mut highest: HashMap<(Username, ConvId), (usize, u64)> = HashMap::new();
-    for (i, job) in batch.iter().enumerate() {
-        if let Op::Ack(user, conv, seq) = &job.op {
-            let e = highest
-                .entry((user.clone(), conv.clone()))
-                .or_insert((i, *seq));
-            if *seq >= e.1 {
-                *e = (i, *seq);
-            }
-        }
-    }
-    for (i, job) in batch.iter_mut().enumerate() {
-        if let Op::Ack(user, conv, _) = &job.op {
-            if highest.get(&(user.clone(), conv.clone())).map(|e| e.0) != Some(i) {
-                job.op = Op::Nothing;
-            }
-        }
-    }
 }
 
 /// Runs `f` inside a savepoint, so a failure undoes only its own writes.
@@ -831,10 +668,6 @@ fn append(tx: &Connection, a: &Append) -> StoreResult<Appended> {
         tx.prepare_cached("UPDATE files SET complete = 1 WHERE id = ?1")?
             .execute([id])?;
     }
-    let refs: Vec<String> = entries
-        .iter()
-        .map(|e| format!("{} {}", e.conv.key(), e.seq))
-        .collect();
     tx.prepare_cached(
         "INSERT INTO sends (username, send_id, at_ms, refs) VALUES (?1, ?2, ?3, ?4)",
     )?
@@ -842,7 +675,7 @@ fn append(tx: &Connection, a: &Append) -> StoreResult<Appended> {
         a.from.as_str(),
         a.send_id.as_str(),
         a.at_ms as i64,
-        refs.join(",")
+        format_send_refs(&entries)
     ])?;
     Ok(Appended::New(entries))
 }
@@ -863,16 +696,6 @@ fn read_cursors(c: &Connection, user: &Username) -> StoreResult<Vec<Cursor>> {
         });
     }
     Ok(out)
-}
-
-fn parse_send_refs(text: &str) -> StoreResult<Vec<(ConvId, u64)>> {
-    text.split(',')
-        .map(|r| {
-            let (conv, seq) = r.split_once(' ')?;
-            Some((ConvId::parse_key(conv)?, seq.parse().ok()?))
-        })
-        .collect::<Option<_>>()
-        .ok_or(StoreError::Corrupt("sends"))
 }
 
 /// Drops the chunks of files every member of every conversation holding
@@ -904,47 +727,21 @@ fn forget_old_sends(conn: &Connection) -> StoreResult<()> {
     Ok(())
 }
 
-/// Rebuilds a log entry from its row (columns as in [`LOG_COLUMNS`]); a
-/// row that does not parse is reported, not trusted.
-fn entry_from_row(conv: &ConvId, r: &rusqlite::Row<'_>) -> rusqlite::Result<LogEntry> {
-    let bad = |what: &str| rusqlite::Error::InvalidColumnName(format!("corrupt log row: {what}"));
-    let seq: i64 = r.get(0)?;
-    let at_ms: i64 = r.get(1)?;
-    let sender: String = r.get(2)?;
-    let kind: String = r.get(3)?;
-    let content = match kind.as_str() {
-        "text" => {
-            let key: String = r.get(4)?;
-            let body: String = r.get(5)?;
-            Content::Text {
-                key: ContentKey::from_b64(&key).map_err(|_| bad("key"))?,
-                body: Body::from_wire(&body).map_err(|_| bad("body"))?,
-            }
-        }
-        "file" => {
-            let sha: String = r.get(8)?;
-            Content::File(FileInfo {
-                id: r.get::<_, i64>(6)? as u64,
-                size: r.get::<_, i64>(7)? as u64,
-                sha256: parse_sha256(&sha).ok_or_else(|| bad("sha256"))?,
-                name: r.get(9)?,
-                voice: match r.get::<_, Option<String>>(10)? {
-                    None => None,
-                    Some(v) => {
-                        let (d, format) = v.split_once(' ').ok_or_else(|| bad("voice"))?;
-                        Some(Voice::from_wire(d, format).ok_or_else(|| bad("voice"))?)
-                    }
-                },
-            })
-        }
-        _ => return Err(bad("kind")),
+/// A log row's columns (as in [`LOG_COLUMNS`]).
+fn log_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<LogRow> {
+    let file_id: Option<i64> = r.get(6)?;
+    let file = match file_id {
+        Some(id) => Some((id, r.get(7)?, r.get(8)?, r.get(9)?, r.get(10)?)),
+        None => None,
     };
-    Ok(LogEntry {
-        conv: conv.clone(),
-        seq: seq as u64,
-        at_ms: at_ms as u64,
-        from: Username::parse(&sender).map_err(|_| bad("sender"))?,
-        content,
+    Ok(LogRow {
+        seq: r.get(0)?,
+        at_ms: r.get(1)?,
+        sender: r.get(2)?,
+        kind: r.get(3)?,
+        key: r.get(4)?,
+        body: r.get(5)?,
+        file,
     })
 }
 
@@ -952,55 +749,71 @@ const LOG_COLUMNS: &str =
     "l.seq, l.at_ms, l.sender, l.kind, l.key, l.body, f.id, f.size, f.sha256, f.name, f.voice
      FROM log l LEFT JOIN files f ON f.id = l.file_id";
 
-impl Store for SqliteStore {
+/// One group with its members, admins and invitations, if it exists.
+fn read_group(c: &Connection, name: &GroupName) -> StoreResult<Option<GroupRecord>> {
+    let corrupt = |what| move |_| StoreError::Corrupt(what);
+    let row: Option<(String, bool)> = c
+        .prepare_cached("SELECT owner, private FROM groups WHERE name = ?1")?
+        .query_row([name.as_str()], |r| Ok((r.get(0)?, r.get(1)?)))
+        .optional()?;
+    let Some((owner, private)) = row else {
+        return Ok(None);
+    };
+    let (mut members, mut admins, mut invited) = (Vec::new(), Vec::new(), Vec::new());
+    let mut stmt = c.prepare_cached(
+        "SELECT username, admin FROM members WHERE group_name = ?1 ORDER BY username",
+    )?;
+    let mut rows = stmt.query([name.as_str()])?;
+    while let Some(m) = rows.next()? {
+        let (u, admin): (String, bool) = (m.get(0)?, m.get(1)?);
+        let u = Username::parse(&u).map_err(corrupt("members"))?;
+        if admin {
+            admins.push(u.clone());
+        }
+        members.push(u);
+    }
+    let mut stmt =
+        c.prepare_cached("SELECT username FROM invites WHERE group_name = ?1 ORDER BY username")?;
+    let mut rows = stmt.query([name.as_str()])?;
+    while let Some(i) = rows.next()? {
+        let u: String = i.get(0)?;
+        invited.push(Username::parse(&u).map_err(corrupt("invites"))?);
+    }
+    Ok(Some(GroupRecord {
+        name: name.clone(),
+        owner: Username::parse(&owner).map_err(corrupt("groups"))?,
+        private,
+        members,
+        admins,
+        invited,
+    }))
+}
+
+fn user_from_row(r: &rusqlite::Row<'_>) -> StoreResult<UserRecord> {
+    let name: String = r.get(0)?;
+    Ok(UserRecord {
+        username: Username::parse(&name).map_err(|_| StoreError::Corrupt("users"))?,
+        name: r.get(1)?,
+        verifier: r.get(2)?,
+    })
+}
+
+impl Reads for SqliteReads {
     fn load(&self) -> StoreResult<Snapshot> {
         self.with_reader(|c| {
-            let corrupt = |what| move |_| StoreError::Corrupt(what);
             let mut users = Vec::new();
             let mut stmt = c.prepare("SELECT username, name, verifier FROM users")?;
             let mut rows = stmt.query([])?;
             while let Some(r) = rows.next()? {
-                let name: String = r.get(0)?;
-                users.push(UserRecord {
-                    username: Username::parse(&name).map_err(corrupt("users"))?,
-                    name: r.get(1)?,
-                    verifier: r.get(2)?,
-                });
+                users.push(user_from_row(r)?);
             }
             let mut groups = Vec::new();
-            let mut stmt = c.prepare("SELECT name, owner, private FROM groups ORDER BY name")?;
-            let mut members = c.prepare(
-                "SELECT username, admin FROM members WHERE group_name = ?1 ORDER BY username",
-            )?;
-            let mut invites =
-                c.prepare("SELECT username FROM invites WHERE group_name = ?1 ORDER BY username")?;
+            let mut stmt = c.prepare("SELECT name FROM groups ORDER BY name")?;
             let mut rows = stmt.query([])?;
             while let Some(r) = rows.next()? {
-                let (name, owner, private): (String, String, bool) =
-                    (r.get(0)?, r.get(1)?, r.get(2)?);
-                let (mut list, mut admins, mut invited) = (Vec::new(), Vec::new(), Vec::new());
-                let mut mrows = members.query([&name])?;
-                while let Some(m) = mrows.next()? {
-                    let (u, admin): (String, bool) = (m.get(0)?, m.get(1)?);
-                    let u = Username::parse(&u).map_err(corrupt("members"))?;
-                    if admin {
-                        admins.push(u.clone());
-                    }
-                    list.push(u);
-                }
-                let mut irows = invites.query([&name])?;
-                while let Some(i) = irows.next()? {
-                    let u: String = i.get(0)?;
-                    invited.push(Username::parse(&u).map_err(corrupt("invites"))?);
-                }
-                groups.push(GroupRecord {
-                    name: GroupName::parse(&name).map_err(corrupt("groups"))?,
-                    owner: Username::parse(&owner).map_err(corrupt("groups"))?,
-                    private,
-                    members: list,
-                    admins,
-                    invited,
-                });
+                let name: String = r.get(0)?;
+                let name = GroupName::parse(&name).map_err(|_| StoreError::Corrupt("groups"))?;
+                groups.extend(read_group(c, &name)?);
             }
             let mut heads = HashMap::new();
             let mut stmt = c.prepare("SELECT key, head FROM conversations")?;
@@ -1018,76 +831,17 @@ impl Store for SqliteStore {
         })
     }
 
-    fn create_user(&self, user: &UserRecord) -> StoreResult<bool> {
-        self.wait_count(Op::CreateUser(user.clone()))
-            .map(|n| n == 1)
+    fn user(&self, username: &Username) -> StoreResult<Option<UserRecord>> {
+        self.with_reader(|c| {
+            let mut stmt =
+                c.prepare_cached("SELECT username, name, verifier FROM users WHERE username = ?1")?;
+            let mut rows = stmt.query([username.as_str()])?;
+            rows.next()?.map(user_from_row).transpose()
+        })
     }
 
-    fn create_group(&self, name: &GroupName, owner: &Username, private: bool) -> StoreResult<bool> {
-        self.wait_count(Op::CreateGroup(name.clone(), owner.clone(), private))
-            .map(|n| n == 1)
-    }
-
-    fn change_group(&self, group: &GroupName, change: &GroupChange) -> StoreResult<()> {
-        self.wait_count(Op::ChangeGroup(group.clone(), change.clone()))
-            .map(|_| ())
-    }
-
-    fn set_member(
-        &self,
-        group: &GroupName,
-        user: &Username,
-        member: bool,
-        done: Completion<(u64, bool)>,
-    ) {
-        self.queue(
-            Op::SetMember(group.clone(), user.clone(), member),
-            Done::Then(Box::new(move |r| {
-                done(r.and_then(|o| match o {
-                    Outcome::Membership(head, changed) => Ok((head, changed)),
-                    _ => Err(StoreError::Corrupt("membership outcome")),
-                }))
-            })),
-        );
-    }
-
-    fn append(&self, append: Append, done: Completion<Appended>) {
-        self.queue(
-            Op::Append(Box::new(append)),
-            Done::Then(Box::new(move |r| {
-                done(r.and_then(|o| match o {
-                    Outcome::Appended(a) => Ok(a),
-                    _ => Err(StoreError::Corrupt("append outcome")),
-                }))
-            })),
-        );
-    }
-
-    fn then(&self, done: Completion<()>) {
-        self.queue(
-            Op::Nothing,
-            Done::Then(Box::new(move |r| done(r.map(|_| ())))),
-        );
-    }
-
-    fn sync(&self) -> StoreResult<()> {
-        self.wait(Op::Nothing).map(|_| ())
-    }
-
-    fn ack(&self, user: &Username, conv: &ConvId, seq: u64) {
-        self.queue(Op::Ack(user.clone(), conv.clone(), seq), Done::Nobody);
-    }
-
-    fn cursors(&self, user: &Username, done: Completion<Vec<Cursor>>) {
-        self.queue(
-            Op::Cursors(user.clone()),
-            Done::Then(Box::new(move |r| {
-                done(r.and_then(|o| match o {
-                    Outcome::Cursors(c) => Ok(c),
-                    _ => Err(StoreError::Corrupt("cursors outcome")),
-                }))
-            })),
-        );
+    fn group(&self, name: &GroupName) -> StoreResult<Option<GroupRecord>> {
+        self.with_reader(|c| read_group(c, name))
     }
 
     fn previous_send(
@@ -1095,7 +849,6 @@ impl Store for SqliteStore {
         user: &Username,
         send_id: &SendId,
     ) -> StoreResult<Option<Vec<(ConvId, u64)>>> {
-        self.sync()?;
         self.with_reader(|c| {
             let refs: Option<String> = c
                 .prepare_cached("SELECT refs FROM sends WHERE username = ?1 AND send_id = ?2")?
@@ -1111,10 +864,11 @@ impl Store for SqliteStore {
                 "SELECT {LOG_COLUMNS} WHERE l.conv = ?1 AND l.seq >= ?2 ORDER BY l.seq LIMIT ?3"
             );
             let mut stmt = c.prepare_cached(&sql)?;
-            let rows = stmt.query_map(params![conv.key(), from_seq as i64, limit as i64], |r| {
-                entry_from_row(conv, r)
-            })?;
-            Ok(rows.collect::<rusqlite::Result<_>>()?)
+            let rows = stmt.query_map(
+                params![conv.key(), from_seq as i64, limit as i64],
+                log_row,
+            )?;
+            rows.map(|r| r?.into_entry(conv)).collect()
         })
     }
 
@@ -1123,29 +877,13 @@ impl Store for SqliteStore {
             let sql =
                 format!("SELECT {LOG_COLUMNS} WHERE l.conv = ?1 ORDER BY l.seq DESC LIMIT ?2");
             let mut stmt = c.prepare_cached(&sql)?;
-            let rows = stmt.query_map(params![conv.key(), limit as i64], |r| {
-                entry_from_row(conv, r)
-            })?;
-            let mut out = rows.collect::<rusqlite::Result<Vec<_>>>()?;
+            let rows = stmt.query_map(params![conv.key(), limit as i64], log_row)?;
+            let mut out = rows
+                .map(|r| r?.into_entry(conv))
+                .collect::<StoreResult<Vec<_>>>()?;
             out.reverse();
             Ok(out)
         })
-    }
-
-    fn new_file(&self, info: &FileInfo) -> StoreResult<u64> {
-        self.wait_count(Op::NewFile(info.clone()))
-    }
-
-    fn save_chunk(&self, file_id: u64, chunk: &StoredChunk) {
-        self.queue(Op::SaveChunk(file_id, chunk.clone()), Done::Nobody);
-    }
-
-    fn discard_file(&self, file_id: u64) {
-        self.queue(Op::DiscardFile(file_id), Done::Nobody);
-    }
-
-    fn stored_chunks(&self, file_id: u64) -> StoreResult<u64> {
-        self.wait_count(Op::CountChunks(file_id))
     }
 
     fn chunks(&self, file_id: u64, from: u64, limit: usize) -> StoreResult<Vec<StoredChunk>> {
@@ -1154,55 +892,40 @@ impl Store for SqliteStore {
                 "SELECT offset, key, body FROM file_chunks WHERE file_id = ?1 AND offset >= ?2
                  ORDER BY offset LIMIT ?3",
             )?;
-            let bad =
-                |what: &str| rusqlite::Error::InvalidColumnName(format!("corrupt chunk: {what}"));
-            let rows = stmt.query_map(params![file_id as i64, from as i64, limit as i64], |r| {
-                let offset: i64 = r.get(0)?;
-                let key: String = r.get(1)?;
-                let body: String = r.get(2)?;
-                Ok(StoredChunk {
-                    offset: offset as u64,
-                    key: ContentKey::from_b64(&key).map_err(|_| bad("key"))?,
-                    body: Body::from_wire(&body).map_err(|_| bad("body"))?,
-                })
-            })?;
-            Ok(rows.collect::<rusqlite::Result<_>>()?)
+            let mut rows = stmt.query(params![file_id as i64, from as i64, limit as i64])?;
+            let mut out = Vec::new();
+            while let Some(r) = rows.next()? {
+                out.push(StoredChunk::from_columns(
+                    r.get::<_, i64>(0)?,
+                    &r.get::<_, String>(1)?,
+                    &r.get::<_, String>(2)?,
+                )?);
+            }
+            Ok(out)
         })
     }
 
-    fn add_device(&self, user: &Username, token_hash: [u8; 32]) -> StoreResult<()> {
-        self.wait_count(Op::AddDevice(user.clone(), token_hash))
-            .map(|_| ())
-    }
-
-    fn device_owner(&self, token_hash: [u8; 32]) -> StoreResult<Option<Username>> {
-        let fresh_after = crate::clock::now_ms().saturating_sub(DEVICE_DAYS * 86_400_000);
-        let owner = self.with_reader(|c| {
+    fn device_owner(
+        &self,
+        token_hash: [u8; 32],
+        fresh_after_ms: u64,
+    ) -> StoreResult<Option<Username>> {
+        self.with_reader(|c| {
             let name: Option<String> = c
                 .prepare_cached(
                     "SELECT username FROM devices WHERE token_hash = ?1 AND last_used_ms >= ?2",
                 )?
                 .query_row(
-                    params![format_sha256(&token_hash), fresh_after as i64],
+                    params![format_sha256(&token_hash), fresh_after_ms as i64],
                     |r| r.get(0),
                 )
                 .optional()?;
             name.map(|n| Username::parse(&n).map_err(|_| StoreError::Corrupt("devices")))
                 .transpose()
-        })?;
-        if let Some(user) = &owner {
-            // Renews the token's lifetime.
-            self.queue(Op::AddDevice(user.clone(), token_hash), Done::Nobody);
-        }
-        Ok(owner)
-    }
-
-    fn forget_device(&self, token_hash: [u8; 32]) {
-        self.queue(Op::ForgetDevice(token_hash), Done::Nobody);
+        })
     }
 
     fn undelivered_file_bytes(&self, conv: &ConvId) -> StoreResult<u64> {
-        self.sync()?;
         self.with_reader(|c| {
             let n: i64 = c
                 .prepare_cached(
@@ -1219,6 +942,9 @@ impl Store for SqliteStore {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::content::ContentKey;
+    use crate::store::Store;
+    use crossbeam_channel::bounded;
 
     fn user(s: &str) -> Username {
         Username::parse(s).unwrap()
