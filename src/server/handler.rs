@@ -34,6 +34,7 @@ use super::limits::TryLater;
 use super::outbox::Outgoing;
 use super::session::{Flow, Login, Places, Session};
 use super::state::{plural, Failure, Membership, Notices};
+use super::cluster::Notice;
 use super::{CloseReason, Shared};
 
 /// Runs one request.
@@ -60,7 +61,13 @@ pub(super) fn handle(s: &mut Session, request: Request) -> Flow {
         } => manage(s, action, &group, &user),
         Request::List => s
             .user()
-            .map(|me| Reply::ok(s.shared.state().list(&me)))
+            .map(|me| {
+                let elsewhere = match &s.shared.cluster {
+                    Some(c) => c.online_elsewhere(),
+                    None => Default::default(),
+                };
+                Reply::ok(s.shared.state().list(&me, &elsewhere))
+            })
             .into(),
         Request::Help => Answer::Now(Reply::ok(wire_help())),
         Request::Logout => {
@@ -199,6 +206,7 @@ fn create_user(s: &Session, username: &Username, password: &str, name: String) -
     match shared.store.create_user(&record) {
         Ok(true) => {
             shared.state().add_account(&record);
+            shared.tell(Notice::User(username.clone()));
             info!(user = %username, "created user");
             Answer::Now(Reply::ok(format!(
                 "created user {username}; now LOGIN {username} <password>"
@@ -238,7 +246,19 @@ fn login(
     };
     let ok = match password {
         Some(pw) => {
-            let verifier = shared.state().verifier(username);
+            let known = shared.state().verifier(username);
+            // Another server of a cluster may have created the account
+            // a moment ago.
+            let verifier = match (known, &shared.cluster) {
+                (None, Some(_)) => match shared.store.user(username) {
+                    Ok(found) => found.map(|u| {
+                        shared.state().add_account(&u);
+                        u.verifier
+                    }),
+                    Err(e) => return Answer::Now(storage(e).into()),
+                },
+                (known, _) => known,
+            };
             shared.passwords.check(verifier.as_deref(), pw)
         }
         None => valid_token,
@@ -286,8 +306,17 @@ fn login(
         username,
         Box::new(move |cursors| {
             let reply = match cursors {
-                Ok(cursors) => {
-                    let notices = shared.state().add_link(&link);
+                Ok(mut cursors) => {
+                    let notices = {
+                        let mut st = shared.state();
+                        // Another server's messages noted here since the
+                        // read were offered before this link was
+                        // registered: it fetches them from the store.
+                        for c in &mut cursors {
+                            c.head = c.head.max(st.head(&c.conv));
+                        }
+                        st.add_link(&link)
+                    };
                     // Group keys first, so no GMSG can come before its key.
                     notices.send();
                     let ok = Reply::Ok {
@@ -332,6 +361,7 @@ fn create_group(s: &Session, g: &GroupName, private: bool) -> Answer {
                 l.follow(ConvId::Group(g.clone()), 0);
             }
             notices.send();
+            shared.tell(Notice::Group(g.clone()));
             let kind = if private { "private group" } else { "group" };
             Answer::Now(Reply::ok(format!(
                 "created the {kind} #{g}; you are its owner and first member"
@@ -376,7 +406,10 @@ fn set_member(s: &Session, g: &GroupName, user: Option<&Username>, change: Membe
         join,
         Box::new(move |result| {
             let reply = match result {
-                Ok((head, _)) => {
+                Ok((head, changed)) => {
+                    if changed {
+                        shared.tell(Notice::Group(group.clone()));
+                    }
                     let conv = ConvId::Group(group.clone());
                     let (n, notices, links) = {
                         let mut st = shared.state();
@@ -456,6 +489,7 @@ fn manage(s: &Session, action: Manage, g: &GroupName, user: &Username) -> Answer
         shared.state().undo_change(g, undo);
         return Answer::Now(storage(e).into());
     }
+    shared.tell(Notice::Group(g.clone()));
     if let GroupChange::Invite { .. } = change {
         let invited = ServerMessage::Notice(GroupNotice {
             kind: NoticeKind::Invited,
@@ -533,6 +567,9 @@ pub(super) fn commit(s: &Session, append: Append) {
                     let reply = sent_reply(refs, "sent");
                     let _ = outbox.send(&ServerMessage::Reply(reply));
                     done.finish();
+                    for e in &entries {
+                        shared.tell(Notice::Advanced(e.conv.clone(), e.seq));
+                    }
                     deliver(&shared, entries);
                     return;
                 }
@@ -561,8 +598,9 @@ pub(super) fn sent_reply(refs: Vec<MessageRef>, what: &str) -> Reply {
 }
 
 /// Offers committed entries to every connection that follows their
-/// conversation (runs on the store's writer, in commit order).
-fn deliver(shared: &Shared, entries: Vec<LogEntry>) {
+/// conversation (runs on the store's writer, in commit order; for
+/// another server's entries, on the cluster's notice thread).
+pub(super) fn deliver(shared: &Shared, entries: Vec<LogEntry>) {
     for entry in entries {
         let (links, group_key, notices) = {
             let mut st = shared.state();

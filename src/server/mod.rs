@@ -16,6 +16,7 @@
 //! catching up) gets it later from the store, so memory stays bounded
 //! whatever clients do.
 
+pub mod cluster;
 mod delivery;
 mod handler;
 pub mod limits;
@@ -41,10 +42,12 @@ use crate::event::ServerMessage;
 use crate::identity::{self, Fingerprint};
 use crate::names::Username;
 use crate::password::{PasswordCost, Passwords};
+use crate::store::postgres::PostgresStore;
 use crate::store::sqlite::SqliteStore;
 use crate::store::Store;
 
 use crate::handshake;
+use cluster::{Cluster, Notice};
 use delivery::CatchUp;
 use limits::{Counts, HandshakeRate, LoginThrottle};
 use outbox::{Budget, Outbox, OutboxLimits, WriterPool};
@@ -79,6 +82,17 @@ pub struct Config {
         default_value = "muchat-data"
     )]
     pub data_dir: PathBuf,
+
+    /// PostgreSQL to store everything in instead of the data directory
+    /// (postgres://user:password@host/database): servers that share one
+    /// database (and --redis-url, and --key-file) act as one server
+    #[arg(long, env = "DATABASE_URL", value_name = "URL")]
+    pub database_url: Option<String>,
+
+    /// Redis that carries live notices, presence and login-throttle counts
+    /// between servers sharing --database-url (redis://[:password@]host:port/)
+    #[arg(long, env = "REDIS_URL", value_name = "URL", requires = "database_url")]
+    pub redis_url: Option<String>,
 
     /// The server's key (created 0600 if missing) [default: DIR/server_key];
     /// servers that share one key present one identity to clients
@@ -171,6 +185,8 @@ impl Config {
     /// The defaults, also the flags' defaults.
     pub const DEFAULT: Config = Config {
         data_dir: PathBuf::new(),
+        database_url: None,
+        redis_url: None,
         key_file: None,
         max_file_size: 100 * 1024 * 1024,
         max_pending_bytes: 1024 * 1024 * 1024,
@@ -298,6 +314,36 @@ impl fmt::Display for CloseReason {
     }
 }
 
+/// Opens the store the configuration names, and loads what it holds:
+/// PostgreSQL with `--database-url`, else SQLite in the data directory.
+fn open_store(
+    config: &Config,
+    hook: crate::store::BatchHook,
+) -> io::Result<(Arc<dyn Store>, crate::store::Snapshot)> {
+    let named = |what: String| move |e: crate::store::StoreError| io::Error::other(format!("{what}: {e}"));
+    match &config.database_url {
+        Some(url) => {
+            let what = crate::store::postgres::redact(url);
+            let store = PostgresStore::connect(url, Some(hook)).map_err(named(what.clone()))?;
+            let snapshot = store.load().map_err(named(what))?;
+            if config.redis_url.is_none() {
+                tracing::warn!(
+                    "no --redis-url: messages other servers store reach this server's clients only when they log in again"
+                );
+            }
+            Ok((Arc::new(store), snapshot))
+        }
+        None => {
+            let store =
+                SqliteStore::open_with(&config.data_dir, Some(hook)).map_err(io::Error::other)?;
+            let snapshot = store
+                .load()
+                .map_err(named(store.path().display().to_string()))?;
+            Ok((Arc::new(store), snapshot))
+        }
+    }
+}
+
 /// What every connection's thread shares.
 pub(crate) struct Shared {
     config: Config,
@@ -327,6 +373,8 @@ pub(crate) struct Shared {
     /// Set when the server is stopping: connections finishing their
     /// handshake are told and closed.
     stopping: AtomicBool,
+    /// The other servers of a cluster, when there are any (`--redis-url`).
+    cluster: Option<Arc<Cluster>>,
 }
 
 impl Shared {
@@ -335,12 +383,11 @@ impl Shared {
     /// [`Server::start`] does.
     fn open(config: Config) -> io::Result<Shared> {
         let hook: crate::store::BatchHook = Arc::new(outbox::deferring_wakeups);
-        let store =
-            SqliteStore::open_with(&config.data_dir, Some(hook)).map_err(io::Error::other)?;
-        let snapshot = store
-            .load()
-            .map_err(|e| io::Error::other(format!("{}: {e}", store.path().display())))?;
-        let store: Arc<dyn Store> = Arc::new(store);
+        let (store, snapshot) = open_store(&config, hook)?;
+        let cluster = match &config.redis_url {
+            Some(url) => Some(Arc::new(Cluster::new(url).map_err(io::Error::other)?)),
+            None => None,
+        };
         let passwords = Passwords::new(config.password_cost).map_err(io::Error::other)?;
         let identity =
             Arc::new(identity::load_or_create(&config.key_path()).map_err(io::Error::other)?);
@@ -363,9 +410,17 @@ impl Shared {
             workers: workers::Workers::start()?,
             parking: park::Parking::start()?,
             stopping: AtomicBool::new(false),
+            cluster,
             store,
             config,
         })
+    }
+
+    /// Tells the cluster's other servers, if there are any.
+    fn tell(&self, notice: Notice) {
+        if let Some(c) = &self.cluster {
+            c.publish(notice);
+        }
     }
 
     /// Locks the state. A thread that panicked while holding the lock left
@@ -396,6 +451,10 @@ impl Server {
     pub fn start(listener: TcpListener, config: Config) -> io::Result<Server> {
         let addr = listener.local_addr()?;
         let shared = Arc::new(Shared::open(config)?);
+        if let Some(c) = &shared.cluster {
+            c.start(Arc::downgrade(&shared))?;
+            tracing::info!(node = c.node(), "in a cluster: listening for the other servers");
+        }
         let stopping = Arc::new(AtomicBool::new(false));
         let accept = {
             let (shared, stopping) = (Arc::clone(&shared), Arc::clone(&stopping));
@@ -449,6 +508,9 @@ impl Server {
             let _ = h.join();
         }
         self.shared.stopping.store(true, Ordering::SeqCst);
+        if let Some(c) = &self.shared.cluster {
+            c.stop();
+        }
         let conns: Vec<Outbox> = self.shared.connections().values().cloned().collect();
         let bye = ServerMessage::Bye(CloseReason::ShuttingDown.bye().unwrap_or_default());
         for o in conns {

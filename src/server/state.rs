@@ -13,7 +13,7 @@ use std::sync::Arc;
 use crate::content::ContentKey;
 use crate::event::{ErrorCode, Reply, ServerMessage};
 use crate::names::{GroupName, Username};
-use crate::store::{ConvId, GroupChange, Snapshot, UserRecord};
+use crate::store::{ConvId, GroupChange, GroupRecord, Snapshot, UserRecord};
 
 use super::delivery::Link;
 use super::outbox::Outgoing;
@@ -220,6 +220,11 @@ impl State {
                 self.online.remove(user);
             }
         }
+    }
+
+    /// Users with a connection here.
+    pub fn online_users(&self) -> Vec<Username> {
+        self.online.keys().cloned().collect()
     }
 
     /// The user's logged-in connections.
@@ -436,6 +441,56 @@ impl State {
         (n, notices)
     }
 
+    /// Takes a group as the store has it now (another server of a cluster
+    /// changed it). Returns who joined and who left, with the notices that
+    /// go with that: joiners' connections here get the key, and anyone
+    /// leaving makes it change.
+    pub fn refresh_group(&mut self, record: GroupRecord) -> (Vec<Username>, Vec<Username>, Notices) {
+        let name = record.name.clone();
+        let members: BTreeSet<Username> = record.members.into_iter().collect();
+        let old = match self.groups.get(&name) {
+            Some(g) => g.members.clone(),
+            None => BTreeSet::new(),
+        };
+        if !self.groups.contains_key(&name) {
+            let key = self.new_group_key();
+            self.heads.entry(ConvId::Group(name.clone())).or_insert(0);
+            self.groups.insert(
+                name.clone(),
+                Group {
+                    owner: record.owner.clone(),
+                    private: record.private,
+                    members: BTreeSet::new(),
+                    admins: BTreeSet::new(),
+                    invited: BTreeSet::new(),
+                    key,
+                },
+            );
+        }
+        let joined: Vec<Username> = members.difference(&old).cloned().collect();
+        let left: Vec<Username> = old.difference(&members).cloned().collect();
+        if let Some(g) = self.groups.get_mut(&name) {
+            g.owner = record.owner;
+            g.private = record.private;
+            g.members = members;
+            g.admins = record.admins.into_iter().collect();
+            g.invited = record.invited.into_iter().collect();
+        }
+        // A new key reaches every member, joiners included.
+        if !left.is_empty() {
+            let notices = self.rotate_group_key(&name);
+            return (joined, left, notices);
+        }
+        let mut notices = Notices::default();
+        if let Some(g) = self.groups.get(&name) {
+            let event = key_event(&name, &g.key);
+            for u in &joined {
+                notices.add(&self.links_of(u), &event);
+            }
+        }
+        (joined, left, notices)
+    }
+
     /// Applies an invitation or a role change by `by`, checking it is
     /// allowed; returns what undoes it if the store fails.
     pub fn change_group(
@@ -627,7 +682,7 @@ impl State {
     /// The `LIST` text: every group with its member count (marking the
     /// caller's), then the users online now. Each list is cut short (with
     /// a count of what was left out) so the reply fits in one frame head.
-    pub fn list(&self, me: &Username) -> String {
+    pub fn list(&self, me: &Username, elsewhere: &BTreeSet<Username>) -> String {
         let visible: Vec<(&GroupName, &Group)> = self
             .groups
             .iter()
@@ -651,8 +706,12 @@ impl State {
             }
             format!("#{name} ({n} member{}{marks})", plural(n))
         });
-        let mut users: Vec<&str> = self.online.keys().map(Username::as_str).collect();
-        users.sort_unstable();
+        let users: BTreeSet<&str> = self
+            .online
+            .keys()
+            .chain(elsewhere)
+            .map(Username::as_str)
+            .collect();
         format!(
             "groups: {}; online: {}",
             bounded_join(groups, LIST_PART_BYTES, "none"),
