@@ -4,7 +4,7 @@
 use std::net::TcpListener;
 use std::process::ExitCode;
 
-use clap::Parser;
+use clap::{Parser, Subcommand};
 use muchat::server::{Config, Server};
 
 /// Runs the muchat chat server.
@@ -13,8 +13,11 @@ use muchat::server::{Config, Server};
 /// closes to standard error; RUST_LOG sets the level (default: info), e.g.
 /// RUST_LOG=debug or RUST_LOG=muchat=warn.
 #[derive(Parser)]
-#[command(version)]
+#[command(version, args_conflicts_with_subcommands = true)]
 struct Args {
+    #[command(subcommand)]
+    command: Option<Command>,
+
     /// Address to listen on (0.0.0.0:9000 for every interface, port 0 for
     /// any free port)
     #[arg(env = "MUCHAT_LISTEN", default_value = "127.0.0.1:9000")]
@@ -27,6 +30,20 @@ struct Args {
 
     #[command(flatten)]
     config: Config,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Copies a data directory (stop its server first) into an empty
+    /// PostgreSQL database, for servers started with --database-url
+    Migrate {
+        /// The data directory to copy
+        #[arg(long, value_name = "DIR")]
+        from_data_dir: std::path::PathBuf,
+        /// The PostgreSQL database to copy it into
+        #[arg(long, env = "DATABASE_URL", value_name = "URL")]
+        database_url: String,
+    },
 }
 
 /// glibc raises its mmap threshold after the first large block is freed,
@@ -61,6 +78,22 @@ fn main() -> ExitCode {
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_target(false)
         .init();
+    if let Some(Command::Migrate {
+        from_data_dir,
+        database_url,
+    }) = &args.command
+    {
+        return match muchat::store::migrate::sqlite_to_postgres(from_data_dir, database_url) {
+            Ok(copied) => {
+                println!("copied {}: {copied}", from_data_dir.display());
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("server migrate: {e}");
+                ExitCode::FAILURE
+            }
+        };
+    }
     if args.fingerprint {
         return match muchat::identity::load_or_create(&args.config.key_path()) {
             Ok(key) => {

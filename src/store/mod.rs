@@ -16,6 +16,7 @@
 //! writes every change through to the store *before* acknowledging it: an
 //! `OK` means committed.
 
+pub mod migrate;
 pub mod postgres;
 pub mod sqlite;
 mod writer;

@@ -155,7 +155,7 @@ pub struct PostgresReads {
 
 /// Connection settings from a `postgres://` URL, with a short connect
 /// timeout so an unreachable database fails requests quickly.
-fn config(url: &str) -> StoreResult<postgres::Config> {
+pub(super) fn config(url: &str) -> StoreResult<postgres::Config> {
     let mut config = postgres::Config::from_str(url)
         .map_err(|e| StoreError::Unreachable(format!("bad database URL: {e}")))?;
     config
@@ -226,7 +226,7 @@ impl LogStore<PostgresReads> {
 
 /// Brings the schema up to date under an advisory lock; refuses a
 /// database from a newer version.
-fn migrate(client: &mut Client) -> StoreResult<()> {
+pub(super) fn migrate(client: &mut Client) -> StoreResult<()> {
     client.execute("SELECT pg_advisory_lock($1)", &[&MIGRATION_LOCK])?;
     let result = migrate_locked(client);
     let _ = client.execute("SELECT pg_advisory_unlock($1)", &[&MIGRATION_LOCK]);
