@@ -3,6 +3,8 @@
 //! and waiting for replies and events (never sleeping).
 #![allow(dead_code)]
 
+pub mod engines;
+
 use std::io::BufReader;
 use std::net::TcpStream;
 use std::path::{Path, PathBuf};
