@@ -1112,7 +1112,7 @@ impl Inner {
                     if let Ok(r) = &typed {
                         let mut seen = lock(&self.seen);
                         for at in r.sent() {
-                            seen.shown(at);
+                            seen.sent(at);
                             lock(&self.acks).handled(at);
                         }
                     }

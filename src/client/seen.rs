@@ -9,12 +9,20 @@
 //! `$XDG_STATE_HOME/muchat`, else `~/.local/state/muchat`), written by
 //! replacing the file whole, so a crash leaves the old or the new version.
 //!
+//! What this client sent itself is not sent back to it; the reply to a send
+//! tells where it went, and that may be ahead of messages from others still
+//! on their way (another server of a cluster committed them first, or this
+//! connection was behind). So a sent message does not move the mark: it is
+//! remembered on its own until the messages before it have arrived.
+//!
 //! # Format
 //!
-//! A JSON object from conversation (`#group`, `@user`) to sequence number:
-//! `{"#ops": 17, "@alice": 3}`.
+//! A JSON object from conversation (`#group`, `@user`) to the highest
+//! sequence number shown, or, while this client's own messages lie past
+//! it, to an object with that number and theirs:
+//! `{"#ops": 17, "@alice": {"shown": 3, "mine": [5, 6]}}`.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fs;
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
@@ -46,11 +54,29 @@ pub fn user_dir(state_dir: &Path, server: &str, user: &Username) -> PathBuf {
     state_dir.join(server).join(user.as_str())
 }
 
-/// The highest sequence number shown in each conversation.
+/// One conversation: everything up to `shown` was shown, and so were the
+/// sequence numbers in `mine` (this client's own sends) past it.
+#[derive(Debug, Default, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+struct Mark {
+    shown: u64,
+    #[serde(default, skip_serializing_if = "BTreeSet::is_empty")]
+    mine: BTreeSet<u64>,
+}
+
+/// A conversation's entry in the file: a bare number when nothing of this
+/// client's lies past it (the older format, still read).
+#[derive(serde::Serialize, serde::Deserialize)]
+#[serde(untagged)]
+enum Stored {
+    Shown(u64),
+    Mark(Mark),
+}
+
+/// What was shown in each conversation.
 #[derive(Debug, Default)]
 pub struct Seen {
     path: Option<PathBuf>,
-    shown: BTreeMap<String, u64>,
+    shown: BTreeMap<String, Mark>,
     dirty: bool,
 }
 
@@ -64,10 +90,23 @@ impl Seen {
     /// empty: at worst some messages are shown again).
     pub fn load(dir: &Path) -> Seen {
         let path = dir.join("seen.json");
-        let shown = fs::read(&path)
+        let stored: BTreeMap<String, Stored> = fs::read(&path)
             .ok()
             .and_then(|bytes| serde_json::from_slice(&bytes).ok())
             .unwrap_or_default();
+        let shown = stored
+            .into_iter()
+            .map(|(conv, s)| {
+                let mark = match s {
+                    Stored::Shown(n) => Mark {
+                        shown: n,
+                        mine: BTreeSet::new(),
+                    },
+                    Stored::Mark(m) => m,
+                };
+                (conv, mark)
+            })
+            .collect();
         Seen {
             path: Some(path),
             shown,
@@ -75,16 +114,29 @@ impl Seen {
         }
     }
 
-    /// Whether `at` comes after everything shown in its conversation.
+    /// Whether `at` was not shown yet.
     pub fn is_new(&self, at: &MessageRef) -> bool {
-        at.seq > self.shown.get(&at.conv.to_string()).copied().unwrap_or(0)
+        self.shown
+            .get(&at.conv.to_string())
+            .is_none_or(|m| at.seq > m.shown && !m.mine.contains(&at.seq))
     }
 
-    /// Records `at` as shown.
+    /// Records a message received (and shown) at `at`: a conversation's
+    /// messages arrive in order, so everything before it was handled.
     pub fn shown(&mut self, at: &MessageRef) {
-        let s = self.shown.entry(at.conv.to_string()).or_insert(0);
-        if at.seq > *s {
-            *s = at.seq;
+        let m = self.shown.entry(at.conv.to_string()).or_default();
+        if at.seq > m.shown {
+            m.shown = at.seq;
+            m.mine = m.mine.split_off(&(at.seq + 1));
+            self.dirty = true;
+        }
+    }
+
+    /// Records this client's own message at `at` (the reply to its send):
+    /// messages before it may still be on their way.
+    pub fn sent(&mut self, at: &MessageRef) {
+        let m = self.shown.entry(at.conv.to_string()).or_default();
+        if at.seq > m.shown && m.mine.insert(at.seq) {
             self.dirty = true;
         }
     }
@@ -101,7 +153,19 @@ impl Seen {
         fs::create_dir_all(dir)?;
         let tmp = path.with_extension("json.tmp");
         let mut f = fs::File::create(&tmp)?;
-        f.write_all(&serde_json::to_vec(&self.shown).map_err(std::io::Error::other)?)?;
+        let stored: BTreeMap<&String, Stored> = self
+            .shown
+            .iter()
+            .map(|(conv, m)| {
+                let s = if m.mine.is_empty() {
+                    Stored::Shown(m.shown)
+                } else {
+                    Stored::Mark(m.clone())
+                };
+                (conv, s)
+            })
+            .collect();
+        f.write_all(&serde_json::to_vec(&stored).map_err(std::io::Error::other)?)?;
         drop(f);
         fs::rename(&tmp, path)?;
         self.dirty = false;
@@ -126,6 +190,16 @@ mod tests {
         assert!(!again.is_new(&r("#ops:5")));
         assert!(again.is_new(&r("#ops:6")));
         assert!(again.is_new(&r("@ops:1")));
+        // A message of one's own past messages still on their way.
+        let mut seen = Seen::load(dir.path());
+        seen.sent(&r("#ops:9"));
+        assert!(seen.is_new(&r("#ops:7")) && !seen.is_new(&r("#ops:9")));
+        seen.save().unwrap();
+        let mut again = Seen::load(dir.path());
+        assert!(again.is_new(&r("#ops:8")), "kept across a restart");
+        assert!(!again.is_new(&r("#ops:9")));
+        again.shown(&r("#ops:10"));
+        assert!(!again.is_new(&r("#ops:8")) && again.is_new(&r("#ops:11")));
         fs::write(dir.path().join("seen.json"), b"{not json").unwrap();
         assert!(Seen::load(dir.path()).is_new(&r("#ops:1")));
         let u = Username::parse("bob").unwrap();

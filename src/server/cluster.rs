@@ -484,7 +484,7 @@ fn resync(shared: &Shared, heads: &mut BTreeMap<ConvId, u64>) -> Result<(), crat
     Ok(())
 }
 
-fn refresh_user(shared: &Shared, user: &Username) {
+pub(super) fn refresh_user(shared: &Shared, user: &Username) {
     match shared.store.user(user) {
         Ok(Some(record)) => shared.state().add_account(&record),
         Ok(None) => {}
@@ -492,7 +492,7 @@ fn refresh_user(shared: &Shared, user: &Username) {
     }
 }
 
-fn refresh_group(shared: &Shared, group: &GroupName) {
+pub(super) fn refresh_group(shared: &Shared, group: &GroupName) {
     match shared.store.group(group) {
         Ok(Some(record)) => apply_group(shared, record),
         Ok(None) => {}
@@ -542,7 +542,13 @@ fn apply_group(shared: &Shared, record: crate::store::GroupRecord) {
 
 /// Another server committed `conv` up to `seq`: reads what this server
 /// has not seen and offers it to its connections.
-fn advance(shared: &Shared, conv: &ConvId, seq: u64) -> Result<(), crate::store::StoreError> {
+///
+/// The offer runs on the store's writer, after the completions of every
+/// local write queued before it: an entry this server committed itself
+/// may be read here before its own completion ran (which tells the
+/// sending connection it need not get it back), and the writer's order
+/// settles that.
+fn advance(shared: &Arc<Shared>, conv: &ConvId, seq: u64) -> Result<(), crate::store::StoreError> {
     loop {
         let from = shared.state().head(conv) + 1;
         if from > seq {
@@ -552,7 +558,16 @@ fn advance(shared: &Shared, conv: &ConvId, seq: u64) -> Result<(), crate::store:
         if entries.is_empty() {
             return Ok(());
         }
-        super::handler::deliver(shared, entries);
+        let (done, wait) = crossbeam_channel::bounded(1);
+        let s = Arc::clone(shared);
+        shared.store.then(Box::new(move |r| {
+            if r.is_ok() {
+                super::handler::deliver(&s, entries);
+            }
+            let _ = done.send(r);
+        }));
+        wait.recv()
+            .map_err(|_| crate::store::StoreError::Stopped)??;
     }
 }
 

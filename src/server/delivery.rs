@@ -417,7 +417,10 @@ impl Link {
             let Some(p) = st.convs.get_mut(conv) else {
                 return Ok(());
             };
-            if entry.seq != p.next || !self.outbox.has_refill_room() {
+            // Past `head` lie entries committed but not yet offered: their
+            // completion (which names this connection's own sends, not to
+            // be sent back) has not run yet. Their offer brings them.
+            if entry.seq != p.next || entry.seq > p.head || !self.outbox.has_refill_room() {
                 break;
             }
             if st.skip.remove(&(conv.clone(), entry.seq)) {

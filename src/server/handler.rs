@@ -24,7 +24,7 @@ use crate::clock::now_ms;
 use crate::content::{Body, ContentKey};
 use crate::event::{Delivery, ErrorCode, GroupNotice, NoticeKind, Reply, ReplyData, ServerMessage};
 use crate::names::{GroupName, MessageRef, Username};
-use crate::request::{DeviceToken, HistoryTarget, Manage, Request, SendId, Verb};
+use crate::request::{DeviceToken, FileTarget, HistoryTarget, Manage, Request, SendId, Verb};
 use crate::store::{
     Append, Appended, Content, ConvId, GroupChange, LogEntry, StoreError, UserRecord,
 };
@@ -39,6 +39,9 @@ use super::{CloseReason, Shared};
 
 /// Runs one request.
 pub(super) fn handle(s: &mut Session, request: Request) -> Flow {
+    if s.shared.cluster.is_some() {
+        learn_names(&s.shared, s.user().ok().as_ref(), &request);
+    }
     let answer = match request {
         Request::CreateUser {
             username,
@@ -656,6 +659,50 @@ fn file_end(s: &mut Session, id: u64) -> Answer {
             Answer::Later
         }
         Err(f) => Answer::Now(f.into()),
+    }
+}
+
+/// In a cluster, a group or account a request names may have been created
+/// or changed on another server a moment ago, before its notice arrived
+/// here: groups it changes (or that the sender is not in as far as this
+/// server knows) are read again from the store, and accounts this server
+/// has not heard of are looked up, so the request is decided on what is
+/// stored. A message to a group the sender is known to be in costs no
+/// extra read.
+fn learn_names(shared: &Shared, me: Option<&Username>, request: &Request) {
+    let (mut groups, users): (Vec<&GroupName>, Vec<&Username>) = match request {
+        Request::Join(g) | Request::Leave(g) => {
+            super::cluster::refresh_group(shared, g);
+            return;
+        }
+        Request::Manage { group, user, .. } => {
+            super::cluster::refresh_group(shared, group);
+            (vec![], vec![user])
+        }
+        Request::Send { to, .. } => (vec![], vec![to]),
+        Request::SendToGroup { groups, .. } => (groups.iter().collect(), vec![]),
+        Request::SendFile(offer) => match &offer.target {
+            FileTarget::User(u) => (vec![], vec![u]),
+            FileTarget::Groups(gs) => (gs.iter().collect(), vec![]),
+        },
+        Request::History { with, .. } => match with {
+            HistoryTarget::User(u) => (vec![], vec![u]),
+            HistoryTarget::Group(g) => (vec![g], vec![]),
+            HistoryTarget::Either(_) => (vec![], vec![]),
+        },
+        _ => return,
+    };
+    if let Some(me) = me {
+        let st = shared.state();
+        groups.retain(|g| st.check_sender(me, std::slice::from_ref(*g)).is_err());
+    }
+    for g in groups {
+        super::cluster::refresh_group(shared, g);
+    }
+    for u in users {
+        if shared.state().verifier(u).is_none() {
+            super::cluster::refresh_user(shared, u);
+        }
     }
 }
 

@@ -358,6 +358,10 @@ impl Batcher for PostgresBatcher {
                 .map(|_| Err(StoreError::Unreachable(e.to_string())))
                 .collect()
         };
+        if ops.iter().all(|op| matches!(op, Op::Nothing)) {
+            // Barriers only: nothing to send to the database.
+            return ops.iter().map(|_| Ok(Outcome::Count(1))).collect();
+        }
         let mut isolated = false;
         let mut conflicts = 0;
         loop {

@@ -1,0 +1,335 @@
+//! Several servers as one: nodes sharing a real PostgreSQL and a real
+//! Redis, talked to by the real client over TCP.
+//!
+//! Each test starts its own engines (tests/common/engines.rs) and nodes
+//! (in this process, each on 127.0.0.1:0 with the cluster's one key), so
+//! tests never see each other's data. Without PostgreSQL or Redis
+//! installed a test says it is skipped and passes, unless
+//! `MUCHAT_REQUIRE_ENGINES=1` (as in CI) makes that a failure.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use common::engines::{Postgres, Redis};
+use common::*;
+use muchat::client::{Client, ClientEvent};
+use muchat::event::{ErrorCode, Reply};
+use muchat::server::Config;
+use tempfile::TempDir;
+
+/// PostgreSQL, Redis and the nodes of one test's cluster.
+struct Cluster {
+    pg: Postgres,
+    redis: Redis,
+    url: String,
+    /// The key every node shares.
+    key: PathBuf,
+    nodes: Vec<TestServer>,
+    _dir: TempDir,
+}
+
+impl Cluster {
+    /// `n` nodes on fresh engines, or `None` when an engine is missing.
+    fn start(n: usize) -> Option<Cluster> {
+        Self::start_with(n, |_| {})
+    }
+
+    fn start_with(n: usize, f: impl Fn(&mut Config)) -> Option<Cluster> {
+        let pg = Postgres::start()?;
+        let redis = Redis::start()?;
+        let dir = tempfile::tempdir().expect("temp dir");
+        let mut cluster = Cluster {
+            url: pg.url(),
+            pg,
+            redis,
+            key: dir.path().join("server_key"),
+            nodes: Vec::new(),
+            _dir: dir,
+        };
+        for _ in 0..n {
+            cluster.add_node(&f);
+        }
+        Some(cluster)
+    }
+
+    fn add_node(&mut self, f: &impl Fn(&mut Config)) {
+        let (url, redis, key) = (self.url.clone(), self.redis.url(), self.key.clone());
+        self.nodes.push(start_server_with(|c| {
+            c.database_url = Some(url);
+            c.redis_url = Some(redis);
+            c.key_file = Some(key);
+            f(c);
+        }));
+    }
+
+    fn node(&self, i: usize) -> &TestServer {
+        &self.nodes[i]
+    }
+}
+
+/// Waits for the next message, skipping other events (keys, notices).
+fn next_msg(c: &Client) -> Msg {
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match c.events().recv_timeout(left).expect("a message in time") {
+            ClientEvent::Message { at, from, text, .. } => {
+                return Msg {
+                    at: at.to_string(),
+                    from: from.to_string(),
+                    text,
+                }
+            }
+            _ => continue,
+        }
+    }
+}
+
+/// Runs `line` until it is not refused for the store, for up to `limit`.
+fn ok_once_stored(c: &Client, line: &str, limit: Duration) -> Reply {
+    let deadline = Instant::now() + limit;
+    loop {
+        let r = run(c, line);
+        match &r {
+            Reply::Err {
+                code: ErrorCode::Storage,
+                ..
+            } if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(100)),
+            _ => return r,
+        }
+    }
+}
+
+#[test]
+fn every_node_presents_one_identity() {
+    let Some(cluster) = Cluster::start(2) else {
+        return;
+    };
+    assert_eq!(cluster.node(0).fingerprint(), cluster.node(1).fingerprint());
+}
+
+#[test]
+fn a_message_to_a_user_on_another_node_arrives_live() {
+    let Some(cluster) = Cluster::start(2) else {
+        return;
+    };
+    let alice = login(cluster.node(0), "alice");
+    // Created on node 0 a moment ago: node 1 knows the account already.
+    let bob = login(cluster.node(1), "bob");
+    let refs = sent(&alice, "SEND bob hello from node 0");
+    assert_eq!(refs[0].to_string(), "@bob:1");
+    let m = next_msg(&bob);
+    assert_eq!((m.at.as_str(), m.text.as_str()), ("@alice:1", "hello from node 0"));
+    // And back.
+    sent(&bob, "SEND alice and back");
+    assert_eq!(next_msg(&alice).text, "and back");
+    // LIST shows who is online anywhere (presence is rewritten every 2 s).
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let list = ok(&alice, "LIST");
+        if list.contains("online: alice, bob") {
+            break;
+        }
+        assert!(Instant::now() < deadline, "bob never shown online: {list}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+#[test]
+fn a_group_spread_over_three_nodes_sees_one_order() {
+    let Some(cluster) = Cluster::start(3) else {
+        return;
+    };
+    let names = ["ann", "ben", "cat", "dan", "eve", "fay"];
+    let clients: Vec<Client> = names
+        .iter()
+        .enumerate()
+        .map(|(i, n)| login(cluster.node(i % 3), n))
+        .collect();
+    ok(&clients[0], "CREATE_GROUP ops");
+    for c in &clients[1..] {
+        ok(c, "JOIN ops");
+    }
+    // Everyone sends at once, from every node.
+    const EACH: usize = 20;
+    let own: Vec<Vec<(String, String)>> = std::thread::scope(|s| {
+        let senders: Vec<_> = clients
+            .iter()
+            .enumerate()
+            .map(|(i, c)| {
+                s.spawn(move || {
+                    (0..EACH)
+                        .map(|k| {
+                            let text = format!("m{i}-{k}");
+                            let at = sent(c, &format!("SEND_TO_GROUP ops {text}"));
+                            (at[0].to_string(), text)
+                        })
+                        .collect()
+                })
+            })
+            .collect();
+        senders.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    let total = EACH * names.len();
+    // The one order: what each sequence number holds, from the replies.
+    let order: BTreeMap<String, String> = own.iter().flatten().cloned().collect();
+    let want: Vec<String> = (1..=total).map(|i| format!("#ops:{i}")).collect();
+    let mut all: Vec<String> = order.keys().cloned().collect();
+    all.sort_by_key(|at| at[5..].parse::<usize>().unwrap());
+    assert_eq!(all, want, "sequence numbers 1..={total}, each once");
+    for (i, c) in clients.iter().enumerate() {
+        // Everything but its own sends (its replies said where they went),
+        // in sequence order, each once.
+        let mut got = Vec::new();
+        while got.len() < total - EACH {
+            let m = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| next_msg(c)))
+                .unwrap_or_else(|_| panic!("{} (node {}) got only {}: {:?}", names[i], i % 3, got.len(), got.iter().map(|(a,_): &(String,String)| a.clone()).collect::<Vec<_>>()));
+            got.push((m.at, m.text));
+        }
+        let expected: Vec<(String, String)> = want
+            .iter()
+            .filter(|at| !own[i].iter().any(|(a, _)| a == *at))
+            .map(|at| (at.clone(), order[at].clone()))
+            .collect();
+        assert_eq!(got, expected, "{} on node {}", names[i], i % 3);
+        assert_no_event(c);
+    }
+}
+
+#[test]
+fn a_user_on_two_nodes_gets_everything_on_both() {
+    let Some(cluster) = Cluster::start(2) else {
+        return;
+    };
+    let alice = login(cluster.node(0), "alice");
+    let bob0 = login(cluster.node(0), "bob");
+    let bob1 = login_again(cluster.node(1), "bob");
+    ok(&alice, "CREATE_GROUP ops");
+    ok(&bob1, "JOIN ops");
+    sent(&alice, "SEND bob direct");
+    sent(&alice, "SEND_TO_GROUP ops grouped");
+    for b in [&bob0, &bob1] {
+        let mut texts: BTreeMap<String, String> = BTreeMap::new();
+        for _ in 0..2 {
+            let m = next_msg(b);
+            texts.insert(m.at, m.text);
+        }
+        assert_eq!(texts["@alice:1"], "direct");
+        assert_eq!(texts["#ops:1"], "grouped");
+    }
+    // What bob sends on one node reaches his session on the other.
+    sent(&bob1, "SEND alice from bob");
+    assert_eq!(next_msg(&bob0).text, "from bob");
+}
+
+#[test]
+fn a_group_file_reaches_members_on_every_node_intact() {
+    let Some(cluster) = Cluster::start(3) else {
+        return;
+    };
+    let sender = login(cluster.node(0), "ann");
+    ok(&sender, "CREATE_GROUP ops");
+    let mut receivers = Vec::new();
+    for (i, name) in ["ben", "cat", "dan"].iter().enumerate() {
+        let node = cluster.node(i);
+        let downloads = node.path("dl");
+        let c = Client::connect(node.local_addr(), client_config(node, downloads.clone()))
+            .expect("connect");
+        ok(&c, &format!("CREATE_USER {name} {name} pw-{name}"));
+        ok(&c, &format!("LOGIN {name} pw-{name}"));
+        ok(&c, "JOIN ops");
+        receivers.push((c, downloads));
+    }
+    let data: Vec<u8> = (0..700_000u32).map(|i| (i * 31 % 251) as u8).collect();
+    let path = cluster.node(0).path("up").join("report.bin");
+    std::fs::write(&path, &data).unwrap();
+    let r = run(&sender, &format!("SEND_TO_GROUP FILE ops {}", path.display()));
+    assert!(r.is_ok(), "{r:?}");
+    for (c, downloads) in &receivers {
+        let deadline = Instant::now() + WAIT;
+        let saved = loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match c.events().recv_timeout(left).expect("the file in time") {
+                ClientEvent::FileReceived { path, .. } => break path,
+                ClientEvent::FileFailed { reason, .. } => panic!("file failed: {reason}"),
+                _ => continue,
+            }
+        };
+        assert!(saved.starts_with(downloads));
+        assert_eq!(std::fs::read(&saved).unwrap(), data);
+    }
+}
+
+#[test]
+fn a_send_repeated_on_another_node_is_recognised_not_duplicated() {
+    let Some(cluster) = Cluster::start(2) else {
+        return;
+    };
+    let bob = login(cluster.node(1), "bob");
+    let a0 = login(cluster.node(0), "alice");
+    let a1 = login_again(cluster.node(1), "alice");
+    // The same send (same id), as a client retries it after reconnecting
+    // through the load balancer to another node.
+    let key = muchat::content::ContentKey::random();
+    let send = muchat::request::Request::Send {
+        to: user("bob"),
+        send_id: muchat::request::SendId::parse("retry-1").unwrap(),
+        body: key.seal(b"only once"),
+        key,
+    };
+    let first = a0.request(&send).expect("reply");
+    let again = a1.request(&send).expect("reply");
+    assert_eq!(first.sent(), again.sent(), "{again:?}");
+    assert!(matches!(&again, Reply::Ok { text, .. } if text.contains("already sent")));
+    assert_eq!(next_msg(&bob).text, "only once");
+    assert_no_event(&bob);
+}
+
+#[test]
+fn postgres_away_gives_err_storage_and_the_node_recovers_by_itself() {
+    let Some(mut cluster) = Cluster::start(1) else {
+        return;
+    };
+    let alice = login(cluster.node(0), "alice");
+    let _bob = login(cluster.node(0), "bob");
+    sent(&alice, "SEND bob before");
+    cluster.pg.stop();
+    let r = run(&alice, "SEND bob during");
+    assert!(
+        matches!(&r, Reply::Err { code: ErrorCode::Storage, .. }),
+        "no false OK while the database is away: {r:?}"
+    );
+    // The session is still up.
+    assert!(run(&alice, "HELP").is_ok());
+    cluster.pg.start_again();
+    let r = ok_once_stored(&alice, "SEND bob after", Duration::from_secs(20));
+    assert_eq!(r.sent()[0].to_string(), "@bob:2", "{r:?}");
+}
+
+#[test]
+fn redis_restarted_loses_nothing_and_live_delivery_resumes() {
+    let Some(mut cluster) = Cluster::start(2) else {
+        return;
+    };
+    let alice = login(cluster.node(0), "alice");
+    let bob = login(cluster.node(1), "bob");
+    sent(&alice, "SEND bob one");
+    assert_eq!(next_msg(&bob).text, "one");
+    cluster.redis.stop();
+    // Committed in PostgreSQL; the notice has nowhere to go.
+    sent(&alice, "SEND bob two");
+    cluster.redis.start_again();
+    let back = Instant::now();
+    assert_eq!(next_msg(&bob).text, "two");
+    assert!(
+        back.elapsed() < Duration::from_secs(5),
+        "caught up {:?} after Redis came back",
+        back.elapsed()
+    );
+    sent(&alice, "SEND bob three");
+    assert_eq!(next_msg(&bob).text, "three");
+    assert_no_event(&bob);
+}
