@@ -122,7 +122,10 @@ fn a_message_to_a_user_on_another_node_arrives_live() {
     let refs = sent(&alice, "SEND bob hello from node 0");
     assert_eq!(refs[0].to_string(), "@bob:1");
     let m = next_msg(&bob);
-    assert_eq!((m.at.as_str(), m.text.as_str()), ("@alice:1", "hello from node 0"));
+    assert_eq!(
+        (m.at.as_str(), m.text.as_str()),
+        ("@alice:1", "hello from node 0")
+    );
     // And back.
     sent(&bob, "SEND alice and back");
     assert_eq!(next_msg(&alice).text, "and back");
@@ -186,7 +189,17 @@ fn a_group_spread_over_three_nodes_sees_one_order() {
         let mut got = Vec::new();
         while got.len() < total - EACH {
             let m = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| next_msg(c)))
-                .unwrap_or_else(|_| panic!("{} (node {}) got only {}: {:?}", names[i], i % 3, got.len(), got.iter().map(|(a,_): &(String,String)| a.clone()).collect::<Vec<_>>()));
+                .unwrap_or_else(|_| {
+                    panic!(
+                        "{} (node {}) got only {}: {:?}",
+                        names[i],
+                        i % 3,
+                        got.len(),
+                        got.iter()
+                            .map(|(a, _): &(String, String)| a.clone())
+                            .collect::<Vec<_>>()
+                    )
+                });
             got.push((m.at, m.text));
         }
         let expected: Vec<(String, String)> = want
@@ -246,7 +259,10 @@ fn a_group_file_reaches_members_on_every_node_intact() {
     let data: Vec<u8> = (0..700_000u32).map(|i| (i * 31 % 251) as u8).collect();
     let path = cluster.node(0).path("up").join("report.bin");
     std::fs::write(&path, &data).unwrap();
-    let r = run(&sender, &format!("SEND_TO_GROUP FILE ops {}", path.display()));
+    let r = run(
+        &sender,
+        &format!("SEND_TO_GROUP FILE ops {}", path.display()),
+    );
     assert!(r.is_ok(), "{r:?}");
     for (c, downloads) in &receivers {
         let deadline = Instant::now() + WAIT;
@@ -299,7 +315,13 @@ fn postgres_away_gives_err_storage_and_the_node_recovers_by_itself() {
     cluster.pg.stop();
     let r = run(&alice, "SEND bob during");
     assert!(
-        matches!(&r, Reply::Err { code: ErrorCode::Storage, .. }),
+        matches!(
+            &r,
+            Reply::Err {
+                code: ErrorCode::Storage,
+                ..
+            }
+        ),
         "no false OK while the database is away: {r:?}"
     );
     // The session is still up.
@@ -332,4 +354,128 @@ fn redis_restarted_loses_nothing_and_live_delivery_resumes() {
     sent(&alice, "SEND bob three");
     assert_eq!(next_msg(&bob).text, "three");
     assert_no_event(&bob);
+}
+
+#[test]
+fn login_guesses_spread_over_three_nodes_meet_the_limits_of_one() {
+    let Some(cluster) = Cluster::start_with(3, |c| {
+        c.login_backoff = Duration::from_secs(30);
+    }) else {
+        return;
+    };
+    drop(login(cluster.node(0), "alice"));
+    // The first guesses are free (3 per account), whichever node takes them.
+    let guess = |i: usize| run(&connect(cluster.node(i % 3)), "LOGIN alice wrong-password");
+    for i in 0..3 {
+        let r = guess(i);
+        assert!(
+            matches!(
+                &r,
+                Reply::Err {
+                    code: ErrorCode::LoginFailed,
+                    ..
+                }
+            ),
+            "guess {i}: {r:?}"
+        );
+    }
+    // The next is refused on every node, without a password check.
+    for i in 0..3 {
+        let r = guess(i);
+        assert!(
+            matches!(
+                &r,
+                Reply::Err {
+                    code: ErrorCode::RateLimited,
+                    ..
+                }
+            ),
+            "a fourth guess on node {i}: {r:?}"
+        );
+    }
+}
+
+#[test]
+fn a_data_directory_moves_into_postgres_whole() {
+    let Some(pg) = Postgres::start() else {
+        return;
+    };
+    // A single server on SQLite, used for a while.
+    let mut single = start_server();
+    let alice = login(&single, "alice");
+    let bob = login(&single, "bob");
+    ok(&alice, "CREATE_GROUP ops");
+    ok(&bob, "JOIN ops");
+    sent(&alice, "SEND bob hello bob");
+    sent(&alice, "SEND_TO_GROUP ops hello ops");
+    assert_eq!(next_msg(&bob).text, "hello bob");
+    assert_eq!(next_msg(&bob).text, "hello ops");
+    drop(bob);
+    // A file for bob while he is away: it waits in the store.
+    let path = single.path("up").join("notes.txt");
+    std::fs::write(&path, b"file kept across the move").unwrap();
+    let r = run(&alice, &format!("SEND FILE bob {}", path.display()));
+    assert!(r.is_ok(), "{r:?}");
+    loop {
+        match next_event(&alice) {
+            ClientEvent::FileSent { .. } => break,
+            ClientEvent::FileSendFailed { .. } => panic!("the upload failed"),
+            _ => {}
+        }
+    }
+    drop(alice);
+    let fingerprint = single.fingerprint();
+    single.stop();
+
+    let url = pg.fresh_database("moved");
+    let copied =
+        muchat::store::migrate::sqlite_to_postgres(&single.config.data_dir, &url).expect("migrate");
+    let text = copied.to_string();
+    assert!(
+        text.contains("2 users") && text.contains("1 groups"),
+        "{text}"
+    );
+    // Twice is refused: the database is no longer empty.
+    assert!(muchat::store::migrate::sqlite_to_postgres(&single.config.data_dir, &url).is_err());
+
+    let node = start_server_with(|c| {
+        c.database_url = Some(url.clone());
+        c.key_file = Some(single.config.key_path());
+    });
+    assert_eq!(
+        node.fingerprint(),
+        fingerprint,
+        "the same key, so pinned clients still trust it"
+    );
+    // Bob's file was waiting for him, and still is.
+    let bob = login_again(&node, "bob");
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match bob.events().recv_timeout(left).expect("the file in time") {
+            ClientEvent::FileReceived { path, .. } => {
+                assert_eq!(std::fs::read(path).unwrap(), b"file kept across the move");
+                break;
+            }
+            // Messages whose acknowledgement was still on its way come
+            // again (at least once); nothing else may.
+            ClientEvent::Message { text, .. } => {
+                assert!(
+                    ["hello bob", "hello ops"].contains(&text.as_str()),
+                    "{text}"
+                )
+            }
+            _ => {}
+        }
+    }
+    // The group's history moved too.
+    assert!(run(&bob, "HISTORY ops 10").is_ok());
+    let m = next_msg(&bob);
+    assert_eq!((m.at.as_str(), m.text.as_str()), ("#ops:1", "hello ops"));
+    let alice = login_again(&node, "alice");
+    // Sequence numbers go on from where they were.
+    assert_eq!(
+        sent(&alice, "SEND bob after the move")[0].to_string(),
+        "@bob:3"
+    );
 }

@@ -31,6 +31,7 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::{unbounded, Receiver, RecvTimeoutError, Sender};
 use rand::RngExt as _;
 
+use super::limits::Count;
 use crate::names::{GroupName, Username};
 use crate::store::ConvId;
 
@@ -85,7 +86,9 @@ impl Notice {
         let mut words = s.split(' ');
         let node = words.next()?;
         let notice = match (words.next()?, words.next()?) {
-            ("adv", conv) => Notice::Advanced(ConvId::parse_key(conv)?, words.next()?.parse().ok()?),
+            ("adv", conv) => {
+                Notice::Advanced(ConvId::parse_key(conv)?, words.next()?.parse().ok()?)
+            }
             ("grp", g) => Notice::Group(GroupName::parse(g).ok()?),
             ("usr", u) => Notice::User(Username::parse(u).ok()?),
             _ => return None,
@@ -158,7 +161,11 @@ impl Outage {
 
     fn ok(&mut self) {
         if let Some(t) = self.since.take() {
-            tracing::info!(after_ms = t.elapsed().as_millis() as u64, "redis reachable again ({})", self.what);
+            tracing::info!(
+                after_ms = t.elapsed().as_millis() as u64,
+                "redis reachable again ({})",
+                self.what
+            );
         }
     }
 }
@@ -202,7 +209,10 @@ impl Cluster {
         let (me, s) = (Arc::clone(self), shared.clone());
         spawn("cluster-apply", Box::new(move || me.apply_loop(&s, &todo)))?;
         let me = Arc::clone(self);
-        spawn("cluster-presence", Box::new(move || me.presence_loop(&shared)))?;
+        spawn(
+            "cluster-presence",
+            Box::new(move || me.presence_loop(&shared)),
+        )?;
         Ok(())
     }
 
@@ -455,6 +465,136 @@ impl Cluster {
     }
 }
 
+/// Login counts every server of the cluster shares, in Redis (see
+/// [`super::limits::LoginThrottle`]): each key's count is a hash read and
+/// written in one optimistic transaction (`WATCH`/`MULTI`), so attempts
+/// on several servers at once all see each other.
+pub struct RedisCounts {
+    client: redis::Client,
+    /// For the counts' transactions.
+    counts: Mutex<Option<redis::Connection>>,
+    /// For the password-check budget (taken while a transaction is open).
+    checks: Mutex<Option<redis::Connection>>,
+}
+
+/// Transactions retried when another server changed the counts meanwhile.
+const COUNT_RETRIES: usize = 20;
+
+impl RedisCounts {
+    /// Counts in the Redis the cluster uses.
+    pub fn new(cluster: &Cluster) -> RedisCounts {
+        RedisCounts {
+            client: cluster.client.clone(),
+            counts: Mutex::new(None),
+            checks: Mutex::new(None),
+        }
+    }
+
+    /// Runs `f` on a connection from `slot` (opened if needed; dropped if
+    /// it fails, so the next call opens a new one).
+    fn with<T>(
+        &self,
+        slot: &Mutex<Option<redis::Connection>>,
+        f: impl FnOnce(&mut redis::Connection) -> redis::RedisResult<T>,
+    ) -> Result<T, String> {
+        let mut slot = slot.lock().unwrap_or_else(|e| e.into_inner());
+        if slot.is_none() {
+            let c = self
+                .client
+                .get_connection_with_timeout(REDIS_TIMEOUT)
+                .map_err(|e| e.to_string())?;
+            let _ = c.set_read_timeout(Some(REDIS_TIMEOUT));
+            let _ = c.set_write_timeout(Some(REDIS_TIMEOUT));
+            *slot = Some(c);
+        }
+        let con = slot.as_mut().ok_or("no connection")?;
+        let r = f(con);
+        if r.is_err() {
+            *slot = None;
+        }
+        r.map_err(|e| e.to_string())
+    }
+}
+
+impl super::limits::SharedCounts for RedisCounts {
+    fn update(
+        &self,
+        keys: &[String],
+        lapse: Duration,
+        f: &mut dyn FnMut(&mut [Option<Count>]) -> bool,
+    ) -> Result<bool, String> {
+        let names: Vec<String> = keys.iter().map(|k| format!("muchat:login:{k}")).collect();
+        self.with(&self.counts, |con| {
+            for _ in 0..COUNT_RETRIES {
+                redis::cmd("WATCH").arg(&names).exec(con)?;
+                let mut counts = Vec::with_capacity(names.len());
+                for n in &names {
+                    let v: Vec<Option<u64>> = redis::cmd("HMGET")
+                        .arg(n)
+                        .arg(&["f", "i", "la", "l"])
+                        .query(con)?;
+                    counts.push(match v.as_slice() {
+                        [Some(f), Some(i), Some(la), Some(l)] => Some(Count {
+                            failures: *f as u32,
+                            in_flight: *i as u32,
+                            last_attempt_ms: *la,
+                            last_ms: *l,
+                        }),
+                        _ => None,
+                    });
+                }
+                let before = counts.clone();
+                let result = f(&mut counts);
+                if counts == before {
+                    redis::cmd("UNWATCH").exec(con)?;
+                    return Ok(result);
+                }
+                let mut pipe = redis::pipe();
+                pipe.atomic();
+                for (n, c) in names.iter().zip(&counts) {
+                    if let Some(c) = c {
+                        pipe.hset_multiple(
+                            n,
+                            &[
+                                ("f", u64::from(c.failures)),
+                                ("i", u64::from(c.in_flight)),
+                                ("la", c.last_attempt_ms),
+                                ("l", c.last_ms),
+                            ],
+                        )
+                        .pexpire(n, lapse.as_millis() as i64);
+                    }
+                }
+                let done: redis::Value = pipe.query(con)?;
+                if !matches!(done, redis::Value::Nil) {
+                    return Ok(result);
+                }
+                // Another server changed a count meanwhile: decide again.
+            }
+            Err(redis::RedisError::from(std::io::Error::other(
+                "login counts kept changing under this server",
+            )))
+        })
+    }
+
+    fn take_check(&self, rate: u32) -> Result<Result<(), Duration>, String> {
+        let now = crate::clock::now_ms();
+        let key = format!("muchat:checks:{}", now / 1000);
+        let taken: (u64, bool) = self.with(&self.checks, |con| {
+            redis::pipe()
+                .atomic()
+                .incr(&key, 1)
+                .expire(&key, 2)
+                .query(con)
+        })?;
+        Ok(if taken.0 <= u64::from(rate) {
+            Ok(())
+        } else {
+            Err(Duration::from_millis(1000 - now % 1000))
+        })
+    }
+}
+
 fn presence_key(node: &str) -> String {
     format!("muchat:presence:{node}")
 }
@@ -466,7 +606,10 @@ fn redis_gone() -> redis::RedisError {
 /// Catches up with the store after a time of not listening: accounts and
 /// groups as stored, and every conversation whose head moved (added to
 /// `heads`, read by the caller).
-fn resync(shared: &Shared, heads: &mut BTreeMap<ConvId, u64>) -> Result<(), crate::store::StoreError> {
+fn resync(
+    shared: &Shared,
+    heads: &mut BTreeMap<ConvId, u64>,
+) -> Result<(), crate::store::StoreError> {
     let snapshot = shared.store.load()?;
     for user in &snapshot.users {
         shared.state().add_account(user);
@@ -588,7 +731,15 @@ mod tests {
             let wire = n.to_wire("n1");
             assert_eq!(Notice::parse(&wire), Some(("n1", n)));
         }
-        for junk in ["", "n1", "n1 adv #ops", "n1 adv #ops x", "n1 grp", "n1 usr a b", "n1 zzz x"] {
+        for junk in [
+            "",
+            "n1",
+            "n1 adv #ops",
+            "n1 adv #ops x",
+            "n1 grp",
+            "n1 usr a b",
+            "n1 zzz x",
+        ] {
             assert_eq!(Notice::parse(junk), None, "{junk:?}");
         }
     }

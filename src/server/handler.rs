@@ -29,12 +29,12 @@ use crate::store::{
     Append, Appended, Content, ConvId, GroupChange, LogEntry, StoreError, UserRecord,
 };
 
+use super::cluster::Notice;
 use super::delivery::{entry_message, Link, Prepared};
 use super::limits::TryLater;
 use super::outbox::Outgoing;
 use super::session::{Flow, Login, Places, Session};
 use super::state::{plural, Failure, Membership, Notices};
-use super::cluster::Notice;
 use super::{CloseReason, Shared};
 
 /// Runs one request.

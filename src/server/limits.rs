@@ -91,16 +91,49 @@ pub fn address_block(addr: IpAddr) -> IpAddr {
     }
 }
 
-#[derive(Debug, Clone, Copy)]
-struct Count {
+/// One key's login count. Times are wall-clock milliseconds, so servers
+/// of a cluster can share counts.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Count {
     /// Failed attempts (lapsing, see [`LoginThrottle`]).
-    failures: u32,
+    pub failures: u32,
     /// Attempts being checked now: they count as failures until they succeed.
-    in_flight: u32,
+    pub in_flight: u32,
     /// When the last attempt was let through.
-    last_attempt: Instant,
+    pub last_attempt_ms: u64,
     /// The latest activity, for lapsing.
-    last: Instant,
+    pub last_ms: u64,
+}
+
+impl Key {
+    /// The key's name where counts are shared (`account:alice`,
+    /// `address:10.0.0.7`, `block:10.0.0.0`, `token:<hex>`).
+    pub fn name(&self) -> String {
+        match self {
+            Key::Account(u) => format!("account:{u}"),
+            Key::Address(a) => format!("address:{a}"),
+            Key::Block(a) => format!("block:{a}"),
+            Key::Token(t) => format!("token:{}", crate::request::format_sha256(t)),
+        }
+    }
+}
+
+/// Where login counts live when servers share them (a cluster's Redis).
+pub trait SharedCounts: Send + Sync {
+    /// Runs `f` on the counts of `keys` (in order; `None`: no count yet)
+    /// atomically with respect to every other server, then stores what `f`
+    /// left, to lapse after `lapse`. Returns what `f` returned, or an
+    /// error if the counts cannot be reached now.
+    fn update(
+        &self,
+        keys: &[String],
+        lapse: Duration,
+        f: &mut dyn FnMut(&mut [Option<Count>]) -> bool,
+    ) -> Result<bool, String>;
+
+    /// Takes one of `rate` password checks allowed per second across every
+    /// server, or says how long to wait.
+    fn take_check(&self, rate: u32) -> Result<Result<(), Duration>, String>;
 }
 
 /// An attempt let through by [`LoginThrottle::begin`]: pass it back to
@@ -109,6 +142,9 @@ struct Count {
 #[derive(Debug)]
 pub struct LoginAttempt {
     keys: Vec<Key>,
+    /// Whether its counts went to the shared store (or, that being out of
+    /// reach, to this server's memory).
+    shared: bool,
 }
 
 /// Login throttling that parallel guesses cannot bypass and an attacker
@@ -135,12 +171,21 @@ pub struct LoginAttempt {
 ///   time); token logins do not draw from it.
 /// * A success clears the account's and the token's counts and takes the
 ///   account's failures off the address's. Counts lapse once nothing has
-///   happened for four times the cap. The counts live in memory.
+///   happened for four times the cap.
+///
+/// The counts live in memory, or, in a cluster, in [`SharedCounts`] that
+/// every server reads and writes atomically: guesses spread over several
+/// servers meet the limits of one. If the shared counts cannot be reached,
+/// each server falls back to its own (logged).
 pub struct LoginThrottle {
     base: Duration,
     cap: Duration,
     counts: Mutex<HashMap<Key, Count>>,
     global: Mutex<TokenBucket>,
+    rate: u32,
+    shared: Option<Box<dyn SharedCounts>>,
+    /// Maps `Instant`s (which tests can move) to wall-clock milliseconds.
+    origin: (Instant, u64),
 }
 
 /// Entries kept before lapsed ones are swept.
@@ -152,18 +197,36 @@ pub struct TryLater(pub Duration);
 
 impl LoginThrottle {
     /// A throttle with the given first spacing, cap, and global rate of
-    /// password checks per second (0: unlimited).
+    /// password checks per second (0: unlimited), counting in memory.
     pub fn new(base: Duration, cap: Duration, checks_per_second: u32) -> Self {
         LoginThrottle {
             base,
             cap,
             counts: Mutex::new(HashMap::new()),
             global: Mutex::new(TokenBucket::new(checks_per_second, checks_per_second)),
+            rate: checks_per_second,
+            shared: None,
+            origin: (Instant::now(), crate::clock::now_ms()),
         }
+    }
+
+    /// The same throttle with its counts in `shared`.
+    pub fn shared(mut self, shared: Box<dyn SharedCounts>) -> Self {
+        self.shared = Some(shared);
+        self
     }
 
     fn lock(&self) -> MutexGuard<'_, HashMap<Key, Count>> {
         self.counts.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn ms(&self, at: Instant) -> u64 {
+        let (i, ms) = self.origin;
+        ms + at.saturating_duration_since(i).as_millis() as u64
+    }
+
+    fn lapse(&self) -> Duration {
+        self.cap * 4
     }
 
     fn keys(user: &Username, addr: IpAddr, token: Option<[u8; 32]>) -> Vec<Key> {
@@ -179,6 +242,35 @@ impl LoginThrottle {
                 Key::Block(address_block(addr)),
             ],
         }
+    }
+
+    /// Runs `f` on the counts of `keys`, shared if possible; says where.
+    fn update(
+        &self,
+        keys: &[Key],
+        f: &mut dyn FnMut(&mut [Option<Count>]) -> bool,
+    ) -> (bool, bool) {
+        if let Some(shared) = &self.shared {
+            let names: Vec<String> = keys.iter().map(Key::name).collect();
+            match shared.update(&names, self.lapse(), f) {
+                Ok(r) => return (r, true),
+                Err(e) => tracing::warn!("shared login counts unreachable ({e}); counting here"),
+            }
+        }
+        (self.local_update(keys, f), false)
+    }
+
+    /// Runs `f` on this server's own counts of `keys`.
+    fn local_update(&self, keys: &[Key], f: &mut dyn FnMut(&mut [Option<Count>]) -> bool) -> bool {
+        let mut map = self.lock();
+        let mut counts: Vec<Option<Count>> = keys.iter().map(|k| map.get(k).copied()).collect();
+        let r = f(&mut counts);
+        for (k, c) in keys.iter().zip(counts) {
+            if let Some(c) = c {
+                map.insert(k.clone(), c);
+            }
+        }
+        r
     }
 
     /// Starts an attempt for `user` from `addr`, with the hash of a valid
@@ -199,97 +291,121 @@ impl LoginThrottle {
         token: Option<[u8; 32]>,
         now: Instant,
     ) -> Result<LoginAttempt, TryLater> {
-        let lapse = self.cap * 4;
+        let now_ms = self.ms(now);
+        let lapse = self.lapse().as_millis() as u64;
         let keys = Self::keys(user, addr, token);
-        let mut map = self.lock();
-        if map.len() >= SWEEP_AT {
-            map.retain(|_, c| c.in_flight > 0 || now.duration_since(c.last) <= lapse);
+        {
+            let mut map = self.lock();
+            if map.len() >= SWEEP_AT {
+                map.retain(|_, c| c.in_flight > 0 || now_ms.saturating_sub(c.last_ms) <= lapse);
+            }
         }
+        let lapsed = |c: &Count| c.in_flight == 0 && now_ms.saturating_sub(c.last_ms) > lapse;
         let mut wait = Duration::ZERO;
-        for key in &keys {
-            let Some(c) = map.get(key) else { continue };
-            if c.in_flight == 0 && now.duration_since(c.last) > lapse {
-                continue;
+        let (let_through, shared) = self.update(&keys, &mut |counts| {
+            wait = Duration::ZERO;
+            for (key, c) in keys.iter().zip(counts.iter()) {
+                let Some(c) = c else { continue };
+                if lapsed(c) {
+                    continue;
+                }
+                if matches!(key, Key::Account(_)) && c.in_flight > 0 {
+                    // One check per account at a time: the other waits its
+                    // turn outside, on the client.
+                    wait = wait.max(Duration::from_secs(1));
+                }
+                let free = match key {
+                    Key::Block(_) => FREE_BLOCK_FAILURES,
+                    _ => FREE_LOGIN_FAILURES,
+                };
+                // For an account or a device, an attempt being checked
+                // counts as a failure (parallel guesses see each other); an
+                // address or a block may have many people logging in at
+                // once, so there only failures count.
+                let counted = match key {
+                    Key::Account(_) | Key::Token(_) => c.failures + c.in_flight,
+                    Key::Address(_) | Key::Block(_) => c.failures,
+                };
+                if counted >= free {
+                    let exp = (counted - free).min(20);
+                    let gap = self.base.saturating_mul(1 << exp).min(self.cap);
+                    let ready = c.last_attempt_ms + gap.as_millis() as u64;
+                    wait = wait.max(Duration::from_millis(ready.saturating_sub(now_ms)));
+                }
             }
-            if matches!(key, Key::Account(_)) && c.in_flight > 0 {
-                // One check per account at a time: the other waits its turn
-                // outside, on the client.
-                wait = wait.max(Duration::from_secs(1));
+            if !wait.is_zero() {
+                return false;
             }
-            let free = match key {
-                Key::Block(_) => FREE_BLOCK_FAILURES,
-                _ => FREE_LOGIN_FAILURES,
-            };
-            // For an account or a device, an attempt being checked counts as
-            // a failure (parallel guesses see each other); an address or a
-            // block may have many people logging in at once, so there only
-            // failures count.
-            let counted = match key {
-                Key::Account(_) | Key::Token(_) => c.failures + c.in_flight,
-                Key::Address(_) | Key::Block(_) => c.failures,
-            };
-            if counted >= free {
-                let exp = (counted - free).min(20);
-                let gap = self.base.saturating_mul(1 << exp).min(self.cap);
-                let ready = c.last_attempt + gap;
-                wait = wait.max(ready.saturating_duration_since(now));
+            if token.is_none() {
+                if let Err(w) = self.take_check(now) {
+                    wait = w;
+                    return false;
+                }
             }
-        }
-        if !wait.is_zero() {
+            for c in counts.iter_mut() {
+                let c = c.get_or_insert_with(Count::default);
+                if lapsed(c) {
+                    c.failures = 0;
+                }
+                c.in_flight += 1;
+                c.last_attempt_ms = now_ms;
+                c.last_ms = now_ms;
+            }
+            true
+        });
+        if !let_through {
             return Err(TryLater(wait));
         }
-        if token.is_none() {
-            let mut global = self.global.lock().unwrap_or_else(|e| e.into_inner());
-            global.take_at(now).map_err(TryLater)?;
-        }
-        for key in &keys {
-            let lapsed = |c: &Count| c.in_flight == 0 && now.duration_since(c.last) > lapse;
-            let c = map.entry(key.clone()).or_insert(Count {
-                failures: 0,
-                in_flight: 0,
-                last_attempt: now,
-                last: now,
-            });
-            if lapsed(c) {
-                c.failures = 0;
+        Ok(LoginAttempt { keys, shared })
+    }
+
+    /// Takes one password check from the global budget.
+    fn take_check(&self, now: Instant) -> Result<(), Duration> {
+        if let Some(shared) = &self.shared {
+            if self.rate == 0 {
+                return Ok(());
             }
-            c.in_flight += 1;
-            c.last_attempt = now;
-            c.last = now;
+            match shared.take_check(self.rate) {
+                Ok(r) => return r,
+                Err(e) => tracing::warn!("shared check budget unreachable ({e}); counting here"),
+            }
         }
-        Ok(LoginAttempt { keys })
+        let mut global = self.global.lock().unwrap_or_else(|e| e.into_inner());
+        global.take_at(now)
     }
 
     /// The attempt's password check is over.
     pub fn finish(&self, attempt: LoginAttempt, succeeded: bool) {
-        let now = Instant::now();
-        let mut map = self.lock();
-        for key in &attempt.keys {
-            if let Some(c) = map.get_mut(key) {
+        let now_ms = self.ms(Instant::now());
+        let keys = &attempt.keys;
+        let mut settle = |counts: &mut [Option<Count>]| {
+            for c in counts.iter_mut().flatten() {
                 c.in_flight = c.in_flight.saturating_sub(1);
-                c.last = now;
+                c.last_ms = now_ms;
                 if !succeeded {
                     c.failures = c.failures.saturating_add(1);
                 }
             }
-        }
-        if succeeded {
-            let mut cleared = 0;
-            for key in &attempt.keys {
-                if matches!(key, Key::Account(_) | Key::Token(_)) {
-                    if let Some(c) = map.get_mut(key) {
+            if succeeded {
+                let mut cleared = 0;
+                for (key, c) in keys.iter().zip(counts.iter_mut()) {
+                    if let (Key::Account(_) | Key::Token(_), Some(c)) = (key, c) {
                         cleared = cleared.max(c.failures);
                         c.failures = 0;
                     }
                 }
-            }
-            for key in &attempt.keys {
-                if matches!(key, Key::Address(_) | Key::Block(_)) {
-                    if let Some(c) = map.get_mut(key) {
+                for (key, c) in keys.iter().zip(counts.iter_mut()) {
+                    if let (Key::Address(_) | Key::Block(_), Some(c)) = (key, c) {
                         c.failures = c.failures.saturating_sub(cleared);
                     }
                 }
             }
+            true
+        };
+        if attempt.shared {
+            self.update(keys, &mut settle);
+        } else {
+            self.local_update(keys, &mut settle);
         }
     }
 }

@@ -320,7 +320,8 @@ fn open_store(
     config: &Config,
     hook: crate::store::BatchHook,
 ) -> io::Result<(Arc<dyn Store>, crate::store::Snapshot)> {
-    let named = |what: String| move |e: crate::store::StoreError| io::Error::other(format!("{what}: {e}"));
+    let named =
+        |what: String| move |e: crate::store::StoreError| io::Error::other(format!("{what}: {e}"));
     match &config.database_url {
         Some(url) => {
             let what = crate::store::postgres::redact(url);
@@ -400,11 +401,17 @@ impl Shared {
             per_address: Arc::default(),
             per_user: Arc::default(),
             handshakes: HandshakeRate::new(config.handshake_rate, config.handshake_rate * 4),
-            throttle: LoginThrottle::new(
-                config.login_backoff,
-                Duration::from_secs(60),
-                config.max_password_checks,
-            ),
+            throttle: {
+                let t = LoginThrottle::new(
+                    config.login_backoff,
+                    Duration::from_secs(60),
+                    config.max_password_checks,
+                );
+                match &cluster {
+                    Some(c) => t.shared(Box::new(cluster::RedisCounts::new(c))),
+                    None => t,
+                }
+            },
             writers: WriterPool::start(config.outbox_limits(), budget)?,
             catch_up: CatchUp::start(Arc::clone(&store))?,
             workers: workers::Workers::start()?,
@@ -453,7 +460,10 @@ impl Server {
         let shared = Arc::new(Shared::open(config)?);
         if let Some(c) = &shared.cluster {
             c.start(Arc::downgrade(&shared))?;
-            tracing::info!(node = c.node(), "in a cluster: listening for the other servers");
+            tracing::info!(
+                node = c.node(),
+                "in a cluster: listening for the other servers"
+            );
         }
         let stopping = Arc::new(AtomicBool::new(false));
         let accept = {

@@ -445,7 +445,10 @@ impl State {
     /// changed it). Returns who joined and who left, with the notices that
     /// go with that: joiners' connections here get the key, and anyone
     /// leaving makes it change.
-    pub fn refresh_group(&mut self, record: GroupRecord) -> (Vec<Username>, Vec<Username>, Notices) {
+    pub fn refresh_group(
+        &mut self,
+        record: GroupRecord,
+    ) -> (Vec<Username>, Vec<Username>, Notices) {
         let name = record.name.clone();
         let members: BTreeSet<Username> = record.members.into_iter().collect();
         let old = match self.groups.get(&name) {

@@ -138,7 +138,11 @@ const TABLES: &[Table] = &[
 ];
 
 /// One SQLite value as the PostgreSQL column wants it.
-fn convert(v: Value, kind: Kind, table: &'static str) -> StoreResult<Box<dyn postgres::types::ToSql + Sync>> {
+fn convert(
+    v: Value,
+    kind: Kind,
+    table: &'static str,
+) -> StoreResult<Box<dyn postgres::types::ToSql + Sync>> {
     let bad = || StoreError::Corrupt(table);
     Ok(match (kind, v) {
         (Kind::Text | Kind::OptText, Value::Text(s)) => Box::new(s),

@@ -188,9 +188,8 @@ impl LogStore<PostgresReads> {
     /// is from a newer muchat.
     pub fn connect(url: &str, batch: Option<BatchHook>) -> StoreResult<PostgresStore> {
         let config = config(url)?;
-        let unreachable = |e: &dyn std::fmt::Display| {
-            StoreError::Unreachable(format!("{}: {e}", redact(url)))
-        };
+        let unreachable =
+            |e: &dyn std::fmt::Display| StoreError::Unreachable(format!("{}: {e}", redact(url)));
         let mut writer = config.connect(NoTls).map_err(|e| unreachable(&e))?;
         migrate(&mut writer)?;
         let stale = crate::clock::now_ms().saturating_sub(STALE_UPLOAD_MS) as i64;
@@ -234,7 +233,14 @@ pub(super) fn migrate(client: &mut Client) -> StoreResult<()> {
 }
 
 fn migrate_locked(client: &mut Client) -> StoreResult<()> {
-    client.batch_execute("CREATE TABLE IF NOT EXISTS muchat_schema (version INTEGER NOT NULL)")?;
+    // Checked first: CREATE TABLE IF NOT EXISTS would log a notice at every start.
+    let exists: bool = client
+        .query_one("SELECT to_regclass('muchat_schema') IS NOT NULL", &[])?
+        .get(0);
+    if !exists {
+        client
+            .batch_execute("CREATE TABLE IF NOT EXISTS muchat_schema (version INTEGER NOT NULL)")?;
+    }
     let found: i32 = client
         .query_opt("SELECT version FROM muchat_schema", &[])?
         .map_or(0, |r| r.get(0));
@@ -308,7 +314,11 @@ impl PostgresBatcher {
 
     /// Runs the batch in one transaction; `isolated` puts each op in a
     /// savepoint of its own so its failure is only its own.
-    fn run(&mut self, ops: &[&Op], isolated: bool) -> Result<Vec<StoreResult<Outcome>>, BatchError> {
+    fn run(
+        &mut self,
+        ops: &[&Op],
+        isolated: bool,
+    ) -> Result<Vec<StoreResult<Outcome>>, BatchError> {
         let PostgresBatcher {
             client, statements, ..
         } = self;
@@ -321,7 +331,9 @@ impl PostgresBatcher {
         let mut results = Vec::with_capacity(ops.len());
         for op in ops {
             let result = if isolated {
-                let mut sp = tx.savepoint("op").map_err(|e| BatchError::Batch(e.into()))?;
+                let mut sp = tx
+                    .savepoint("op")
+                    .map_err(|e| BatchError::Batch(e.into()))?;
                 let r = apply(&mut sp, statements, op);
                 match r {
                     Ok(_) => sp.commit().map_err(|e| BatchError::Batch(e.into()))?,
@@ -709,9 +721,7 @@ fn append(
 }
 
 impl PostgresReads {
-    fn conn(
-        &self,
-    ) -> StoreResult<r2d2::PooledConnection<PostgresConnectionManager<NoTls>>> {
+    fn conn(&self) -> StoreResult<r2d2::PooledConnection<PostgresConnectionManager<NoTls>>> {
         self.pool
             .get()
             .map_err(|e| StoreError::Unreachable(e.to_string()))
@@ -726,7 +736,11 @@ fn user_from_row(r: &postgres::Row) -> StoreResult<UserRecord> {
     })
 }
 
-fn name<T>(s: &str, parse: fn(&str) -> Result<T, crate::names::NameError>, what: &'static str) -> StoreResult<T> {
+fn name<T>(
+    s: &str,
+    parse: fn(&str) -> Result<T, crate::names::NameError>,
+    what: &'static str,
+) -> StoreResult<T> {
     parse(s).map_err(|_| StoreError::Corrupt(what))
 }
 
@@ -807,8 +821,7 @@ impl Reads for PostgresReads {
         let groups = read_groups(&mut c, None)?;
         let mut heads = HashMap::new();
         for r in c.query("SELECT key, head FROM conversations", &[])? {
-            let conv =
-                ConvId::parse_key(r.get(0)).ok_or(StoreError::Corrupt("conversations"))?;
+            let conv = ConvId::parse_key(r.get(0)).ok_or(StoreError::Corrupt("conversations"))?;
             heads.insert(conv, r.get::<_, i64>(1) as u64);
         }
         Ok(Snapshot {

@@ -23,12 +23,11 @@ use std::time::Duration;
 use rusqlite::{params, Connection, OpenFlags, OptionalExtension};
 
 use super::writer::{
-    format_send_refs, parse_send_refs, Batcher, LogStore, Op, Outcome, Reads,
-    SEND_ID_DAYS,
+    format_send_refs, parse_send_refs, Batcher, LogStore, Op, Outcome, Reads, SEND_ID_DAYS,
 };
 use super::{
-    Append, Appended, BatchHook, Content, ConvId, Cursor, GroupChange, GroupRecord,
-    LogEntry, LogRow, Snapshot, StoreError, StoreResult, StoredChunk, UserRecord,
+    Append, Appended, BatchHook, Content, ConvId, Cursor, GroupChange, GroupRecord, LogEntry,
+    LogRow, Snapshot, StoreError, StoreResult, StoredChunk, UserRecord,
 };
 use crate::names::{GroupName, Username};
 use crate::request::{format_sha256, SendId};
@@ -864,10 +863,8 @@ impl Reads for SqliteReads {
                 "SELECT {LOG_COLUMNS} WHERE l.conv = ?1 AND l.seq >= ?2 ORDER BY l.seq LIMIT ?3"
             );
             let mut stmt = c.prepare_cached(&sql)?;
-            let rows = stmt.query_map(
-                params![conv.key(), from_seq as i64, limit as i64],
-                log_row,
-            )?;
+            let rows =
+                stmt.query_map(params![conv.key(), from_seq as i64, limit as i64], log_row)?;
             rows.map(|r| r?.into_entry(conv)).collect()
         })
     }

@@ -113,8 +113,11 @@ pub trait Reads: Send + Sync + 'static {
     fn history(&self, conv: &ConvId, limit: usize) -> StoreResult<Vec<LogEntry>>;
     fn chunks(&self, file_id: u64, from: u64, limit: usize) -> StoreResult<Vec<StoredChunk>>;
     /// The owner of a device token used at or after `fresh_after_ms`.
-    fn device_owner(&self, token_hash: [u8; 32], fresh_after_ms: u64)
-        -> StoreResult<Option<Username>>;
+    fn device_owner(
+        &self,
+        token_hash: [u8; 32],
+        fresh_after_ms: u64,
+    ) -> StoreResult<Option<Username>>;
     fn undelivered_file_bytes(&self, conv: &ConvId) -> StoreResult<u64>;
 }
 
