@@ -479,3 +479,151 @@ fn a_data_directory_moves_into_postgres_whole() {
         "@bob:3"
     );
 }
+
+/// A node process of its own (so it can be killed with SIGKILL), on a
+/// port that stays the same across restarts, behind the load balancer.
+struct Node {
+    child: std::process::Child,
+    port: u16,
+    args: Vec<String>,
+}
+
+impl Node {
+    fn start(cluster: &Cluster, dir: &std::path::Path, port: u16) -> Node {
+        let args = vec![
+            "--database-url".into(),
+            cluster.url.clone(),
+            "--redis-url".into(),
+            cluster.redis.url(),
+            "--key-file".into(),
+            cluster.key.display().to_string(),
+            "--data-dir".into(),
+            dir.display().to_string(),
+            // Behind HAProxy every client comes from one address.
+            "--rate".into(),
+            "0".into(),
+            "--max-connections-per-ip".into(),
+            "0".into(),
+            "--handshake-rate".into(),
+            "0".into(),
+        ];
+        Self::spawn(args, port)
+    }
+
+    fn spawn(args: Vec<String>, port: u16) -> Node {
+        use std::io::BufRead as _;
+        let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_server"))
+            .arg(format!("127.0.0.1:{port}"))
+            .args(&args)
+            .env("RUST_LOG", "info")
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("start a node");
+        let stderr = child.stderr.take().expect("stderr");
+        let mut lines = std::io::BufReader::new(stderr).lines();
+        let port = loop {
+            let line = lines.next().expect("node output").expect("a log line");
+            if let Some(a) = line.split("addr=127.0.0.1:").nth(1) {
+                break a.trim().parse().expect("a port");
+            }
+        };
+        // Keep draining the log so the node never blocks on it.
+        std::thread::spawn(move || lines.for_each(drop));
+        Node { child, port, args }
+    }
+
+    fn addr(&self) -> std::net::SocketAddr {
+        std::net::SocketAddr::from(([127, 0, 0, 1], self.port))
+    }
+
+    fn kill_and_restart(&mut self) {
+        self.child.kill().expect("SIGKILL");
+        self.child.wait().expect("reaped");
+        *self = Node::spawn(self.args.clone(), self.port);
+    }
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// kill -9 of each node in turn, mid-traffic, with clients that reach the
+/// cluster through HAProxy and reconnect on their own (to whichever node
+/// HAProxy picks): every acknowledged message arrives, none is shown
+/// twice, and retried sends are stored once.
+#[test]
+fn kill_dash_nine_of_a_node_behind_haproxy_loses_nothing_and_shows_nothing_twice() {
+    use muchat::client::{ClientConfig, Trust};
+    let Some(cluster) = Cluster::start(0) else {
+        return;
+    };
+    let tmp = tempfile::tempdir().unwrap();
+    let mut nodes = vec![
+        Node::start(&cluster, &tmp.path().join("n0"), 0),
+        Node::start(&cluster, &tmp.path().join("n1"), 0),
+    ];
+    let Some(lb) = common::engines::Haproxy::start(&[nodes[0].addr(), nodes[1].addr()]) else {
+        return;
+    };
+    let known = tmp.path().join("known_servers");
+    let client = |name: &str| {
+        let config = ClientConfig {
+            trust: Trust::KnownServers(known.clone()),
+            downloads: tmp.path().join("dl"),
+            state_dir: Some(tmp.path().join("state")),
+            reconnect: true,
+        };
+        let c = Client::connect(lb.addr(), config).unwrap();
+        let _ = run(&c, &format!("CREATE_USER {name} {name} pw-{name}"));
+        ok(&c, &format!("LOGIN {name} pw-{name}"));
+        c
+    };
+    let alice = client("alice");
+    let bob = client("bob");
+    const MESSAGES: usize = 200;
+    let sender = std::thread::spawn(move || {
+        for i in 0..MESSAGES {
+            // Each send is retried by the client across reconnects until
+            // it gets a reply.
+            match alice.send_text(&user("bob"), &format!("m{i}")) {
+                Ok(r) if r.is_ok() => {}
+                other => panic!("m{i}: {other:?}"),
+            }
+        }
+        alice
+    });
+    let mut shown: BTreeMap<String, usize> = BTreeMap::new();
+    let mut kills = 0;
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while shown.len() < MESSAGES {
+        assert!(Instant::now() < deadline, "only {} arrived", shown.len());
+        let Ok(event) = bob.events().recv_timeout(Duration::from_secs(30)) else {
+            panic!("no event; {} shown, {kills} kills", shown.len());
+        };
+        match event {
+            ClientEvent::Message { text, .. } => {
+                *shown.entry(text).or_default() += 1;
+                if kills < 2 && shown.len() >= (kills + 1) * MESSAGES / 3 {
+                    nodes[kills].kill_and_restart();
+                    kills += 1;
+                }
+            }
+            ClientEvent::ConnectionLost { .. } | ClientEvent::Reconnected => {}
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    let alice = sender.join().unwrap();
+    assert_eq!(kills, 2);
+    let twice: Vec<_> = shown.iter().filter(|(_, n)| **n > 1).collect();
+    assert!(twice.is_empty(), "shown twice: {twice:?}");
+    // Retried sends were stored once: the log holds exactly MESSAGES.
+    while alice.events().try_recv().is_ok() {}
+    let history = ok_once_stored(&alice, "HISTORY @bob 500", WAIT);
+    assert!(
+        matches!(&history, Reply::Ok { text, .. } if *text == format!("{MESSAGES} messages with @bob")),
+        "{history:?}"
+    );
+}
