@@ -561,7 +561,7 @@ fn kill_dash_nine_of_a_node_behind_haproxy_loses_nothing_and_shows_nothing_twice
         return;
     };
     let tmp = tempfile::tempdir().unwrap();
-    let mut nodes = vec![
+    let mut nodes = [
         Node::start(&cluster, &tmp.path().join("n0"), 0),
         Node::start(&cluster, &tmp.path().join("n1"), 0),
     ];

@@ -413,6 +413,11 @@ fn set_member(s: &Session, g: &GroupName, user: Option<&Username>, change: Membe
                     if changed {
                         shared.tell(Notice::Group(group.clone()));
                     }
+                    if shared.cluster.is_some() {
+                        // Another server's change to the group, read while
+                        // this one was pending, may have left it out.
+                        super::cluster::refresh_group(&shared, &group);
+                    }
                     let conv = ConvId::Group(group.clone());
                     let (n, notices, links) = {
                         let mut st = shared.state();

@@ -264,6 +264,19 @@ pub struct Append {
     pub content: Content,
 }
 
+impl Append {
+    /// The entry this append makes in `conv` at `seq`.
+    pub fn entry(&self, conv: &ConvId, seq: u64) -> LogEntry {
+        LogEntry {
+            conv: conv.clone(),
+            seq,
+            at_ms: self.at_ms,
+            from: self.from.clone(),
+            content: self.content.clone(),
+        }
+    }
+}
+
 /// The outcome of an [`Append`].
 #[derive(Debug, Clone)]
 pub enum Appended {

@@ -700,13 +700,7 @@ fn append(
                 &file_id,
             ],
         )?;
-        entries.push(LogEntry {
-            conv: conv.clone(),
-            seq: seq as u64,
-            at_ms: a.at_ms,
-            from: a.from.clone(),
-            content: a.content.clone(),
-        });
+        entries.push(a.entry(conv, seq as u64));
     }
     if let Some(id) = file_id {
         tx.execute("UPDATE files SET complete = true WHERE id = $1", &[&id])?;

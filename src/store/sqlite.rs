@@ -655,13 +655,7 @@ fn append(tx: &Connection, a: &Append) -> StoreResult<Appended> {
             body,
             file_id
         ])?;
-        entries.push(LogEntry {
-            conv: conv.clone(),
-            seq: seq as u64,
-            at_ms: a.at_ms,
-            from: a.from.clone(),
-            content: a.content.clone(),
-        });
+        entries.push(a.entry(conv, seq as u64));
     }
     if let Some(id) = file_id {
         tx.prepare_cached("UPDATE files SET complete = 1 WHERE id = ?1")?
