@@ -627,3 +627,63 @@ fn kill_dash_nine_of_a_node_behind_haproxy_loses_nothing_and_shows_nothing_twice
         "{history:?}"
     );
 }
+
+/// A raw connection to `to` from the loopback address `from` (each
+/// attacker or office its own address, as the load balancer sees them).
+fn raw_from(from: [u8; 4], to: std::net::SocketAddr) -> Raw {
+    let socket =
+        socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).expect("socket");
+    socket
+        .bind(&std::net::SocketAddr::from((from, 0)).into())
+        .expect("bind a loopback source address");
+    socket.connect(&to.into()).expect("connect");
+    Raw::over(socket.into())
+}
+
+/// Behind HAProxy sending the PROXY protocol, the per-address limits count
+/// each client's own address: guesses from one address are slowed, and a
+/// user elsewhere logs in at once (without the header, every client would
+/// be the balancer's one address, and the guesser would lock everyone out).
+#[test]
+fn behind_haproxy_the_limits_count_the_client_not_the_balancer() {
+    let balancer: std::net::IpAddr = [127, 0, 0, 2].into();
+    let Some(cluster) = Cluster::start_with(1, |c| {
+        c.proxy_from = vec![balancer];
+        c.login_backoff = Duration::from_secs(30);
+    }) else {
+        return;
+    };
+    let Some(lb) =
+        common::engines::Haproxy::start_sending_proxy(&[cluster.node(0).local_addr()], balancer)
+    else {
+        return;
+    };
+    // Direct connections (not from the balancer) need no header.
+    drop(login(cluster.node(0), "alice"));
+    for i in 0..3 {
+        let r = raw_from([127, 10, 1, 1], lb.addr()).request(&format!("LOGIN nobody{i} wrong"));
+        assert!(
+            matches!(
+                &r,
+                Reply::Err {
+                    code: ErrorCode::LoginFailed,
+                    ..
+                }
+            ),
+            "guess {i}: {r:?}"
+        );
+    }
+    let r = raw_from([127, 10, 1, 1], lb.addr()).request("LOGIN nobody9 wrong");
+    assert!(
+        matches!(
+            &r,
+            Reply::Err {
+                code: ErrorCode::RateLimited,
+                ..
+            }
+        ),
+        "the guesser's address is slowed: {r:?}"
+    );
+    let r = raw_from([127, 10, 2, 1], lb.addr()).request("LOGIN alice pw-alice");
+    assert!(r.is_ok(), "alice, elsewhere, is not: {r:?}");
+}

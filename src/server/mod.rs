@@ -22,6 +22,7 @@ mod handler;
 pub mod limits;
 pub mod outbox;
 mod park;
+pub mod proxy;
 mod session;
 pub mod state;
 mod transfer;
@@ -122,6 +123,18 @@ pub struct Config {
     #[arg(long = "park-after-ms", env = "MUCHAT_PARK_AFTER_MS", value_name = "MS", default_value = "2000", value_parser = parse_millis)]
     pub park_after: Duration,
 
+    /// Load balancers whose connections start with a PROXY protocol
+    /// header (v1 or v2: HAProxy's send-proxy-v2) naming the client, so the
+    /// per-address limits count the client, not the balancer
+    /// (comma-separated addresses)
+    #[arg(
+        long,
+        env = "MUCHAT_PROXY_FROM",
+        value_name = "IP,...",
+        value_delimiter = ','
+    )]
+    pub proxy_from: Vec<IpAddr>,
+
     /// Connections not yet logged in allowed per source address (0: no
     /// limit); logged-in sessions count per user instead
     #[arg(long, env = "MUCHAT_MAX_CONNECTIONS_PER_IP", value_name = "N", default_value_t = Config::DEFAULT.max_connections_per_ip)]
@@ -193,6 +206,7 @@ impl Config {
         handshake_timeout: Duration::from_secs(10),
         idle_timeout: Duration::from_secs(300),
         park_after: Duration::from_secs(2),
+        proxy_from: Vec::new(),
         max_connections_per_ip: 16,
         max_sessions_per_user: 32,
         login_timeout: Duration::from_secs(30),
@@ -567,6 +581,19 @@ fn accept_loop(listener: TcpListener, shared: Arc<Shared>, stopping: Arc<AtomicB
         let id = next_session;
         next_session += 1;
         let max = shared.config.max_connections_per_ip;
+        if shared.config.proxy_from.contains(&peer.ip()) {
+            // The client's address comes first, in the balancer's header:
+            // read on the connection's own thread, then counted.
+            let shared = Arc::clone(&shared);
+            let spawned = std::thread::Builder::new()
+                .name(format!("conn-{id}"))
+                .stack_size(THREAD_STACK)
+                .spawn(move || serve_proxied(stream, peer, id, shared));
+            if let Err(e) = spawned {
+                tracing::error!(conn = id, %peer, "refused: cannot start a thread: {e}");
+            }
+            continue;
+        }
         let Some(place) = shared.per_address.admit(peer.ip(), max) else {
             tracing::warn!(conn = id, %peer, "refused: more than {max} connections from this address");
             let mut s = &stream;
@@ -582,4 +609,30 @@ fn accept_loop(listener: TcpListener, shared: Arc<Shared>, stopping: Arc<AtomicB
             tracing::error!(conn = id, %peer, "refused: cannot start a thread: {e}");
         }
     }
+}
+
+/// A connection from a trusted load balancer: its PROXY header names the
+/// client, whose address then counts as a direct connection's would.
+fn serve_proxied(stream: TcpStream, balancer: SocketAddr, id: SessionId, shared: Arc<Shared>) {
+    let _ = stream.set_read_timeout(Some(shared.config.handshake_timeout));
+    let peer = match proxy::read_header(&mut &stream) {
+        Ok(Some(client)) => client,
+        // The balancer's own connection (a health check that says so).
+        Ok(None) => balancer,
+        Err(e) => {
+            // Health checks that connect and close end here: not worth a
+            // line every few seconds.
+            tracing::debug!(conn = id, peer = %balancer, "closed: {e}");
+            return;
+        }
+    };
+    let _ = stream.set_read_timeout(None);
+    let max = shared.config.max_connections_per_ip;
+    let Some(place) = shared.per_address.admit(peer.ip(), max) else {
+        tracing::warn!(conn = id, %peer, via = %balancer, "refused: more than {max} connections from this address");
+        let mut s = &stream;
+        handshake::refuse(&mut s, "too many connections from your address");
+        return;
+    };
+    session::serve(stream, peer, id, shared, place);
 }

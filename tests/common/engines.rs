@@ -17,7 +17,7 @@
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::net::{IpAddr, SocketAddr, TcpListener, TcpStream};
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::net::UnixStream;
 use std::os::unix::process::CommandExt;
@@ -726,6 +726,17 @@ impl Haproxy {
     /// (after saying so) if it is not installed, or a panic with
     /// `MUCHAT_REQUIRE_ENGINES=1`.
     pub fn start(backends: &[SocketAddr]) -> Option<Haproxy> {
+        Self::start_with(backends, "")
+    }
+
+    /// [`Haproxy::start`], connecting to the backends from `source` and
+    /// sending each a PROXY protocol v2 header with the client's address
+    /// (`send-proxy-v2`).
+    pub fn start_sending_proxy(backends: &[SocketAddr], source: IpAddr) -> Option<Haproxy> {
+        Self::start_with(backends, &format!(" send-proxy-v2 source {source}"))
+    }
+
+    fn start_with(backends: &[SocketAddr], server_options: &str) -> Option<Haproxy> {
         let Some(bin) = find_binary("haproxy", "/usr/sbin/haproxy") else {
             return missing("HAProxy", "haproxy not found in PATH or /usr/sbin");
         };
@@ -737,7 +748,12 @@ impl Haproxy {
             let config = dir.path().join("haproxy.cfg");
             fs::write(
                 &config,
-                haproxy_config(addr, &dir.path().join("admin.sock"), backends),
+                haproxy_config(
+                    addr,
+                    &dir.path().join("admin.sock"),
+                    backends,
+                    server_options,
+                ),
             )
             .expect("write haproxy.cfg");
             let log = dir.path().join("haproxy.log");
@@ -800,10 +816,15 @@ fn haproxy_admin(socket: &Path, command: &str) -> std::io::Result<String> {
     Ok(answer)
 }
 
-fn haproxy_config(frontend: SocketAddr, admin: &Path, backends: &[SocketAddr]) -> String {
+fn haproxy_config(
+    frontend: SocketAddr,
+    admin: &Path,
+    backends: &[SocketAddr],
+    server_options: &str,
+) -> String {
     let mut servers = String::new();
     for (i, b) in backends.iter().enumerate() {
-        servers.push_str(&format!("    server node{i} {b} check\n"));
+        servers.push_str(&format!("    server node{i} {b} check{server_options}\n"));
     }
     // No `user`, `chroot` or `daemon`: it runs as whoever runs the test,
     // in the foreground.

@@ -245,7 +245,11 @@ pub struct Raw {
 
 impl Raw {
     pub fn connect(server: &Server) -> Raw {
-        let stream = TcpStream::connect(server.local_addr()).expect("connect");
+        Raw::over(TcpStream::connect(server.local_addr()).expect("connect"))
+    }
+
+    /// A raw connection over a stream already connected to a server.
+    pub fn over(stream: TcpStream) -> Raw {
         stream.set_read_timeout(Some(WAIT)).unwrap();
         let mut reader = BufReader::new(stream.try_clone().unwrap());
         let mut w = stream.try_clone().unwrap();
