@@ -498,6 +498,12 @@ fn manage(s: &Session, action: Manage, g: &GroupName, user: &Username) -> Answer
         return Answer::Now(storage(e).into());
     }
     shared.tell(Notice::Group(g.clone()));
+    if shared.cluster.is_some() {
+        // Our change is in memory but not in the version we last read:
+        // reading it back makes an older reading, still in flight from
+        // another server's notice, lose to it.
+        super::cluster::refresh_group(shared, g);
+    }
     if let GroupChange::Invite { .. } = change {
         let invited = ServerMessage::Notice(GroupNotice {
             kind: NoticeKind::Invited,

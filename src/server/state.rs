@@ -72,6 +72,9 @@ struct Group {
     invited: BTreeSet<Username>,
     /// The key live messages to this group are enveloped under.
     key: GroupKey,
+    /// The store's count of the group's changes, as last read from it
+    /// (see [`State::refresh_group`]).
+    version: u64,
 }
 
 impl Group {
@@ -161,6 +164,7 @@ impl State {
                     admins: g.admins.into_iter().collect(),
                     invited: g.invited.into_iter().collect(),
                     key,
+                    version: g.version,
                 },
             );
         }
@@ -287,6 +291,7 @@ impl State {
                 admins: BTreeSet::new(),
                 invited: BTreeSet::new(),
                 key,
+                version: 0,
             },
         );
         self.heads.entry(ConvId::Group(group.clone())).or_insert(0);
@@ -445,11 +450,21 @@ impl State {
     /// changed it). Returns who joined and who left, with the notices that
     /// go with that: joiners' connections here get the key, and anyone
     /// leaving makes it change.
+    ///
+    /// A reading older than one taken before is ignored: reads race, and
+    /// an old one would undo a newer change.
     pub fn refresh_group(
         &mut self,
         record: GroupRecord,
     ) -> (Vec<Username>, Vec<Username>, Notices) {
         let name = record.name.clone();
+        if self
+            .groups
+            .get(&name)
+            .is_some_and(|g| record.version < g.version)
+        {
+            return (Vec::new(), Vec::new(), Notices::default());
+        }
         let members: BTreeSet<Username> = record.members.into_iter().collect();
         let old = match self.groups.get(&name) {
             Some(g) => g.members.clone(),
@@ -467,6 +482,7 @@ impl State {
                     admins: BTreeSet::new(),
                     invited: BTreeSet::new(),
                     key,
+                    version: record.version,
                 },
             );
         }
@@ -478,6 +494,7 @@ impl State {
             g.members = members;
             g.admins = record.admins.into_iter().collect();
             g.invited = record.invited.into_iter().collect();
+            g.version = record.version;
         }
         // A new key reaches every member, joiners included.
         if !left.is_empty() {
@@ -835,6 +852,7 @@ mod tests {
             members: vec![owner.clone(), bob.clone()],
             admins: vec![bob.clone()],
             invited: vec![carol.clone()],
+            version: 1,
         });
         // The owner removes an admin; the store fails; bob is an admin again.
         let r = st
@@ -854,5 +872,32 @@ mod tests {
         assert!(st
             .reserve(&carol, &carol, &ops, Membership::Join, 10)
             .is_ok());
+    }
+
+    #[test]
+    fn an_older_reading_of_a_group_does_not_undo_a_newer_one() {
+        let (owner, bob) = (user("owner"), user("bob"));
+        let ops = GroupName::parse("ops").unwrap();
+        let read = |members: Vec<Username>, version| GroupRecord {
+            name: ops.clone(),
+            owner: owner.clone(),
+            private: false,
+            members,
+            admins: Vec::new(),
+            invited: Vec::new(),
+            version,
+        };
+        let mut st = state_with(&read(vec![owner.clone()], 1));
+        // Bob joined elsewhere (version 2); a reading taken before that
+        // (version 1) arrives late and must not drop him again.
+        let (joined, _, _) = st.refresh_group(read(vec![owner.clone(), bob.clone()], 2));
+        assert_eq!(joined, vec![bob.clone()]);
+        let (joined, left, _) = st.refresh_group(read(vec![owner.clone()], 1));
+        assert!(joined.is_empty() && left.is_empty());
+        assert!(st.check_member(&bob, &ops).is_ok());
+        // A newer reading still applies.
+        let (_, left, _) = st.refresh_group(read(vec![owner.clone()], 3));
+        assert_eq!(left, vec![bob.clone()]);
+        assert!(st.check_member(&bob, &ops).is_err());
     }
 }

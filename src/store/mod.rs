@@ -176,6 +176,10 @@ pub struct GroupRecord {
     pub admins: Vec<Username>,
     /// Users invited and not yet joined.
     pub invited: Vec<Username>,
+    /// Counts the group's changes (where the store keeps count; 0
+    /// otherwise), so a server of a cluster can tell an older reading of
+    /// the group from a newer one.
+    pub version: u64,
 }
 
 /// A change to a group's roles or invitations.

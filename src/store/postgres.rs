@@ -57,7 +57,8 @@ pub const MIGRATIONS: &[&str] = &["CREATE TABLE users (
         name       TEXT PRIMARY KEY,
         owner      TEXT NOT NULL,
         created_ms BIGINT NOT NULL,
-        private    BOOLEAN NOT NULL DEFAULT false
+        private    BOOLEAN NOT NULL DEFAULT false,
+        version    BIGINT NOT NULL DEFAULT 0  -- counts changes to the group
      );
      CREATE TABLE members (
         group_name TEXT NOT NULL,
@@ -454,8 +455,8 @@ fn apply(
         Op::CreateGroup(g, owner, private) => {
             let conv = ConvId::Group(g.clone()).key();
             let created = tx.execute(
-                "INSERT INTO groups (name, owner, created_ms, private) VALUES ($1, $2, $3, $4)
-                 ON CONFLICT DO NOTHING",
+                "INSERT INTO groups (name, owner, created_ms, private, version)
+                 VALUES ($1, $2, $3, $4, 1) ON CONFLICT DO NOTHING",
                 &[&g.as_str(), &owner.as_str(), &now, private],
             )? == 1;
             if created {
@@ -507,6 +508,9 @@ fn apply(
                     &[&g.as_str(), &u.as_str()],
                 )? == 1
             };
+            if changed {
+                bump_version(tx, g)?;
+            }
             let head: Option<i64> = tx
                 .query_opt("SELECT head FROM conversations WHERE key = $1", &[&conv])?
                 .map(|r| r.get(0));
@@ -563,6 +567,7 @@ fn apply(
                     )?;
                 }
             }
+            bump_version(tx, g)?;
             count(1)
         }
         Op::Append(a) => append(tx, st, a).map(Outcome::Appended),
@@ -632,6 +637,15 @@ fn apply(
             count(n as u64)
         }
     }
+}
+
+/// Counts a change to the group (see [`GroupRecord::version`]).
+fn bump_version(tx: &mut Transaction<'_>, g: &GroupName) -> StoreResult<()> {
+    tx.execute(
+        "UPDATE groups SET version = version + 1 WHERE name = $1",
+        &[&g.as_str()],
+    )?;
+    Ok(())
 }
 
 /// Appends one entry per conversation (see [`super::Store::append`]).
@@ -744,7 +758,8 @@ fn read_groups(c: &mut Client, only: Option<&GroupName>) -> StoreResult<Vec<Grou
     let mut groups: Vec<GroupRecord> = Vec::new();
     let mut at: HashMap<String, usize> = HashMap::new();
     for r in c.query(
-        "SELECT name, owner, private FROM groups WHERE $1::TEXT IS NULL OR name = $1 ORDER BY name",
+        "SELECT name, owner, private, version FROM groups
+         WHERE $1::TEXT IS NULL OR name = $1 ORDER BY name",
         &[&filter],
     )? {
         let n: String = r.get(0);
@@ -753,6 +768,7 @@ fn read_groups(c: &mut Client, only: Option<&GroupName>) -> StoreResult<Vec<Grou
             name: name(&n, GroupName::parse, "groups")?,
             owner: name(r.get(1), Username::parse, "groups")?,
             private: r.get(2),
+            version: r.get::<_, i64>(3) as u64,
             members: Vec::new(),
             admins: Vec::new(),
             invited: Vec::new(),

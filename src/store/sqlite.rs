@@ -773,6 +773,8 @@ fn read_group(c: &Connection, name: &GroupName) -> StoreResult<Option<GroupRecor
         invited.push(Username::parse(&u).map_err(corrupt("invites"))?);
     }
     Ok(Some(GroupRecord {
+        // One server per database: nobody else's changes to tell apart.
+        version: 0,
         name: name.clone(),
         owner: Username::parse(&owner).map_err(corrupt("groups"))?,
         private,
