@@ -100,6 +100,9 @@ struct Job {
     deadline: Duration,
     /// Deliveries from others, across the loops.
     total: AtomicU64,
+    /// Deliveries not past the last place seen in the group (repeated or
+    /// out of order), across the loops; not counted in `total`.
+    repeats: AtomicU64,
     /// Set (and the wakers woken) when the run is over.
     stop: AtomicBool,
 }
@@ -131,6 +134,12 @@ struct Member {
     /// Deliveries from others it should get, and got.
     expected: u64,
     got: u64,
+    /// The place in the group's log of the last delivery (its own
+    /// included): every later one must be past it.
+    last_seq: u64,
+    /// Deliveries not past `last_seq`, and the first one's place.
+    repeats: u64,
+    first_repeat: Option<(u64, u64)>,
     sending: Option<Sending>,
     /// Counted as complete by its loop.
     complete: bool,
@@ -146,6 +155,9 @@ struct Served {
     send_errors: Vec<String>,
     /// Why other sessions failed.
     errors: Vec<String>,
+    /// Sessions that did not get all their deliveries (who, how many of
+    /// how many, and whether it was a sender), or got some twice.
+    short: Vec<String>,
 }
 
 impl Member {
@@ -164,6 +176,9 @@ impl Member {
             last_ack: Instant::now(),
             expected,
             got: 0,
+            last_seq: 0,
+            repeats: 0,
+            first_repeat: None,
             sending: sender.then_some(Sending {
                 sent: 0,
                 answered: 0,
@@ -189,6 +204,14 @@ impl Member {
             match self.reader.recv() {
                 Ok(Incoming::Message(d)) => {
                     self.acks.handled(&d.at);
+                    // One group, so one conversation: its places only grow.
+                    if d.at.seq <= self.last_seq {
+                        job.repeats.fetch_add(1, Ordering::Relaxed);
+                        self.repeats += 1;
+                        self.first_repeat.get_or_insert((d.at.seq, self.last_seq));
+                        continue;
+                    }
+                    self.last_seq = d.at.seq;
                     if d.from != self.me {
                         self.got += 1;
                         if self.got % job.sample == 1 || job.sample == 1 {
@@ -402,6 +425,25 @@ fn run_loop(poll: &mut Poll, members: &mut [Member], job: &Job, status: &Sender<
         );
     }
     for m in members.iter().filter(|m| !m.failed) {
+        if let Some((seq, last)) = m.first_repeat {
+            l.out.short.push(format!(
+                "{} got {} repeated or out of order (first: place {seq} after {last})",
+                m.me, m.repeats
+            ));
+        }
+        if m.got < m.expected {
+            l.out.short.push(format!(
+                "{} got {} of {}{}",
+                m.me,
+                m.got,
+                m.expected,
+                if m.sending.is_some() {
+                    " (a sender)"
+                } else {
+                    ""
+                }
+            ));
+        }
         if let Some(s) = &m.sending {
             if s.answered < job.messages {
                 l.out.send_errors.push(format!(
@@ -469,6 +511,7 @@ pub fn fan_out(opts: &Options, shape: &FanOut) -> Result<Report, LoadError> {
         sample: opts.sample.max(1) as u64,
         deadline: opts.deadline,
         total: AtomicU64::new(0),
+        repeats: AtomicU64::new(0),
         stop: AtomicBool::new(false),
     });
     let (status_tx, status_rx) = unbounded();
@@ -517,6 +560,7 @@ pub fn fan_out(opts: &Options, shape: &FanOut) -> Result<Report, LoadError> {
     let mut latencies = Vec::new();
     let mut send_errors = Vec::new();
     let mut errors = Vec::new();
+    let mut short = Vec::new();
     for t in threads {
         match t.join() {
             Ok(served) => {
@@ -524,13 +568,25 @@ pub fn fan_out(opts: &Options, shape: &FanOut) -> Result<Report, LoadError> {
                 latencies.extend(served.latencies_us);
                 send_errors.extend(served.send_errors);
                 errors.extend(served.errors);
+                short.extend(served.short);
             }
             Err(_) => errors.push("an event loop panicked".to_string()),
         }
     }
+    // Late ones too (the loops ran until they were stopped).
+    report.repeats = job.repeats.load(Ordering::Relaxed);
     report.finish(latencies);
     if let Some(e) = errors.first() {
         eprintln!("loadgen: {} session(s) failed, first: {e}", errors.len());
+    }
+    if !short.is_empty() {
+        short.sort();
+        eprintln!(
+            "loadgen: {} session(s) short of deliveries or with repeats: {}{}",
+            short.len(),
+            short[..short.len().min(10)].join(", "),
+            if short.len() > 10 { ", ..." } else { "" }
+        );
     }
     if let Some(e) = send_errors.first() {
         return Err(fail(format!(
