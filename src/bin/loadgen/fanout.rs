@@ -59,7 +59,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crossbeam_channel::{unbounded, Sender};
+use crossbeam_channel::{unbounded, RecvTimeoutError, Sender};
 use mio::unix::SourceFd;
 use mio::{Events, Interest, Poll, Registry, Token, Waker};
 
@@ -85,6 +85,9 @@ const SWEEP_EVERY: Duration = Duration::from_millis(50);
 
 /// A flush that cannot finish in this long fails its session.
 const WRITE_WAIT: Duration = Duration::from_secs(10);
+
+/// How often the main thread notes the figures while deliveries come in.
+const PROGRESS_EVERY: Duration = Duration::from_millis(100);
 
 /// The token of a loop's waker (sessions are numbered from 0).
 const WAKE: Token = Token(usize::MAX);
@@ -536,12 +539,29 @@ pub fn fan_out(opts: &Options, shape: &FanOut) -> Result<Report, LoadError> {
         );
     }
     drop(status_tx);
-    // Wait for every loop to complete (or one to fail), bounded by the deadline.
+    // Wait for every loop to complete (or one to fail), bounded by the
+    // deadline. Whenever the count has moved, the figures so far are noted:
+    // if deliveries stop short, the run is reported up to the last one, not
+    // with the idle wait for the deadline in its time and CPU.
     let mut complete = 0;
+    let mut counted = 0;
+    let mut at_last_delivery = None;
     while complete < loops {
-        match status_rx.recv_deadline(deadline) {
+        let wait = deadline
+            .saturating_duration_since(Instant::now())
+            .min(PROGRESS_EVERY);
+        match status_rx.recv_timeout(wait) {
             Ok(Status::Complete) => complete += 1,
-            Ok(Status::Failed) | Err(_) => break,
+            Ok(Status::Failed) | Err(RecvTimeoutError::Disconnected) => break,
+            Err(RecvTimeoutError::Timeout) if Instant::now() >= deadline => break,
+            Err(RecvTimeoutError::Timeout) => {}
+        }
+        let total = job.total.load(Ordering::Relaxed);
+        if total != counted {
+            counted = total;
+            let mut so_far = Report::default();
+            meters.stop(&mut so_far);
+            at_last_delivery = Some(so_far);
         }
     }
     let mut report = Report {
@@ -553,6 +573,17 @@ pub fn fan_out(opts: &Options, shape: &FanOut) -> Result<Report, LoadError> {
         ..Report::default()
     };
     meters.stop(&mut report);
+    if let Some(then) = at_last_delivery {
+        let idle = report.wall_s - then.wall_s;
+        if report.deliveries < expected && report.deliveries == counted && idle >= 1.0 {
+            report.stalled_at_s = Some(then.wall_s);
+            report.wall_s = then.wall_s;
+            report.server_cpu_s = then.server_cpu_s;
+            report.server_cpu_s_each = then.server_cpu_s_each;
+            report.engines_cpu_s = then.engines_cpu_s;
+            report.generator_cpu_s = then.generator_cpu_s;
+        }
+    }
     job.stop.store(true, Ordering::Release);
     for w in &wakers {
         let _ = w.wake();

@@ -27,6 +27,11 @@ pub struct Report {
     pub max_ms: f64,
     /// Wall time of the measured phase, seconds.
     pub wall_s: f64,
+    /// Fan-out that stopped short: when the last delivery came (within
+    /// 0.1 s). `wall_s` and the CPU figures then end there rather than at
+    /// the deadline, so the rates are those of the part that ran.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub stalled_at_s: Option<f64>,
     /// Server CPU seconds during the measured phase (if its pid was given),
     /// summed over every `--server-pid`.
     pub server_cpu_s: Option<f64>,
@@ -95,6 +100,11 @@ impl Report {
             self.p99_ms,
             self.max_ms
         );
+        if let Some(t) = self.stalled_at_s {
+            s.push_str(&format!(
+                "STALLED: nothing arrived after {t:.2} s until the deadline; time and CPU are up to then\n"
+            ));
+        }
         if let (Some(cpu), Some(us)) = (self.server_cpu_s, self.server_us_per_delivery) {
             s.push_str(&format!(
                 "server CPU {cpu:.2} s ({us:.2} us per delivery); "
