@@ -85,33 +85,16 @@ log=$dir/server.log
 : >"$log"
 tmp=$(mktemp -d "${TMPDIR:-/tmp}/muchat-run.XXXXXX")
 
-server="" drainer="" lg=""
+server_pid="" server_drainer="" lg=""
 cleanup() {
     local rc=$?
     trap - EXIT INT TERM
-    if [ -n "$lg" ] && kill -0 "$lg" 2>/dev/null; then
-        kill -TERM "$lg" 2>/dev/null || true
-        wait "$lg" 2>/dev/null || true
-    fi
-    if [ -n "$server" ] && kill -0 "$server" 2>/dev/null; then
-        kill -TERM "$server" 2>/dev/null || true
-        for _ in $(seq 50); do kill -0 "$server" 2>/dev/null || break; sleep 0.1; done
-        kill -KILL "$server" 2>/dev/null || true
-    fi
-    [ -z "$server" ] || wait "$server" 2>/dev/null || true
+    stop_process "$lg" 1
+    stop_process "$server_pid" 5
     # The drainer sees end of file once the server is gone.
-    [ -z "$drainer" ] || wait "$drainer" 2>/dev/null || true
+    [ -z "$server_drainer" ] || wait "$server_drainer" 2>/dev/null || true
     rm -rf "$tmp"
-    if [ -s "$log" ]; then
-        local n
-        n=$(grep -cE '(^|[[:space:]])(WARN|ERROR)[[:space:]]' "$log" || true)
-        if [ "$n" -gt 0 ]; then
-            echo "run.sh: server log: $n warning/error lines ($log), first ones:" >&2
-            grep -E '(^|[[:space:]])(WARN|ERROR)[[:space:]]' "$log" | head -5 | sed 's/^/  /' >&2
-        else
-            echo "run.sh: server log: no warnings or errors ($log)" >&2
-        fi
-    fi
+    report_log_problems run.sh "$log"
     exit "$rc"
 }
 trap cleanup EXIT
@@ -121,33 +104,12 @@ trap 'exit 143' TERM
 fp=$("$bin/server" --fingerprint --data-dir "$dir" 2>>"$log") \
     || { echo "run.sh: server --fingerprint failed:" >&2; cat "$log" >&2; exit 2; }
 
-# The server's standard error goes through a FIFO: read up to the
-# "listening" line (the port), then a drainer copies the rest to the log.
-mkfifo "$tmp/stderr"
 # The abuse limits are off (one address opens and logs in every session),
 # unless they are what is measured.
-limits=(--rate 0 --max-connections-per-ip 0 --max-sessions-per-user 0 --handshake-rate 0
-    --max-password-checks 0 --login-backoff-ms 0 --login-timeout 3600 --idle-timeout 3600)
+limits=("${BENCH_LIMITS[@]}")
 [ "$attack" = 0 ] || limits=()
-"$bin/server" 127.0.0.1:0 --data-dir "$dir" "${limits[@]}" 2>"$tmp/stderr" &
-server=$!
-exec 3<"$tmp/stderr"
-port=""
-while IFS= read -r -t 30 line <&3; do
-    printf '%s\n' "$line" >>"$log"
-    if [[ $line =~ listening\ addr=127\.0\.0\.1:([0-9]+) ]]; then
-        port=${BASH_REMATCH[1]}
-        break
-    fi
-done
-cat <&3 >>"$log" &
-drainer=$!
-exec 3<&-
-if [ -z "$port" ]; then
-    echo "run.sh: the server did not report listening within 30 s; its log:" >&2
-    cat "$log" >&2
-    exit 2
-fi
+start_server run.sh "$bin" "$log" --data-dir "$dir" "${limits[@]}" || exit 2
+server=$server_pid port=$server_port
 echo "run.sh: server pid $server on 127.0.0.1:$port, key $fp, data $dir" >&2
 
 extra=()

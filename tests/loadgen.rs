@@ -21,7 +21,7 @@ const LOADGEN: &str = env!("CARGO_BIN_EXE_loadgen");
 const RUN_LIMIT: Duration = Duration::from_secs(180);
 
 /// Every field of the JSON line.
-const FIELDS: [&str; 16] = [
+const FIELDS: [&str; 17] = [
     "mode",
     "deliveries",
     "expected",
@@ -38,6 +38,7 @@ const FIELDS: [&str; 16] = [
     "server_rss_kib",
     "mb_per_s",
     "decrypted",
+    "repeats",
 ];
 
 /// How a loadgen run ended.
@@ -185,6 +186,56 @@ fn fan_out_delivers_everything_and_reports_json() {
     assert!(num(&v, "generator_cpu_s") >= 0.0, "{v}");
     // The summary for people comes first.
     assert!(run.stdout.contains("160 of 160"), "{}", run.stdout);
+}
+
+/// The cluster shapes (several addresses; cross-node latency) at toy size,
+/// against one server given twice: the real runs are bench/cluster.sh.
+#[test]
+fn several_addresses_and_latency_mode_run() {
+    let server = start_server();
+    let sandbox = server.path("loadgen");
+    let addr = server.local_addr().to_string();
+    let with = |addrs: &[&str], prefix: &str, more: &[&str]| {
+        let mut a: Vec<String> = addrs.iter().map(|s| s.to_string()).collect();
+        // args() puts the one address first; the others follow it.
+        a.extend(args(&server, prefix, more).into_iter().skip(1));
+        a
+    };
+
+    // One comma-separated list: members (and senders) alternate.
+    let both = format!("{addr},{addr}");
+    let run = loadgen(
+        &sandbox,
+        &with(
+            &[&both],
+            "ca",
+            &[
+                "--members",
+                "6",
+                "--senders",
+                "2",
+                "--messages",
+                "10",
+                "--sample",
+                "1",
+            ],
+        ),
+    );
+    assert_eq!(run.code, Some(0), "{run:?}");
+    let v = run.json();
+    assert_eq!(v["expected"], 2 * 10 * 5, "{v}");
+    assert_eq!(v["deliveries"], v["expected"], "{v}");
+    assert_eq!(v["repeats"], 0, "{v}");
+
+    // Two addresses: the sender on the first, the receiver on the second.
+    let run = loadgen(&sandbox, &with(&[&addr, &addr], "la", &["--latency", "20"]));
+    assert_eq!(run.code, Some(0), "{run:?}");
+    let v = run.json();
+    assert_eq!((&v["deliveries"], &v["expected"]), (&20.into(), &20.into()));
+    assert_eq!(v["decrypted"], 20, "{v}");
+    assert!(num(&v, "p50_ms") > 0.0, "{v}");
+    assert!(num(&v, "p99_ms") <= num(&v, "max_ms"), "{v}");
+    assert!(v["mode"].as_str().unwrap().contains("receiver on"), "{v}");
 }
 
 #[test]

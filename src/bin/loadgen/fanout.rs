@@ -59,7 +59,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crossbeam_channel::{unbounded, Sender};
+use crossbeam_channel::{unbounded, RecvTimeoutError, Sender};
 use mio::unix::SourceFd;
 use mio::{Events, Interest, Poll, Registry, Token, Waker};
 
@@ -86,6 +86,9 @@ const SWEEP_EVERY: Duration = Duration::from_millis(50);
 /// A flush that cannot finish in this long fails its session.
 const WRITE_WAIT: Duration = Duration::from_secs(10);
 
+/// How often the main thread notes the figures while deliveries come in.
+const PROGRESS_EVERY: Duration = Duration::from_millis(100);
+
 /// The token of a loop's waker (sessions are numbered from 0).
 const WAKE: Token = Token(usize::MAX);
 
@@ -100,6 +103,9 @@ struct Job {
     deadline: Duration,
     /// Deliveries from others, across the loops.
     total: AtomicU64,
+    /// Deliveries not past the last place seen in the group (repeated or
+    /// out of order), across the loops; not counted in `total`.
+    repeats: AtomicU64,
     /// Set (and the wakers woken) when the run is over.
     stop: AtomicBool,
 }
@@ -131,6 +137,12 @@ struct Member {
     /// Deliveries from others it should get, and got.
     expected: u64,
     got: u64,
+    /// The place in the group's log of the last delivery (its own
+    /// included): every later one must be past it.
+    last_seq: u64,
+    /// Deliveries not past `last_seq`, and the first one's place.
+    repeats: u64,
+    first_repeat: Option<(u64, u64)>,
     sending: Option<Sending>,
     /// Counted as complete by its loop.
     complete: bool,
@@ -146,6 +158,9 @@ struct Served {
     send_errors: Vec<String>,
     /// Why other sessions failed.
     errors: Vec<String>,
+    /// Sessions that did not get all their deliveries (who, how many of
+    /// how many, and whether it was a sender), or got some twice.
+    short: Vec<String>,
 }
 
 impl Member {
@@ -164,6 +179,9 @@ impl Member {
             last_ack: Instant::now(),
             expected,
             got: 0,
+            last_seq: 0,
+            repeats: 0,
+            first_repeat: None,
             sending: sender.then_some(Sending {
                 sent: 0,
                 answered: 0,
@@ -189,6 +207,14 @@ impl Member {
             match self.reader.recv() {
                 Ok(Incoming::Message(d)) => {
                     self.acks.handled(&d.at);
+                    // One group, so one conversation: its places only grow.
+                    if d.at.seq <= self.last_seq {
+                        job.repeats.fetch_add(1, Ordering::Relaxed);
+                        self.repeats += 1;
+                        self.first_repeat.get_or_insert((d.at.seq, self.last_seq));
+                        continue;
+                    }
+                    self.last_seq = d.at.seq;
                     if d.from != self.me {
                         self.got += 1;
                         if self.got % job.sample == 1 || job.sample == 1 {
@@ -402,6 +428,25 @@ fn run_loop(poll: &mut Poll, members: &mut [Member], job: &Job, status: &Sender<
         );
     }
     for m in members.iter().filter(|m| !m.failed) {
+        if let Some((seq, last)) = m.first_repeat {
+            l.out.short.push(format!(
+                "{} got {} repeated or out of order (first: place {seq} after {last})",
+                m.me, m.repeats
+            ));
+        }
+        if m.got < m.expected {
+            l.out.short.push(format!(
+                "{} got {} of {}{}",
+                m.me,
+                m.got,
+                m.expected,
+                if m.sending.is_some() {
+                    " (a sender)"
+                } else {
+                    ""
+                }
+            ));
+        }
         if let Some(s) = &m.sending {
             if s.answered < job.messages {
                 l.out.send_errors.push(format!(
@@ -469,6 +514,7 @@ pub fn fan_out(opts: &Options, shape: &FanOut) -> Result<Report, LoadError> {
         sample: opts.sample.max(1) as u64,
         deadline: opts.deadline,
         total: AtomicU64::new(0),
+        repeats: AtomicU64::new(0),
         stop: AtomicBool::new(false),
     });
     let (status_tx, status_rx) = unbounded();
@@ -493,12 +539,29 @@ pub fn fan_out(opts: &Options, shape: &FanOut) -> Result<Report, LoadError> {
         );
     }
     drop(status_tx);
-    // Wait for every loop to complete (or one to fail), bounded by the deadline.
+    // Wait for every loop to complete (or one to fail), bounded by the
+    // deadline. Whenever the count has moved, the figures so far are noted:
+    // if deliveries stop short, the run is reported up to the last one, not
+    // with the idle wait for the deadline in its time and CPU.
     let mut complete = 0;
+    let mut counted = 0;
+    let mut at_last_delivery = None;
     while complete < loops {
-        match status_rx.recv_deadline(deadline) {
+        let wait = deadline
+            .saturating_duration_since(Instant::now())
+            .min(PROGRESS_EVERY);
+        match status_rx.recv_timeout(wait) {
             Ok(Status::Complete) => complete += 1,
-            Ok(Status::Failed) | Err(_) => break,
+            Ok(Status::Failed) | Err(RecvTimeoutError::Disconnected) => break,
+            Err(RecvTimeoutError::Timeout) if Instant::now() >= deadline => break,
+            Err(RecvTimeoutError::Timeout) => {}
+        }
+        let total = job.total.load(Ordering::Relaxed);
+        if total != counted {
+            counted = total;
+            let mut so_far = Report::default();
+            meters.stop(&mut so_far);
+            at_last_delivery = Some(so_far);
         }
     }
     let mut report = Report {
@@ -510,6 +573,17 @@ pub fn fan_out(opts: &Options, shape: &FanOut) -> Result<Report, LoadError> {
         ..Report::default()
     };
     meters.stop(&mut report);
+    if let Some(then) = at_last_delivery {
+        let idle = report.wall_s - then.wall_s;
+        if report.deliveries < expected && report.deliveries == counted && idle >= 1.0 {
+            report.stalled_at_s = Some(then.wall_s);
+            report.wall_s = then.wall_s;
+            report.server_cpu_s = then.server_cpu_s;
+            report.server_cpu_s_each = then.server_cpu_s_each;
+            report.engines_cpu_s = then.engines_cpu_s;
+            report.generator_cpu_s = then.generator_cpu_s;
+        }
+    }
     job.stop.store(true, Ordering::Release);
     for w in &wakers {
         let _ = w.wake();
@@ -517,6 +591,7 @@ pub fn fan_out(opts: &Options, shape: &FanOut) -> Result<Report, LoadError> {
     let mut latencies = Vec::new();
     let mut send_errors = Vec::new();
     let mut errors = Vec::new();
+    let mut short = Vec::new();
     for t in threads {
         match t.join() {
             Ok(served) => {
@@ -524,13 +599,25 @@ pub fn fan_out(opts: &Options, shape: &FanOut) -> Result<Report, LoadError> {
                 latencies.extend(served.latencies_us);
                 send_errors.extend(served.send_errors);
                 errors.extend(served.errors);
+                short.extend(served.short);
             }
             Err(_) => errors.push("an event loop panicked".to_string()),
         }
     }
+    // Late ones too (the loops ran until they were stopped).
+    report.repeats = job.repeats.load(Ordering::Relaxed);
     report.finish(latencies);
     if let Some(e) = errors.first() {
         eprintln!("loadgen: {} session(s) failed, first: {e}", errors.len());
+    }
+    if !short.is_empty() {
+        short.sort();
+        eprintln!(
+            "loadgen: {} session(s) short of deliveries or with repeats: {}{}",
+            short.len(),
+            short[..short.len().min(10)].join(", "),
+            if short.len() > 10 { ", ..." } else { "" }
+        );
     }
     if let Some(e) = send_errors.first() {
         return Err(fail(format!(

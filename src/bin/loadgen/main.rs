@@ -1,11 +1,13 @@
 //! `loadgen ADDR... [flags]`: drives muchat servers with real protocol
 //! traffic and reports throughput, latency and server CPU per delivery.
 //! The load shapes are in [`modes`], the measuring in [`report`], and
-//! the attacks the abuse limits answer in [`attack`].
+//! the attacks the abuse limits answer in [`attack`]. Several addresses
+//! (the nodes of a cluster) share the clients out in turn.
 
 mod attack;
 mod fanout;
 mod hoard;
+mod latency;
 mod modes;
 mod report;
 
@@ -24,12 +26,16 @@ use modes::{fresh_prefix, run, tdes_mb_per_s, FanOut, Mode, Options};
 /// every group envelope opened, every delivery acknowledged, a sample of
 /// bodies decrypted as latency probes) and reports throughput, latency and
 /// server CPU. Prints a summary and one JSON line; exits 1 if any delivery
-/// is missing.
+/// is missing or repeated.
 #[derive(Parser)]
 #[command(version)]
 struct Args {
-    /// The servers (clients are spread over them in turn)
-    #[arg(required = true, value_name = "ADDR")]
+    /// The server, or the nodes of a cluster (several ADDRs, or one
+    /// comma-separated list): client i connects to ADDR number i mod their
+    /// count, so fan-out members are dealt out round robin, and so are the
+    /// senders (members 0 to --senders - 1); give a load balancer's one
+    /// address to let it choose
+    #[arg(required = true, value_name = "ADDR", value_delimiter = ',')]
     addrs: Vec<String>,
 
     /// Fan-out: clients in one group
@@ -62,6 +68,12 @@ struct Args {
     /// --server-pid) and one probe message's latency
     #[arg(long, value_name = "N")]
     idle: Option<usize>,
+    /// One user sends another N direct messages, each once the previous
+    /// one has arrived; reports send-to-arrival latency. The sender
+    /// connects to the first ADDR, the receiver to the second (so with two
+    /// nodes this is cross-node delivery), or both to the only one
+    #[arg(long, value_name = "N")]
+    latency: Option<usize>,
     /// N clients connect, handshake and log in at once
     #[arg(long, value_name = "N")]
     storm: Option<usize>,
@@ -96,6 +108,10 @@ struct Args {
     /// several nodes (their CPU is summed)
     #[arg(long = "server-pid", value_name = "PID")]
     server_pids: Vec<u32>,
+    /// Report the CPU seconds of this process and its children apart from
+    /// the servers' (PostgreSQL's postmaster, redis-server); repeatable
+    #[arg(long = "engine-pid", value_name = "PID")]
+    engine_pids: Vec<u32>,
     /// Accept exactly this server key (default: pin on first use in a
     /// throwaway file)
     #[arg(long, value_name = "FP", value_parser = parse_fingerprint)]
@@ -147,7 +163,9 @@ fn main() -> ExitCode {
         return print_json(result);
     }
     let hoarding = args.hoard;
-    let mode = if let Some(sessions) = args.idle {
+    let mode = if let Some(messages) = args.latency {
+        Mode::Latency { messages }
+    } else if let Some(sessions) = args.idle {
         Mode::Idle { sessions }
     } else if let Some(clients) = args.storm {
         Mode::Storm { clients }
@@ -174,6 +192,7 @@ fn main() -> ExitCode {
         prefix,
         deadline,
         server_pids: args.server_pids,
+        engine_pids: args.engine_pids,
         sample: args.sample,
     };
     if hoarding {

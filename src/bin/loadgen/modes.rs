@@ -23,7 +23,7 @@ use muchat::names::{GroupName, Username};
 use muchat::request::{FileOffer, FileTarget, Request, SendId, FILE_CHUNK_SIZE};
 
 use super::fanout::fan_out;
-use super::report::{rss_kib, Meter, Report};
+use super::report::{rss_kib, tree_cpu_seconds, Meter, Report};
 
 /// What to run.
 #[derive(Debug, Clone)]
@@ -36,6 +36,9 @@ pub enum Mode {
     Storm { clients: usize },
     /// One file of `size` bytes to one user or a group of `members`.
     File { size: u64, members: usize },
+    /// `messages` direct messages one at a time, from a user on the first
+    /// server to one on the second (see [`super::latency`]).
+    Latency { messages: usize },
 }
 
 /// A fan-out shape: `members` clients in one group; `senders` of them send
@@ -68,6 +71,9 @@ pub struct Options {
     pub deadline: Duration,
     /// The server's process ids, for CPU and memory figures.
     pub server_pids: Vec<u32>,
+    /// Processes the servers lean on (PostgreSQL, Redis), whose CPU
+    /// (children's included) is reported apart.
+    pub engine_pids: Vec<u32>,
     /// Decrypt every n-th body per receiver (a latency probe).
     pub sample: usize,
 }
@@ -95,6 +101,7 @@ pub fn run(opts: &Options) -> Result<Report, LoadError> {
         Mode::Idle { sessions } => idle(opts, sessions),
         Mode::Storm { clients } => storm(opts, clients),
         Mode::File { size, members } => file(opts, size, members.max(1)),
+        Mode::Latency { messages } => super::latency::latency(opts, messages),
     }
 }
 
@@ -120,7 +127,49 @@ impl Client {
     }
 }
 
+/// How long a request naming a group or user that another server of a
+/// cluster has just created is retried while this one does not know it
+/// yet (it learns of it from a notice).
+pub(crate) const PROPAGATION_WAIT: Duration = Duration::from_secs(10);
+
 impl Client {
+    /// Sends a request and expects OK (or one of the `tolerated` errors),
+    /// sending it again every 2 ms for up to [`PROPAGATION_WAIT`] while the
+    /// reply is `not_yet` (say NO_SUCH_GROUP for a group another server
+    /// just created). Returns how long that took if it was refused at
+    /// first, so the caller can say so: that is the cluster's propagation
+    /// lag, not something to hide.
+    pub(crate) fn ok_once_known(
+        &mut self,
+        r: &Request,
+        tolerated: &[ErrorCode],
+        not_yet: ErrorCode,
+    ) -> Result<Option<Duration>, LoadError> {
+        let start = Instant::now();
+        let mut refused = false;
+        loop {
+            match self.session.request(r).map_err(fail)?.0 {
+                Reply::Ok { .. } => return Ok(refused.then(|| start.elapsed())),
+                Reply::Err { code, .. } if tolerated.contains(&code) => {
+                    return Ok(refused.then(|| start.elapsed()))
+                }
+                Reply::Err { code, .. }
+                    if code == not_yet && start.elapsed() < PROPAGATION_WAIT =>
+                {
+                    refused = true;
+                    std::thread::sleep(Duration::from_millis(2));
+                }
+                Reply::Err { code, text } => {
+                    return Err(fail(format!(
+                        "{}: {code} {text} (after {:?})",
+                        r.redacted(),
+                        start.elapsed()
+                    )))
+                }
+            }
+        }
+    }
+
     /// Reads until the next reply, answering `PING`s on the way; an `ERR`
     /// fails the run.
     pub(crate) fn await_reply(&mut self) -> Result<(), LoadError> {
@@ -213,8 +262,9 @@ pub(crate) fn message_text(size: usize) -> Vec<u8> {
     t
 }
 
-/// Summed CPU of all the servers, via the meter of each.
-pub(crate) struct Meters(Vec<Meter>, Meter);
+/// Summed CPU of all the servers, via the meter of each, and of the
+/// engines they use.
+pub(crate) struct Meters(Vec<Meter>, Meter, Vec<(u32, Option<f64>)>);
 
 impl Meters {
     pub(crate) fn start(opts: &Options) -> Meters {
@@ -224,30 +274,48 @@ impl Meters {
                 .map(|p| Meter::start(Some(*p)))
                 .collect(),
             Meter::start(None),
+            opts.engine_pids
+                .iter()
+                .map(|&p| (p, tree_cpu_seconds(p)))
+                .collect(),
         )
     }
 
     pub(crate) fn stop(&self, report: &mut Report) {
         self.1.stop(report);
+        let mut engines = None;
+        for &(pid, before) in &self.2 {
+            if let (Some(a), Some(b)) = (before, tree_cpu_seconds(pid)) {
+                *engines.get_or_insert(0.0) += b - a;
+            }
+        }
+        report.engines_cpu_s = engines;
         let mut cpu = None;
         let mut rss = None;
+        let mut each = Vec::new();
         for m in &self.0 {
             let mut r = Report::default();
             m.stop(&mut r);
             if let Some(c) = r.server_cpu_s {
                 *cpu.get_or_insert(0.0) += c;
             }
+            each.push(r.server_cpu_s.unwrap_or(f64::NAN));
             if let Some(k) = r.server_rss_kib {
                 *rss.get_or_insert(0.0) += k;
             }
         }
         report.server_cpu_s = cpu;
         report.server_rss_kib = rss;
+        if each.len() > 1 {
+            report.server_cpu_s_each = each;
+        }
     }
 }
 
 /// Makes `group` (an open group, created by the first client if it is not
-/// there yet) and has every client join it.
+/// there yet) and has every client join it. A client on another server of
+/// a cluster may be told NO_SUCH_GROUP until its server hears of the
+/// group: its JOIN is retried, and the wait reported on standard error.
 pub(crate) fn form_group(all: &mut [Client], group: &GroupName) -> Result<(), LoadError> {
     if let Some(first) = all.first_mut() {
         first.ok(
@@ -258,8 +326,22 @@ pub(crate) fn form_group(all: &mut [Client], group: &GroupName) -> Result<(), Lo
             &[ErrorCode::GroupExists],
         )?;
     }
+    let mut waits = Vec::new();
     for c in all.iter_mut() {
-        c.ok(&Request::Join(group.clone()), &[ErrorCode::AlreadyMember])?;
+        let waited = c.ok_once_known(
+            &Request::Join(group.clone()),
+            &[ErrorCode::AlreadyMember],
+            ErrorCode::NoSuchGroup,
+        )?;
+        waits.extend(waited);
+    }
+    if let Some(longest) = waits.iter().max() {
+        eprintln!(
+            "loadgen: {} JOIN(s) were refused NO_SUCH_GROUP at first (the group was created \
+             through another server) and retried; the longest wait was {:.1} ms",
+            waits.len(),
+            longest.as_secs_f64() * 1e3
+        );
     }
     Ok(())
 }

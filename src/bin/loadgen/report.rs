@@ -27,10 +27,26 @@ pub struct Report {
     pub max_ms: f64,
     /// Wall time of the measured phase, seconds.
     pub wall_s: f64,
-    /// Server CPU seconds during the measured phase (if its pid was given).
+    /// Fan-out that stopped short: when the last delivery came (within
+    /// 0.1 s). `wall_s` and the CPU figures then end there rather than at
+    /// the deadline, so the rates are those of the part that ran.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub stalled_at_s: Option<f64>,
+    /// Server CPU seconds during the measured phase (if its pid was given),
+    /// summed over every `--server-pid`.
     pub server_cpu_s: Option<f64>,
+    /// With several `--server-pid`s: each one's CPU seconds, in order.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub server_cpu_s_each: Vec<f64>,
     /// Server CPU microseconds per delivery.
     pub server_us_per_delivery: Option<f64>,
+    /// CPU seconds of the `--engine-pid` processes and their children
+    /// (PostgreSQL, Redis) during the measured phase, apart from the servers'.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub engines_cpu_s: Option<f64>,
+    /// The same per delivery, microseconds.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub engines_us_per_delivery: Option<f64>,
     /// Generator CPU seconds during the measured phase.
     pub generator_cpu_s: f64,
     /// Server resident memory per session in KiB (idle mode).
@@ -41,12 +57,16 @@ pub struct Report {
     pub mb_per_s: Option<f64>,
     /// Bodies decrypted (the sample).
     pub decrypted: u64,
+    /// Deliveries whose place in their conversation was not past the last
+    /// one the receiver had seen there: repeated (or out of order). Not
+    /// counted in `deliveries`; any makes the run a failure.
+    pub repeats: u64,
 }
 
 impl Report {
     /// Whether everything expected arrived.
     pub fn complete(&self) -> bool {
-        self.deliveries >= self.expected
+        self.deliveries >= self.expected && self.repeats == 0
     }
 
     /// Fills in the figures derived from the others.
@@ -54,6 +74,9 @@ impl Report {
         self.per_second = self.deliveries as f64 / self.wall_s.max(1e-9);
         self.server_us_per_delivery = self
             .server_cpu_s
+            .map(|cpu| cpu * 1e6 / self.deliveries.max(1) as f64);
+        self.engines_us_per_delivery = self
+            .engines_cpu_s
             .map(|cpu| cpu * 1e6 / self.deliveries.max(1) as f64);
         [self.p50_ms, self.p90_ms, self.p99_ms, self.max_ms] = percentiles(latencies_us);
     }
@@ -77,9 +100,28 @@ impl Report {
             self.p99_ms,
             self.max_ms
         );
+        if let Some(t) = self.stalled_at_s {
+            s.push_str(&format!(
+                "STALLED: nothing arrived after {t:.2} s until the deadline; time and CPU are up to then\n"
+            ));
+        }
         if let (Some(cpu), Some(us)) = (self.server_cpu_s, self.server_us_per_delivery) {
             s.push_str(&format!(
                 "server CPU {cpu:.2} s ({us:.2} us per delivery); "
+            ));
+            if !self.server_cpu_s_each.is_empty() {
+                let each: Vec<String> = self
+                    .server_cpu_s_each
+                    .iter()
+                    .map(|c| format!("{c:.2}"))
+                    .collect();
+                s.pop();
+                s.push_str(&format!(" by node: {} s; ", each.join(" + ")));
+            }
+        }
+        if let (Some(cpu), Some(us)) = (self.engines_cpu_s, self.engines_us_per_delivery) {
+            s.push_str(&format!(
+                "engines (--engine-pid) CPU {cpu:.2} s ({us:.2} us per delivery); "
             ));
         }
         s.push_str(&format!("generator CPU {:.2} s", self.generator_cpu_s));
@@ -91,6 +133,12 @@ impl Report {
         }
         if let Some(mb) = self.mb_per_s {
             s.push_str(&format!("; {mb:.2} MB/s end to end"));
+        }
+        if self.repeats > 0 {
+            s.push_str(&format!(
+                "\n{} deliveries REPEATED or out of order (not counted)",
+                self.repeats
+            ));
         }
         s.push_str(&format!(
             "\nbodies decrypted by the generator: {} (a sample; every MAC was verified)",
@@ -112,6 +160,43 @@ pub fn cpu_seconds(pid: Option<u32>) -> Option<f64> {
     let fields: Vec<&str> = rest.split_whitespace().collect();
     let ticks: f64 = fields.get(11)?.parse::<f64>().ok()? + fields.get(12)?.parse::<f64>().ok()?;
     Some(ticks / 100.0)
+}
+
+/// CPU seconds (user + system) of a process and of its children, live
+/// (as the direct children of `pid` listed in `/proc` now) and gone (the
+/// reaped children's times that the kernel adds to `pid`'s own): for
+/// PostgreSQL, whose postmaster forks a backend per connection.
+pub fn tree_cpu_seconds(pid: u32) -> Option<f64> {
+    // utime, stime, cutime, cstime: fields 14 to 17; ppid is field 4.
+    fn times(stat: &str) -> Option<(u32, f64)> {
+        let rest = stat.rsplit(')').next()?;
+        let f: Vec<&str> = rest.split_whitespace().collect();
+        let ppid = f.get(1)?.parse().ok()?;
+        let mut ticks = 0.0;
+        for i in 11..=14 {
+            ticks += f.get(i)?.parse::<f64>().ok()?;
+        }
+        Some((ppid, ticks / 100.0))
+    }
+    let (_, mut total) = times(&std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?)?;
+    for entry in std::fs::read_dir("/proc").ok()?.flatten() {
+        let name = entry.file_name();
+        let Some(child) = name.to_str().and_then(|n| n.parse::<u32>().ok()) else {
+            continue;
+        };
+        if child == pid {
+            continue;
+        }
+        if let Some((ppid, cpu)) = std::fs::read_to_string(format!("/proc/{child}/stat"))
+            .ok()
+            .and_then(|s| times(&s))
+        {
+            if ppid == pid {
+                total += cpu;
+            }
+        }
+    }
+    Some(total)
 }
 
 /// Resident memory of a process, KiB.
