@@ -57,7 +57,7 @@ const MAX_BACKOFF: Duration = Duration::from_secs(1);
 
 /// Entries read from the store at a time when another server's messages
 /// are fetched.
-const PAGE: usize = 256;
+pub(super) const PAGE: usize = 256;
 
 /// Something one server tells the others.
 #[derive(Debug, Clone, PartialEq, Eq)]

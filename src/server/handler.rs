@@ -614,8 +614,20 @@ pub(super) fn sent_reply(refs: Vec<MessageRef>, what: &str) -> Reply {
 /// Offers committed entries to every connection that follows their
 /// conversation (runs on the store's writer, in commit order; for
 /// another server's entries, on the cluster's notice thread).
+///
+/// An entry at or below the conversation's head here was offered already.
+/// In a cluster, entries another server committed just before ours may not
+/// have been announced yet: they are read first, once, rather than have
+/// every follower find the gap and read it for itself.
 pub(super) fn deliver(shared: &Shared, entries: Vec<LogEntry>) {
     for entry in entries {
+        let head = shared.state().head(&entry.conv);
+        if entry.seq <= head {
+            continue;
+        }
+        if entry.seq > head + 1 && shared.cluster.is_some() {
+            fill_gap(shared, &entry.conv, head + 1, entry.seq);
+        }
         let (links, group_key, notices) = {
             let mut st = shared.state();
             st.note_head(&entry.conv, entry.seq);
@@ -649,6 +661,30 @@ pub(super) fn deliver(shared: &Shared, entries: Vec<LogEntry>) {
         for link in links {
             link.offer(&prepared);
         }
+    }
+}
+
+/// Delivers `conv`'s stored entries from `from` up to (not including)
+/// `until`. On a store error the followers are left to find the gap and
+/// catch up from the store themselves, as they would anyway.
+fn fill_gap(shared: &Shared, conv: &ConvId, from: u64, until: u64) {
+    let mut from = from;
+    while from < until {
+        let limit = usize::try_from(until - from)
+            .unwrap_or(usize::MAX)
+            .min(super::cluster::PAGE);
+        let gap = match shared.store.read(conv, from, limit) {
+            Ok(gap) => gap,
+            Err(e) => {
+                tracing::warn!(%conv, "cannot read another server's messages: {e}");
+                return;
+            }
+        };
+        let Some(last) = gap.last().map(|e| e.seq) else {
+            return;
+        };
+        deliver(shared, gap.into_iter().filter(|e| e.seq < until).collect());
+        from = last + 1;
     }
 }
 
