@@ -627,11 +627,19 @@ fn resync(
     Ok(())
 }
 
+/// Reads an account another server may have created: known here after
+/// this, if it exists.
+pub(super) fn learn_user(shared: &Shared, user: &Username) -> Result<(), crate::store::StoreError> {
+    if let Some(record) = shared.store.user(user)? {
+        shared.state().add_account(&record);
+    }
+    Ok(())
+}
+
+/// [`learn_user`], where a failure is only worth a warning.
 pub(super) fn refresh_user(shared: &Shared, user: &Username) {
-    match shared.store.user(user) {
-        Ok(Some(record)) => shared.state().add_account(&record),
-        Ok(None) => {}
-        Err(e) => tracing::warn!(%user, "cannot read a new account: {e}"),
+    if let Err(e) = learn_user(shared, user) {
+        tracing::warn!(%user, "cannot read a new account: {e}");
     }
 }
 

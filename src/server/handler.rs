@@ -249,19 +249,15 @@ fn login(
     };
     let ok = match password {
         Some(pw) => {
-            let known = shared.state().verifier(username);
+            let mut verifier = shared.state().verifier(username);
             // Another server of a cluster may have created the account
             // a moment ago.
-            let verifier = match (known, &shared.cluster) {
-                (None, Some(_)) => match shared.store.user(username) {
-                    Ok(found) => found.map(|u| {
-                        shared.state().add_account(&u);
-                        u.verifier
-                    }),
-                    Err(e) => return Answer::Now(storage(e).into()),
-                },
-                (known, _) => known,
-            };
+            if verifier.is_none() && shared.cluster.is_some() {
+                if let Err(e) = super::cluster::learn_user(&shared, username) {
+                    return Answer::Now(storage(e).into());
+                }
+                verifier = shared.state().verifier(username);
+            }
             shared.passwords.check(verifier.as_deref(), pw)
         }
         None => valid_token,
@@ -410,14 +406,7 @@ fn set_member(s: &Session, g: &GroupName, user: Option<&Username>, change: Membe
         Box::new(move |result| {
             let reply = match result {
                 Ok((head, changed)) => {
-                    if changed {
-                        shared.tell(Notice::Group(group.clone()));
-                    }
-                    if shared.cluster.is_some() {
-                        // Another server's change to the group, read while
-                        // this one was pending, may have left it out.
-                        super::cluster::refresh_group(&shared, &group);
-                    }
+                    group_committed(&shared, &group, changed);
                     let conv = ConvId::Group(group.clone());
                     let (n, notices, links) = {
                         let mut st = shared.state();
@@ -497,13 +486,7 @@ fn manage(s: &Session, action: Manage, g: &GroupName, user: &Username) -> Answer
         shared.state().undo_change(g, undo);
         return Answer::Now(storage(e).into());
     }
-    shared.tell(Notice::Group(g.clone()));
-    if shared.cluster.is_some() {
-        // Our change is in memory but not in the version we last read:
-        // reading it back makes an older reading, still in flight from
-        // another server's notice, lose to it.
-        super::cluster::refresh_group(shared, g);
-    }
+    group_committed(shared, g, true);
     if let GroupChange::Invite { .. } = change {
         let invited = ServerMessage::Notice(GroupNotice {
             kind: NoticeKind::Invited,
@@ -517,6 +500,20 @@ fn manage(s: &Session, action: Manage, g: &GroupName, user: &Username) -> Answer
         }
     }
     Answer::Now(Reply::ok(done))
+}
+
+/// After a change to group `g` is stored (`changed`: it did change
+/// something): other servers are told, and in a cluster this one reads the
+/// group back. Its own change is in memory but not in the version it last
+/// read, so a reading from before it, still in flight from another
+/// server's notice, could otherwise undo it (or have left it out).
+fn group_committed(shared: &Shared, g: &GroupName, changed: bool) {
+    if changed {
+        shared.tell(Notice::Group(g.clone()));
+    }
+    if shared.cluster.is_some() {
+        super::cluster::refresh_group(shared, g);
+    }
 }
 
 /// Where a text goes.

@@ -78,6 +78,19 @@ struct Group {
 }
 
 impl Group {
+    /// The group as stored, under a key of this server's.
+    fn from_record(g: GroupRecord, key: GroupKey) -> Group {
+        Group {
+            owner: g.owner,
+            private: g.private,
+            members: g.members.into_iter().collect(),
+            admins: g.admins.into_iter().collect(),
+            invited: g.invited.into_iter().collect(),
+            key,
+            version: g.version,
+        }
+    }
+
     /// Whether `user` may invite and remove members.
     fn manages(&self, user: &Username) -> bool {
         self.owner == *user || self.admins.contains(user)
@@ -155,18 +168,9 @@ impl State {
         }
         for g in snapshot.groups {
             let key = state.new_group_key();
-            state.groups.insert(
-                g.name,
-                Group {
-                    owner: g.owner,
-                    private: g.private,
-                    members: g.members.into_iter().collect(),
-                    admins: g.admins.into_iter().collect(),
-                    invited: g.invited.into_iter().collect(),
-                    key,
-                    version: g.version,
-                },
-            );
+            state
+                .groups
+                .insert(g.name.clone(), Group::from_record(g, key));
         }
         state
     }
@@ -465,37 +469,17 @@ impl State {
         {
             return (Vec::new(), Vec::new(), Notices::default());
         }
-        let members: BTreeSet<Username> = record.members.into_iter().collect();
-        let old = match self.groups.get(&name) {
-            Some(g) => g.members.clone(),
-            None => BTreeSet::new(),
+        let (old, key) = match self.groups.remove(&name) {
+            Some(g) => (g.members, g.key),
+            None => {
+                self.heads.entry(ConvId::Group(name.clone())).or_insert(0);
+                (BTreeSet::new(), self.new_group_key())
+            }
         };
-        if !self.groups.contains_key(&name) {
-            let key = self.new_group_key();
-            self.heads.entry(ConvId::Group(name.clone())).or_insert(0);
-            self.groups.insert(
-                name.clone(),
-                Group {
-                    owner: record.owner.clone(),
-                    private: record.private,
-                    members: BTreeSet::new(),
-                    admins: BTreeSet::new(),
-                    invited: BTreeSet::new(),
-                    key,
-                    version: record.version,
-                },
-            );
-        }
-        let joined: Vec<Username> = members.difference(&old).cloned().collect();
-        let left: Vec<Username> = old.difference(&members).cloned().collect();
-        if let Some(g) = self.groups.get_mut(&name) {
-            g.owner = record.owner;
-            g.private = record.private;
-            g.members = members;
-            g.admins = record.admins.into_iter().collect();
-            g.invited = record.invited.into_iter().collect();
-            g.version = record.version;
-        }
+        let group = Group::from_record(record, key);
+        let joined: Vec<Username> = group.members.difference(&old).cloned().collect();
+        let left: Vec<Username> = old.difference(&group.members).cloned().collect();
+        self.groups.insert(name.clone(), group);
         // A new key reaches every member, joiners included.
         if !left.is_empty() {
             let notices = self.rotate_group_key(&name);
