@@ -618,21 +618,31 @@ pub(super) fn sent_reply(refs: Vec<MessageRef>, what: &str) -> Reply {
 /// every follower find the gap and read it for itself.
 pub(super) fn deliver(shared: &Shared, entries: Vec<LogEntry>) {
     for entry in entries {
-        let head = shared.state().head(&entry.conv);
-        if entry.seq <= head {
-            continue;
-        }
-        if entry.seq > head + 1 && shared.cluster.is_some() {
-            fill_gap(shared, &entry.conv, head + 1, entry.seq);
-        }
+        // A group text is sealed once for every recipient (below); its size
+        // counts towards the key's limit.
+        let group_text = match (&entry.conv, &entry.content) {
+            (ConvId::Group(_), Content::Text { .. }) => {
+                match entry_message(&entry, &entry.from, false) {
+                    ServerMessage::Msg(d) => Some(d),
+                    _ => None,
+                }
+            }
+            _ => None,
+        };
         let (links, group_key, notices) = {
             let mut st = shared.state();
+            let head = st.head(&entry.conv);
+            if entry.seq <= head {
+                continue;
+            }
+            if entry.seq > head + 1 && shared.cluster.is_some() {
+                drop(st);
+                fill_gap(shared, &entry.conv, head + 1, entry.seq);
+                st = shared.state();
+            }
             st.note_head(&entry.conv, entry.seq);
-            let group_key = match (&entry.conv, &entry.content) {
-                (ConvId::Group(g), Content::Text { .. }) => {
-                    let blocks = envelope_blocks(&entry);
-                    st.group_key(g, blocks)
-                }
+            let group_key = match (&entry.conv, &group_text) {
+                (ConvId::Group(g), Some(d)) => st.group_key(g, Delivery::envelope_blocks(d)),
                 _ => None,
             };
             let (key, notices) = match group_key {
@@ -642,17 +652,14 @@ pub(super) fn deliver(shared: &Shared, entries: Vec<LogEntry>) {
             (st.followers(&entry.conv), key, notices)
         };
         notices.send();
-        // The envelope is sealed once, outside the lock; each recipient's
-        // frame adds only a MAC.
-        let group_frame = group_key.and_then(|k| {
-            let ServerMessage::Msg(d) = entry_message(&entry, &entry.from, false) else {
-                return None;
-            };
-            Some(Outgoing::from(&ServerMessage::GroupMsg {
+        // The envelope is sealed outside the lock; each recipient's frame
+        // adds only a MAC.
+        let group_frame = group_key.zip(group_text).map(|(k, d)| {
+            Outgoing::from(&ServerMessage::GroupMsg {
                 key_id: k.id,
                 seq: entry.seq,
                 body: d.seal_for_group(&k.key),
-            }))
+            })
         });
         let prepared = Prepared::new(entry, group_frame);
         for link in links {
@@ -682,13 +689,6 @@ fn fill_gap(shared: &Shared, conv: &ConvId, from: u64, until: u64) {
         };
         deliver(shared, gap.into_iter().filter(|e| e.seq < until).collect());
         from = last + 1;
-    }
-}
-
-fn envelope_blocks(entry: &LogEntry) -> u64 {
-    match entry_message(entry, &entry.from, false) {
-        ServerMessage::Msg(d) => Delivery::envelope_blocks(&d),
-        _ => 0,
     }
 }
 
