@@ -97,8 +97,9 @@ impl Notice {
     }
 }
 
-/// Merges notices kept while Redis was away: one per conversation (its
-/// highest), group or user, so they stay few however long the outage.
+/// Merges notices waiting to be published: one per conversation (its
+/// highest), group or user, so they stay few however long a burst or an
+/// outage.
 fn merge(notices: Vec<Notice>) -> Vec<Notice> {
     let mut heads: BTreeMap<ConvId, u64> = BTreeMap::new();
     let mut others: BTreeSet<String> = BTreeSet::new();
@@ -257,6 +258,9 @@ impl Cluster {
             if pending.is_empty() {
                 continue;
             }
+            // A burst (or an outage) that advanced a conversation several
+            // times is told once, at its highest.
+            pending = merge(pending);
             let sent = (|| -> redis::RedisResult<()> {
                 if con.is_none() {
                     con = Some(self.connect()?);
@@ -279,7 +283,6 @@ impl Cluster {
                 Err(e) => {
                     con = None;
                     outage.failed(&e);
-                    pending = merge(pending);
                     backoff = (backoff * 2).min(MAX_BACKOFF);
                 }
             }

@@ -468,12 +468,7 @@ fn apply(
                     "INSERT INTO conversations (key, head) VALUES ($1, 0) ON CONFLICT DO NOTHING",
                     &[&conv],
                 )?;
-                tx.execute(
-                    "INSERT INTO cursors (username, conv, acked)
-                     SELECT $1, key, head FROM conversations WHERE key = $2
-                     ON CONFLICT (username, conv) DO UPDATE SET acked = EXCLUDED.acked",
-                    &[&owner.as_str(), &conv],
-                )?;
+                cursor_at_head(tx, owner, &conv)?;
             }
             count(u64::from(created))
         }
@@ -486,12 +481,7 @@ fn apply(
                     &[&g.as_str(), &u.as_str()],
                 )? == 1;
                 if added {
-                    tx.execute(
-                        "INSERT INTO cursors (username, conv, acked)
-                         SELECT $1, key, head FROM conversations WHERE key = $2
-                         ON CONFLICT (username, conv) DO UPDATE SET acked = EXCLUDED.acked",
-                        &[&u.as_str(), &conv],
-                    )?;
+                    cursor_at_head(tx, u, &conv)?;
                     tx.execute(
                         "DELETE FROM invites WHERE group_name = $1 AND username = $2",
                         &[&g.as_str(), &u.as_str()],
@@ -637,6 +627,18 @@ fn apply(
             count(n as u64)
         }
     }
+}
+
+/// Starts `user`'s cursor in `conv` at its head: a new member does not
+/// get the group's past as unread.
+fn cursor_at_head(tx: &mut Transaction<'_>, user: &Username, conv: &str) -> StoreResult<()> {
+    tx.execute(
+        "INSERT INTO cursors (username, conv, acked)
+         SELECT $1, key, head FROM conversations WHERE key = $2
+         ON CONFLICT (username, conv) DO UPDATE SET acked = EXCLUDED.acked",
+        &[&user.as_str(), &conv],
+    )?;
+    Ok(())
 }
 
 /// Counts a change to the group (see [`GroupRecord::version`]).
