@@ -136,9 +136,8 @@ pub struct Cluster {
     client: redis::Client,
     outgoing: Sender<Notice>,
     outgoing_rx: Receiver<Notice>,
-    /// A connection for requests (LIST's presence), opened again when it
-    /// breaks.
-    requests: Mutex<Option<redis::Connection>>,
+    /// For requests (LIST's presence).
+    requests: Kept,
     stopping: AtomicBool,
 }
 
@@ -180,10 +179,10 @@ impl Cluster {
         let (outgoing, outgoing_rx) = unbounded();
         Ok(Cluster {
             node,
+            requests: Kept::new(&client),
             client,
             outgoing,
             outgoing_rx,
-            requests: Mutex::new(None),
             stopping: AtomicBool::new(false),
         })
     }
@@ -232,14 +231,11 @@ impl Cluster {
     }
 
     fn connect(&self) -> redis::RedisResult<redis::Connection> {
-        let c = self.client.get_connection_with_timeout(REDIS_TIMEOUT)?;
-        c.set_read_timeout(Some(REDIS_TIMEOUT))?;
-        c.set_write_timeout(Some(REDIS_TIMEOUT))?;
-        Ok(c)
+        connect(&self.client)
     }
 
     fn publish_loop(&self) {
-        let mut con: Option<redis::Connection> = None;
+        let con = Kept::new(&self.client);
         let mut pending: Vec<Notice> = Vec::new();
         let mut outage = Outage::new("publishing");
         let mut backoff = Duration::from_millis(50);
@@ -261,10 +257,7 @@ impl Cluster {
             // A burst (or an outage) that advanced a conversation several
             // times is told once, at its highest.
             pending = merge(pending);
-            let sent = (|| -> redis::RedisResult<()> {
-                if con.is_none() {
-                    con = Some(self.connect()?);
-                }
+            let sent = con.with(|con| {
                 let mut pipe = redis::pipe();
                 for n in &pending {
                     pipe.cmd("PUBLISH")
@@ -272,8 +265,8 @@ impl Cluster {
                         .arg(n.to_wire(&self.node))
                         .ignore();
                 }
-                pipe.exec(con.as_mut().ok_or_else(redis_gone)?)
-            })();
+                pipe.exec(con)
+            });
             match sent {
                 Ok(()) => {
                     pending.clear();
@@ -281,7 +274,6 @@ impl Cluster {
                     backoff = Duration::from_millis(50);
                 }
                 Err(e) => {
-                    con = None;
                     outage.failed(&e);
                     backoff = (backoff * 2).min(MAX_BACKOFF);
                 }
@@ -389,7 +381,7 @@ impl Cluster {
     }
 
     fn presence_loop(&self, shared: &Weak<Shared>) {
-        let mut con: Option<redis::Connection> = None;
+        let con = Kept::new(&self.client);
         let mut outage = Outage::new("presence");
         let key = presence_key(&self.node);
         while !self.stopping() {
@@ -397,10 +389,7 @@ impl Cluster {
                 return;
             };
             let now = crate::clock::now_ms();
-            let wrote = (|| -> redis::RedisResult<()> {
-                if con.is_none() {
-                    con = Some(self.connect()?);
-                }
+            let wrote = con.with(|con| {
                 let mut pipe = redis::pipe();
                 pipe.atomic().del(&key).ignore();
                 if !users.is_empty() {
@@ -413,14 +402,11 @@ impl Cluster {
                     .ignore()
                     .zrembyscore(NODES, 0, now.saturating_sub(60_000))
                     .ignore();
-                pipe.exec(con.as_mut().ok_or_else(redis_gone)?)
-            })();
+                pipe.exec(con)
+            });
             match wrote {
                 Ok(()) => outage.ok(),
-                Err(e) => {
-                    con = None;
-                    outage.failed(&e);
-                }
+                Err(e) => outage.failed(&e),
             }
             let until = Instant::now() + PRESENCE_EVERY;
             while Instant::now() < until && !self.stopping() {
@@ -432,35 +418,31 @@ impl Cluster {
     /// Users logged in to the other servers (empty if Redis cannot be
     /// reached: `LIST` then shows this server's users only).
     pub fn online_elsewhere(&self) -> BTreeSet<Username> {
-        let mut slot = self.requests.lock().unwrap_or_else(|e| e.into_inner());
-        let result = (|| -> redis::RedisResult<Vec<String>> {
-            if slot.is_none() {
-                *slot = Some(self.connect()?);
-            }
-            let con = slot.as_mut().ok_or_else(redis_gone)?;
-            let since = crate::clock::now_ms().saturating_sub(PRESENCE_TTL.as_millis() as u64);
-            let nodes: Vec<String> = redis::cmd("ZRANGEBYSCORE")
-                .arg(NODES)
-                .arg(since)
-                .arg("+inf")
-                .query(con)?;
-            let keys: Vec<String> = nodes
-                .iter()
-                .filter(|n| **n != self.node)
-                .map(|n| presence_key(n))
-                .collect();
-            if keys.is_empty() {
-                return Ok(Vec::new());
-            }
-            redis::cmd("SUNION").arg(keys).query(con)
-        })();
+        let result = self
+            .requests
+            .with(|con| -> redis::RedisResult<Vec<String>> {
+                let since = crate::clock::now_ms().saturating_sub(PRESENCE_TTL.as_millis() as u64);
+                let nodes: Vec<String> = redis::cmd("ZRANGEBYSCORE")
+                    .arg(NODES)
+                    .arg(since)
+                    .arg("+inf")
+                    .query(con)?;
+                let keys: Vec<String> = nodes
+                    .iter()
+                    .filter(|n| **n != self.node)
+                    .map(|n| presence_key(n))
+                    .collect();
+                if keys.is_empty() {
+                    return Ok(Vec::new());
+                }
+                redis::cmd("SUNION").arg(keys).query(con)
+            });
         match result {
             Ok(names) => names
                 .iter()
                 .filter_map(|n| Username::parse(n).ok())
                 .collect(),
             Err(e) => {
-                *slot = None;
                 tracing::debug!("presence unavailable: {e}");
                 BTreeSet::new()
             }
@@ -473,11 +455,10 @@ impl Cluster {
 /// written in one optimistic transaction (`WATCH`/`MULTI`), so attempts
 /// on several servers at once all see each other.
 pub struct RedisCounts {
-    client: redis::Client,
     /// For the counts' transactions.
-    counts: Mutex<Option<redis::Connection>>,
+    counts: Kept,
     /// For the password-check budget (taken while a transaction is open).
-    checks: Mutex<Option<redis::Connection>>,
+    checks: Kept,
 }
 
 /// Transactions retried when another server changed the counts meanwhile.
@@ -487,36 +468,52 @@ impl RedisCounts {
     /// Counts in the Redis the cluster uses.
     pub fn new(cluster: &Cluster) -> RedisCounts {
         RedisCounts {
-            client: cluster.client.clone(),
-            counts: Mutex::new(None),
-            checks: Mutex::new(None),
+            counts: Kept::new(&cluster.client),
+            checks: Kept::new(&cluster.client),
+        }
+    }
+}
+
+/// A Redis connection kept between calls: opened when first needed, and
+/// dropped when a call on it fails, so the next one opens a new one (how
+/// every thread here rides out a Redis restart).
+struct Kept {
+    client: redis::Client,
+    slot: Mutex<Option<redis::Connection>>,
+}
+
+impl Kept {
+    fn new(client: &redis::Client) -> Kept {
+        Kept {
+            client: client.clone(),
+            slot: Mutex::new(None),
         }
     }
 
-    /// Runs `f` on a connection from `slot` (opened if needed; dropped if
-    /// it fails, so the next call opens a new one).
+    /// Runs `f` on the connection, one caller at a time.
     fn with<T>(
         &self,
-        slot: &Mutex<Option<redis::Connection>>,
         f: impl FnOnce(&mut redis::Connection) -> redis::RedisResult<T>,
-    ) -> Result<T, String> {
-        let mut slot = slot.lock().unwrap_or_else(|e| e.into_inner());
-        if slot.is_none() {
-            let c = self
-                .client
-                .get_connection_with_timeout(REDIS_TIMEOUT)
-                .map_err(|e| e.to_string())?;
-            let _ = c.set_read_timeout(Some(REDIS_TIMEOUT));
-            let _ = c.set_write_timeout(Some(REDIS_TIMEOUT));
-            *slot = Some(c);
-        }
-        let con = slot.as_mut().ok_or("no connection")?;
+    ) -> redis::RedisResult<T> {
+        let mut slot = self.slot.lock().unwrap_or_else(|e| e.into_inner());
+        let con = match &mut *slot {
+            Some(con) => con,
+            empty => empty.insert(connect(&self.client)?),
+        };
         let r = f(con);
         if r.is_err() {
             *slot = None;
         }
-        r.map_err(|e| e.to_string())
+        r
     }
+}
+
+/// A connection with the timeouts every Redis call here runs under.
+fn connect(client: &redis::Client) -> redis::RedisResult<redis::Connection> {
+    let c = client.get_connection_with_timeout(REDIS_TIMEOUT)?;
+    c.set_read_timeout(Some(REDIS_TIMEOUT))?;
+    c.set_write_timeout(Some(REDIS_TIMEOUT))?;
+    Ok(c)
 }
 
 impl super::limits::SharedCounts for RedisCounts {
@@ -527,69 +524,74 @@ impl super::limits::SharedCounts for RedisCounts {
         f: &mut dyn FnMut(&mut [Option<Count>]) -> bool,
     ) -> Result<bool, String> {
         let names: Vec<String> = keys.iter().map(|k| format!("muchat:login:{k}")).collect();
-        self.with(&self.counts, |con| {
-            for _ in 0..COUNT_RETRIES {
-                redis::cmd("WATCH").arg(&names).exec(con)?;
-                let mut counts = Vec::with_capacity(names.len());
-                for n in &names {
-                    let v: Vec<Option<u64>> = redis::cmd("HMGET")
-                        .arg(n)
-                        .arg(&["f", "i", "la", "l"])
-                        .query(con)?;
-                    counts.push(match v.as_slice() {
-                        [Some(f), Some(i), Some(la), Some(l)] => Some(Count {
-                            failures: *f as u32,
-                            in_flight: *i as u32,
-                            last_attempt_ms: *la,
-                            last_ms: *l,
-                        }),
-                        _ => None,
-                    });
-                }
-                let before = counts.clone();
-                let result = f(&mut counts);
-                if counts == before {
-                    redis::cmd("UNWATCH").exec(con)?;
-                    return Ok(result);
-                }
-                let mut pipe = redis::pipe();
-                pipe.atomic();
-                for (n, c) in names.iter().zip(&counts) {
-                    if let Some(c) = c {
-                        pipe.hset_multiple(
-                            n,
-                            &[
-                                ("f", u64::from(c.failures)),
-                                ("i", u64::from(c.in_flight)),
-                                ("la", c.last_attempt_ms),
-                                ("l", c.last_ms),
-                            ],
-                        )
-                        .pexpire(n, lapse.as_millis() as i64);
+        self.counts
+            .with(|con| {
+                for _ in 0..COUNT_RETRIES {
+                    redis::cmd("WATCH").arg(&names).exec(con)?;
+                    let mut counts = Vec::with_capacity(names.len());
+                    for n in &names {
+                        let v: Vec<Option<u64>> = redis::cmd("HMGET")
+                            .arg(n)
+                            .arg(&["f", "i", "la", "l"])
+                            .query(con)?;
+                        counts.push(match v.as_slice() {
+                            [Some(f), Some(i), Some(la), Some(l)] => Some(Count {
+                                failures: *f as u32,
+                                in_flight: *i as u32,
+                                last_attempt_ms: *la,
+                                last_ms: *l,
+                            }),
+                            _ => None,
+                        });
                     }
+                    let before = counts.clone();
+                    let result = f(&mut counts);
+                    if counts == before {
+                        redis::cmd("UNWATCH").exec(con)?;
+                        return Ok(result);
+                    }
+                    let mut pipe = redis::pipe();
+                    pipe.atomic();
+                    for (n, c) in names.iter().zip(&counts) {
+                        if let Some(c) = c {
+                            pipe.hset_multiple(
+                                n,
+                                &[
+                                    ("f", u64::from(c.failures)),
+                                    ("i", u64::from(c.in_flight)),
+                                    ("la", c.last_attempt_ms),
+                                    ("l", c.last_ms),
+                                ],
+                            )
+                            .pexpire(n, lapse.as_millis() as i64);
+                        }
+                    }
+                    let done: redis::Value = pipe.query(con)?;
+                    if !matches!(done, redis::Value::Nil) {
+                        return Ok(result);
+                    }
+                    // Another server changed a count meanwhile: decide again.
                 }
-                let done: redis::Value = pipe.query(con)?;
-                if !matches!(done, redis::Value::Nil) {
-                    return Ok(result);
-                }
-                // Another server changed a count meanwhile: decide again.
-            }
-            Err(redis::RedisError::from(std::io::Error::other(
-                "login counts kept changing under this server",
-            )))
-        })
+                Err(redis::RedisError::from(std::io::Error::other(
+                    "login counts kept changing under this server",
+                )))
+            })
+            .map_err(|e| e.to_string())
     }
 
     fn take_check(&self, rate: u32) -> Result<Result<(), Duration>, String> {
         let now = crate::clock::now_ms();
         let key = format!("muchat:checks:{}", now / 1000);
-        let taken: (u64, bool) = self.with(&self.checks, |con| {
-            redis::pipe()
-                .atomic()
-                .incr(&key, 1)
-                .expire(&key, 2)
-                .query(con)
-        })?;
+        let taken: (u64, bool) = self
+            .checks
+            .with(|con| {
+                redis::pipe()
+                    .atomic()
+                    .incr(&key, 1)
+                    .expire(&key, 2)
+                    .query(con)
+            })
+            .map_err(|e| e.to_string())?;
         Ok(if taken.0 <= u64::from(rate) {
             Ok(())
         } else {
@@ -600,10 +602,6 @@ impl super::limits::SharedCounts for RedisCounts {
 
 fn presence_key(node: &str) -> String {
     format!("muchat:presence:{node}")
-}
-
-fn redis_gone() -> redis::RedisError {
-    redis::RedisError::from(std::io::Error::other("no connection"))
 }
 
 /// Catches up with the store after a time of not listening: accounts and
