@@ -264,7 +264,7 @@ impl Link {
         let seq = p.entry.seq;
         let mut st = self.lock();
         // A direct conversation that began after this login starts at 1.
-        if !st.convs.contains_key(conv) && conv.direct_users().is_some() {
+        if conv.direct_users().is_some() && !st.convs.contains_key(conv) {
             st.convs.insert(
                 conv.clone(),
                 Progress {
@@ -275,7 +275,7 @@ impl Link {
                 },
             );
         }
-        let behind = st.behind.contains(conv);
+        let behind = !st.behind.is_empty() && st.behind.contains(conv);
         let st = &mut *st;
         let Some(progress) = st.convs.get_mut(conv) else {
             return;
@@ -295,7 +295,7 @@ impl Link {
         }
         if seq == progress.next && !behind && self.outbox.has_room() {
             if let Some(frame) = p.live_frame(&self.user) {
-                if self.outbox.push(frame.clone()).is_ok() {
+                if self.outbox.push_live(frame.clone()).is_ok() {
                     progress.next += 1;
                 }
                 return;

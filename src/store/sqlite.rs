@@ -448,10 +448,11 @@ fn failed_batch(n: usize, e: &rusqlite::Error) -> Vec<StoreResult<Outcome>> {
 
 /// Runs `f` inside a savepoint, so a failure undoes only its own writes.
 fn atomically<T>(tx: &Connection, f: impl FnOnce() -> StoreResult<T>) -> StoreResult<T> {
-    tx.execute_batch("SAVEPOINT op")?;
+    // Prepared once: every append runs in a savepoint.
+    tx.prepare_cached("SAVEPOINT op")?.execute([])?;
     match f() {
         Ok(v) => {
-            tx.execute_batch("RELEASE op")?;
+            tx.prepare_cached("RELEASE op")?.execute([])?;
             Ok(v)
         }
         Err(e) => {
@@ -625,22 +626,30 @@ fn append(tx: &Connection, a: &Append) -> StoreResult<Appended> {
     let mut entries = Vec::with_capacity(a.convs.len());
     for conv in &a.convs {
         let k = conv.key();
-        let created = tx
-            .prepare_cached("INSERT OR IGNORE INTO conversations (key, head) VALUES (?1, 0)")?
-            .execute([&k])?
-            == 1;
-        if let (true, Some((x, y))) = (created, conv.direct_users()) {
-            let mut cursor = tx.prepare_cached(
-                "INSERT OR IGNORE INTO cursors (username, conv, acked) VALUES (?1, ?2, 0)",
-            )?;
-            cursor.execute(params![x.as_str(), k])?;
-            cursor.execute(params![y.as_str(), k])?;
-        }
-        let seq: i64 = tx
-            .prepare_cached(
+        let next = |tx: &Connection| {
+            tx.prepare_cached(
                 "UPDATE conversations SET head = head + 1 WHERE key = ?1 RETURNING head",
             )?
-            .query_row([&k], |r| r.get(0))?;
+            .query_row([&k], |r| r.get::<_, i64>(0))
+            .optional()
+        };
+        // The conversation exists, except for the first message between
+        // two users (a group's is made with the group).
+        let seq = match next(tx)? {
+            Some(seq) => seq,
+            None => {
+                tx.prepare_cached("INSERT INTO conversations (key, head) VALUES (?1, 0)")?
+                    .execute([&k])?;
+                if let Some((x, y)) = conv.direct_users() {
+                    let mut cursor = tx.prepare_cached(
+                        "INSERT OR IGNORE INTO cursors (username, conv, acked) VALUES (?1, ?2, 0)",
+                    )?;
+                    cursor.execute(params![x.as_str(), k])?;
+                    cursor.execute(params![y.as_str(), k])?;
+                }
+                next(tx)?.ok_or(StoreError::Corrupt("conversations"))?
+            }
+        };
         tx.prepare_cached(
             "INSERT INTO log (conv, seq, at_ms, sender, kind, key, body, file_id)
              VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
