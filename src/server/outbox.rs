@@ -169,6 +169,10 @@ struct Inner {
     carried: AtomicUsize,
     /// Wakes a reader waiting for room.
     room: (Mutex<()>, Condvar),
+    /// Readers waiting for room: notifying a condition variable costs a
+    /// system call even when nobody waits, and writers would pay it after
+    /// every write.
+    room_waiters: AtomicUsize,
     limits: OutboxLimits,
     budget: Arc<Budget>,
     pool: Sender<Job>,
@@ -189,7 +193,17 @@ impl Inner {
         if let Some(stream) = &self.stream {
             let _ = stream.0.shutdown(Shutdown::Both);
         }
-        self.room.1.notify_all();
+        self.wake_room();
+    }
+
+    /// Wakes the readers waiting for room, if any. A waiter counts itself
+    /// before it checks for room, and callers change what it checks
+    /// before calling this, so no wake-up is lost.
+    fn wake_room(&self) {
+        if self.room_waiters.load(Ordering::SeqCst) > 0 {
+            let _held = self.room.0.lock().unwrap_or_else(|e| e.into_inner());
+            self.room.1.notify_all();
+        }
     }
 
     fn add_bytes(&self, n: usize) {
@@ -208,6 +222,15 @@ impl Drop for Inner {
         // Whatever was still queued leaves the server's budget.
         let left = *self.bytes.get_mut();
         self.budget.used.fetch_sub(left, Ordering::AcqRel);
+    }
+}
+
+/// Counts a reader out of [`Inner::room_waiters`] however its wait ends.
+struct Waiting<'a>(&'a AtomicUsize);
+
+impl Drop for Waiting<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
     }
 }
 
@@ -288,6 +311,8 @@ impl Outbox {
     pub fn wait_for_room(&self) -> bool {
         let (lock, cvar) = &self.inner.room;
         let mut guard = lock.lock().unwrap_or_else(|e| e.into_inner());
+        self.inner.room_waiters.fetch_add(1, Ordering::SeqCst);
+        let _waiting = Waiting(&self.inner.room_waiters);
         let mut last = self.queued();
         let mut since = Instant::now();
         while self.queued() >= self.inner.limits.window {
@@ -354,7 +379,7 @@ impl Outbox {
         match self.inner.queue.recv_timeout(timeout) {
             Ok(Item::Frame(o)) => {
                 self.inner.sub_bytes(o.cost());
-                self.inner.room.1.notify_all();
+                self.inner.wake_room();
                 Some(o)
             }
             Ok(Item::Close) => {
@@ -608,6 +633,7 @@ impl WriterPool {
             bytes: AtomicUsize::new(0),
             carried: AtomicUsize::new(0),
             room: (Mutex::new(()), Condvar::new()),
+            room_waiters: AtomicUsize::new(0),
             limits: self.limits,
             budget: Arc::clone(&self.budget),
             pool,
@@ -712,7 +738,7 @@ fn serve(inner: &Arc<Inner>) -> Served {
         inner.carried.fetch_sub(carried, Ordering::AcqRel);
         inner.sub_bytes(carried);
     }
-    inner.room.1.notify_all();
+    inner.wake_room();
     if inner.bytes.load(Ordering::Acquire) < REFILL_BELOW {
         let hook = inner.hook.lock().unwrap_or_else(|e| e.into_inner()).clone();
         if let Some(h) = hook.and_then(|h| h.upgrade()) {
