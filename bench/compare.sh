@@ -11,6 +11,15 @@
 #      bench/compare.sh 50/1/2000      # one shape
 # Environment:
 #   NGIRCD_FANOUT  the peer script (default ../shared/peer-bench/ngircd-fanout.sh)
+#   ROUNDS         how many times to run every shape (default 3); the table
+#                  gives each figure's median over the rounds and the range
+#                  of the per-round ratios (one run is noisy: the generators
+#                  share the CPUs with the servers)
+#   WINDOW         requests muchat's generator keeps unanswered per sender
+#                  (default: the IRC generator's window for the shape, which
+#                  it reports: 15 lines for 100-byte messages, so both servers
+#                  get the same offered load; loadgen's own default, 8, is
+#                  the window of the latency target)
 #   DEADLINE       muchat loadgen's --deadline, seconds (default 120); the
 #                  IRC generator stops itself after at most 60 s
 #   DATA_ROOT      where the work directory goes (default ${TMPDIR:-/tmp});
@@ -33,6 +42,8 @@ root=$(cd "$(dirname "$0")/.." && pwd)
 . "$root/bench/lib.sh"
 fanout=${NGIRCD_FANOUT:-$root/../shared/peer-bench/ngircd-fanout.sh}
 deadline=${DEADLINE:-120}
+rounds=${ROUNDS:-3}
+window=${WINDOW:-}
 shapes=("$@")
 [ ${#shapes[@]} -gt 0 ] || shapes=(50/1/2000 200/10/200 1000/1/200)
 
@@ -44,6 +55,8 @@ fi
 [ -x "$fanout" ] || { echo "compare.sh: peer script $fanout not found (set NGIRCD_FANOUT)" >&2; exit 2; }
 command -v python3 >/dev/null || { echo "compare.sh: python3 is needed" >&2; exit 2; }
 [[ $deadline =~ ^[1-9][0-9]*$ ]] || { echo "compare.sh: DEADLINE must be whole seconds" >&2; exit 2; }
+[[ $rounds =~ ^[1-9][0-9]*$ ]] || { echo "compare.sh: ROUNDS must be a whole number >= 1" >&2; exit 2; }
+[[ -z $window || $window =~ ^[1-9][0-9]*$ ]] || { echo "compare.sh: WINDOW must be a whole number >= 1" >&2; exit 2; }
 
 max_members=0
 for shape in "${shapes[@]}"; do
@@ -108,22 +121,32 @@ echo
 
 start=$SECONDS
 rows=()
+for round in $(seq "$rounds"); do
 i=0
 for shape in "${shapes[@]}"; do
     i=$((i + 1))
     IFS=/ read -r n s m b <<<"$shape"
     b=${b:-100}
-    tag=$i-$n-$s-$m-$b
+    tag=r$round-$i-$n-$s-$m-$b
     t0=$SECONDS
-    echo "compare.sh: [$i/${#shapes[@]}] $n/$s/$m x $b B: ngircd ..." >&2
+    echo "compare.sh: round $round/$rounds [$i/${#shapes[@]}] $n/$s/$m x $b B: ngircd ..." >&2
     rc_i=0
     run_child timeout 900 "$fanout" "$n" "$s" "$m" "$b" \
         >"$work/$tag.ngircd.out" 2>"$work/$tag.ngircd.err" || rc_i=$?
     t1=$SECONDS
-    echo "compare.sh: [$i/${#shapes[@]}] $n/$s/$m x $b B: muchat ..." >&2
+    # The same number of requests in flight as the IRC generator kept.
+    w=$window
+    if [ -z "$w" ]; then
+        w=$(python3 -c 'import json, sys
+for line in reversed(open(sys.argv[1]).read().splitlines()):
+    if line.startswith("{"):
+        print(json.loads(line).get("window", "")); break' "$work/$tag.ngircd.out" 2>/dev/null || true)
+        [[ $w =~ ^[1-9][0-9]*$ ]] || w=15
+    fi
+    echo "compare.sh: round $round/$rounds [$i/${#shapes[@]}] $n/$s/$m x $b B: muchat (window $w) ..." >&2
     rc_m=0
     run_child env DEADLINE="$deadline" MUCHAT_BIN="$work/bin" "$root/bench/run.sh" "$work/$tag.muchat-data" \
-        --members "$n" --senders "$s" --messages "$m" --size "$b" \
+        --members "$n" --senders "$s" --messages "$m" --size "$b" --window "$w" \
         >"$work/$tag.muchat.out" 2>"$work/$tag.muchat.err" || rc_m=$?
     t2=$SECONDS
     # Keep the server log, not the store.
@@ -131,17 +154,18 @@ for shape in "${shapes[@]}"; do
         mv "$work/$tag.muchat-data/server.log" "$work/$tag.muchat-server.log"
     fi
     rm -rf "$work/$tag.muchat-data"
-    rows+=("$n/$s/$m/$b|$work/$tag|$rc_i|$rc_m|$((t1 - t0))|$((t2 - t1))")
+    rows+=("$n/$s/$m/$b|$work/$tag|$rc_i|$rc_m|$((t1 - t0))|$((t2 - t1))|$w")
     echo "compare.sh: [$i/${#shapes[@]}] done: ngircd rc $rc_i $((t1 - t0)) s," \
         "muchat rc $rc_m $((t2 - t1)) s" >&2
+done
 done
 elapsed=$((SECONDS - start))
 
 status=0
-python3 - "$(nproc)" "$elapsed" "${rows[@]}" <<'PY' || status=$?
-import json, os, re, sys
+python3 - "$(nproc)" "$elapsed" "$rounds" "${rows[@]}" <<'PY' || status=$?
+import json, os, re, statistics, sys
 
-ncpu, elapsed, rows = sys.argv[1], int(sys.argv[2]), sys.argv[3:]
+ncpu, elapsed, rounds, rows = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), sys.argv[4:]
 
 def last_json(path, key):
     """The last line of a file that parses as a JSON object holding `key`."""
@@ -173,7 +197,7 @@ def fnum(x, fmt):
 
 table, notes, bad = [], [], False
 for row in rows:
-    shape, base, rc_i, rc_m, t_i, t_m = row.split("|")
+    shape, base, rc_i, rc_m, t_i, t_m, window = row.split("|")
     n, s, m, b = shape.split("/")
     label = f"{n}/{s}/{m}" + ("" if b == "100" else f" x{b}B")
     # ngircd: CPU per delivery from the generator's send-phase figures.
@@ -220,23 +244,41 @@ for row in rows:
         elif l.startswith("  ") and ("WARN" in l or "ERROR" in l):
             notes.append(f"{label}:   {l.strip()[:160]}")
     ratio = m_us / i_us if (m_us is not None and i_us) else None
-    table.append((label, i_us, i_rate, i_p99, m_us, m_rate, m_p99, ratio, t_i, t_m))
+    table.append((label, i_us, i_rate, i_p99, m_us, m_rate, m_p99, ratio, t_i, t_m, window))
 
-w = max(5, *(len(r[0]) for r in table))
+def median(xs):
+    xs = [x for x in xs if x is not None]
+    return statistics.median(xs) if xs else None
+
+# One line per shape: medians over the rounds, and the spread of the ratio.
+shapes = {}
+for r in table:
+    shapes.setdefault(r[0], []).append(r)
+w = max(5, *(len(k) for k in shapes))
 print(f"{'':{w}}  {'--------- ngircd ---------':>26}  {'--------- muchat ---------':>26}")
-print(f"{'shape':{w}}  {'us/dlv':>6} {'dlv/s':>10} {'p99 ms':>8}  {'us/dlv':>6} {'dlv/s':>10} {'p99 ms':>8}  {'ratio':>6}")
-for label, i_us, i_rate, i_p99, m_us, m_rate, m_p99, ratio, _, _ in table:
-    print(f"{label:{w}}  {fnum(i_us, '6.2f')} {fnum(i_rate, '10,.0f')} {fnum(i_p99, '8.2f')}"
-          f"  {fnum(m_us, '6.2f')} {fnum(m_rate, '10,.0f')} {fnum(m_p99, '8.2f')}"
-          f"  {(fnum(ratio, '.1f') + 'x') if ratio is not None else '-':>6}")
+print(f"{'shape':{w}}  {'us/dlv':>6} {'dlv/s':>10} {'p99 ms':>8}  {'us/dlv':>6} {'dlv/s':>10} {'p99 ms':>8}"
+      f"  {'ratio':>6}  {'range':>11}")
+for label, runs in shapes.items():
+    col = lambda k: median([r[k] for r in runs])
+    ratios = [r[7] for r in runs if r[7] is not None]
+    ratio = median(ratios)
+    spread = f"{min(ratios):.1f}-{max(ratios):.1f}x" if len(ratios) > 1 else ""
+    print(f"{label:{w}}  {fnum(col(1), '6.2f')} {fnum(col(2), '10,.0f')} {fnum(col(3), '8.2f')}"
+          f"  {fnum(col(4), '6.2f')} {fnum(col(5), '10,.0f')} {fnum(col(6), '8.2f')}"
+          f"  {(fnum(ratio, '.1f') + 'x') if ratio is not None else '-':>6}  {spread:>11}")
 print()
-print(f"How to read: us/dlv is the server's CPU time (user+system, all threads) per delivered copy "
+print(f"How to read: {rounds} round(s), each shape on fresh servers every round; every figure is the "
+      f"median over the rounds, range = the lowest and highest per-round ratio. us/dlv is the server's "
+      f"CPU time (user+system, all threads) per delivered copy "
       f"over the send phase, lower is better; ratio = muchat us/dlv / ngircd us/dlv, the times more "
       f"server CPU muchat spends per delivery than a plaintext single-threaded C IRC relay (muchat also "
-      f"MACs every frame per recipient, stores every message and handles acknowledgements). The generators share the {ncpu} CPUs "
+      f"MACs every frame per recipient, stores every message and handles acknowledgements). Both "
+      f"generators keep the same number of requests unanswered per sender (window: "
+      + ", ".join(sorted({f"{r[0]} {r[10]}" for r in table}))
+      + f"; the IRC generator's own, unless WINDOW is set). The generators share the {ncpu} CPUs "
       f"with the servers, so dlv/s and p99 depend on them too: compare us/dlv first. p99: ngircd over "
       f"every delivery, muchat over a 1-in-50 sample.")
-print("per shape, seconds (ngircd, muchat incl. set-up): "
+print("seconds per run (ngircd, muchat incl. set-up): "
       + ", ".join(f"{r[0]} {r[8]}+{r[9]}" for r in table) + f"; whole run {elapsed} s")
 for note in notes:
     print("note: " + note)
