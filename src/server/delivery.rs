@@ -295,7 +295,7 @@ impl Link {
         }
         if seq == progress.next && !behind && self.outbox.has_room() {
             if let Some(frame) = p.live_frame(&self.user) {
-                if self.outbox.push_live(frame.clone()).is_ok() {
+                if self.outbox.push(frame.clone()).is_ok() {
                     progress.next += 1;
                 }
                 return;

@@ -248,17 +248,6 @@ pub struct Closed;
 impl Outbox {
     /// Queues a frame. Never waits.
     pub fn push(&self, item: Outgoing) -> Result<(), Closed> {
-        self.queue(item, Wake::PerCommit)
-    }
-
-    /// Queues a live delivery (a message some other connection sent):
-    /// like [`push`](Self::push), but while the server is busy its
-    /// wake-up may wait a little for more (see [`deferring_wakeups`]).
-    pub fn push_live(&self, item: Outgoing) -> Result<(), Closed> {
-        self.queue(item, Wake::MayLinger)
-    }
-
-    fn queue(&self, item: Outgoing, wake: Wake) -> Result<(), Closed> {
         if self.inner.closed.load(Ordering::Acquire) {
             return Err(Closed);
         }
@@ -269,8 +258,11 @@ impl Outbox {
             return Err(Closed);
         }
         let deferred = DEFERRED.with(|d| match d.borrow_mut().as_mut() {
-            Some(pushed) => {
-                pushed.note(&self.inner, wake);
+            Some(list) => {
+                // A commit often pushes several messages to one outbox in a row.
+                if !list.last().is_some_and(|l| Arc::ptr_eq(l, &self.inner)) {
+                    list.push(Arc::clone(&self.inner));
+                }
                 true
             }
             None => false,
@@ -397,110 +389,44 @@ impl Outbox {
     }
 }
 
-/// How a push's wake-up may be put off while [`deferring_wakeups`] runs.
-#[derive(Clone, Copy, PartialEq, Eq)]
-enum Wake {
-    /// With the rest of this commit (replies, events).
-    PerCommit,
-    /// Possibly with a later commit, while the server is busy.
-    MayLinger,
-}
-
-/// Outboxes pushed to during one commit's completions.
-#[derive(Default)]
-struct Pushed {
-    now: Vec<Arc<Inner>>,
-    linger: Vec<Arc<Inner>>,
-}
-
-impl Pushed {
-    fn note(&mut self, inner: &Arc<Inner>, wake: Wake) {
-        let list = match wake {
-            Wake::PerCommit => &mut self.now,
-            Wake::MayLinger => &mut self.linger,
-        };
-        // A commit often pushes several messages to one outbox in a row.
-        if !list.last().is_some_and(|l| Arc::ptr_eq(l, inner)) {
-            list.push(Arc::clone(inner));
-        }
-    }
-}
-
-/// Wake-ups carried over from earlier commits.
-#[derive(Default)]
-struct Carried {
-    outboxes: Vec<Arc<Inner>>,
-    /// Commits they have waited through.
-    commits: u32,
-    /// When the oldest of them was carried.
-    since: Option<Instant>,
-    /// When the last commit with live deliveries ran.
-    last_commit: Option<Instant>,
-}
-
 thread_local! {
     /// Outboxes pushed to while [`deferring_wakeups`] runs on this thread.
-    static DEFERRED: std::cell::RefCell<Option<Pushed>> =
+    static DEFERRED: std::cell::RefCell<Option<Vec<Arc<Inner>>>> =
         const { std::cell::RefCell::new(None) };
-    /// Outboxes whose wake-up waits for a later commit.
-    static CARRIED: std::cell::RefCell<Carried> = std::cell::RefCell::new(Carried::default());
+    /// Outboxes whose wake-up waits for the next commit, and for how many
+    /// commits they have waited.
+    static CARRIED: std::cell::RefCell<(Vec<Arc<Inner>>, u32)> =
+        const { std::cell::RefCell::new((Vec::new(), 0)) };
 }
 
 /// Commits whose wake-ups may wait for the next one while the store is
 /// busy: bounds the delay this adds to a few commits' time.
 const CARRY_COMMITS: u32 = 8;
 
-/// How long a live delivery's wake-up may wait for later commits while
-/// commits follow each other closely: the most it adds to a message's
-/// latency on a busy server (an idle one sends at once).
-pub const LINGER: Duration = Duration::from_millis(2);
-
 /// Runs `f` (a commit's completions), then wakes the writers for every
 /// outbox it pushed to, once each: the messages of one commit reach each
-/// connection in one write, as an event-loop server would send them.
-///
-/// Live deliveries may wait for later commits, so a busy server sends
-/// several commits' messages in one write per connection: while more
-/// writes are queued behind this commit (`more`, at most [`CARRY_COMMITS`]
-/// commits), and while commits come less than [`LINGER`] apart (for at
-/// most [`LINGER`]). Replies and events never wait (a sender's next
-/// request waits on its reply), and the first commit after a quiet spell
-/// sends at once. Returns how soon to call again (with nothing to
-/// complete) if no commit comes first, when wake-ups are still held.
-pub fn deferring_wakeups(f: &mut dyn FnMut(), more: bool) -> Option<Duration> {
-    let outer = DEFERRED.with(|d| d.borrow_mut().replace(Pushed::default()));
+/// connection in one write, as an event-loop server would send them. While
+/// more writes are queued behind this commit (`more`), the wake-ups wait
+/// for the next commit (at most [`CARRY_COMMITS`]), so a busy server sends
+/// several commits' messages in one write per connection; an idle one
+/// sends at once.
+pub fn deferring_wakeups(f: &mut dyn FnMut(), more: bool) {
+    let outer = DEFERRED.with(|d| d.borrow_mut().replace(Vec::new()));
     f();
-    let pushed = DEFERRED
-        .with(|d| std::mem::replace(&mut *d.borrow_mut(), outer))
-        .unwrap_or_default();
-    let now = Instant::now();
-    let (due, again) = CARRIED.with(|c| {
+    let pushed = DEFERRED.with(|d| std::mem::replace(&mut *d.borrow_mut(), outer));
+    let due = CARRIED.with(|c| {
         let mut c = c.borrow_mut();
-        let busy = c
-            .last_commit
-            .is_some_and(|t| now.duration_since(t) < LINGER);
-        if !pushed.linger.is_empty() {
-            c.last_commit = Some(now);
-            if c.outboxes.is_empty() {
-                c.since = Some(now);
-            }
+        c.0.extend(pushed.into_iter().flatten());
+        c.1 += 1;
+        if more && c.1 < CARRY_COMMITS {
+            return Vec::new();
         }
-        c.outboxes.extend(pushed.linger);
-        c.commits += 1;
-        let waited = c.since.map_or(Duration::ZERO, |t| now.duration_since(t));
-        let hold = !c.outboxes.is_empty()
-            && ((more && c.commits < CARRY_COMMITS) || (busy && waited < LINGER));
-        if hold {
-            return (Vec::new(), Some(LINGER.saturating_sub(waited)));
-        }
-        c.commits = 0;
-        c.since = None;
-        (std::mem::take(&mut c.outboxes), None)
+        c.1 = 0;
+        std::mem::take(&mut c.0)
     });
-    for inner in pushed.now.iter().chain(&due) {
-        ensure_writer(inner);
+    for inner in due {
+        ensure_writer(&inner);
     }
-    again
 }
 
 fn ensure_writer(inner: &Arc<Inner>) {
@@ -779,67 +705,29 @@ mod tests {
         o.inner.scheduled.load(Ordering::SeqCst)
     }
 
-    fn live(o: &Outbox, n: u64) -> impl FnMut() + '_ {
-        move || {
-            o.push_live(Outgoing::from(&ServerMessage::Ping(n)))
-                .unwrap()
-        }
-    }
-
     #[test]
-    fn a_quiet_server_sends_at_once() {
+    fn a_busy_store_carries_wake_ups_to_a_later_commit_but_not_forever() {
         let pool =
             WriterPool::start(OutboxLimits::default(), Arc::new(Budget::new(1 << 20))).unwrap();
         let o = pool.detached_outbox();
-        assert_eq!(deferring_wakeups(&mut live(&o, 1), false), None);
-        assert!(scheduled(&o));
-    }
-
-    #[test]
-    fn busy_deliveries_wait_for_later_commits_but_replies_do_not() {
-        let pool =
-            WriterPool::start(OutboxLimits::default(), Arc::new(Budget::new(1 << 20))).unwrap();
-        let (first, o, replied) = (
-            pool.detached_outbox(),
-            pool.detached_outbox(),
-            pool.detached_outbox(),
-        );
-        // The first commit after a quiet spell goes at once...
-        deferring_wakeups(&mut live(&first, 1), false);
-        assert!(scheduled(&first));
-        // ...one right behind it waits, unless it is a reply.
-        let again = deferring_wakeups(
-            &mut || {
-                live(&o, 2)();
-                replied.send(&ServerMessage::Ping(3)).unwrap();
-            },
-            false,
-        );
+        let push = || {
+            o.send(&ServerMessage::Ping(1)).unwrap();
+        };
+        // More writes queued behind the commit: the wake-up waits...
+        deferring_wakeups(&mut || push(), true);
         assert!(!scheduled(&o));
-        assert!(scheduled(&replied));
-        let again = again.expect("asks to be called again");
-        assert!(again <= LINGER);
-        // More writes behind the commit: still waiting.
         deferring_wakeups(&mut || {}, true);
         assert!(!scheduled(&o));
-        // Once LINGER has passed, the call with nothing to do sends.
-        std::thread::sleep(again);
-        for _ in 0..CARRY_COMMITS {
-            deferring_wakeups(&mut || {}, true);
-        }
-        assert_eq!(deferring_wakeups(&mut || {}, false), None);
+        // ...until a commit with nothing behind it.
+        deferring_wakeups(&mut || {}, false);
         assert!(scheduled(&o));
-    }
 
-    #[test]
-    fn a_store_with_writes_queued_carries_wake_ups_for_a_few_commits_only() {
-        let pool =
-            WriterPool::start(OutboxLimits::default(), Arc::new(Budget::new(1 << 20))).unwrap();
+        // Under constant load it waits for CARRY_COMMITS commits at most.
         let o = pool.detached_outbox();
-        // Quiet before, but more writes are queued behind this commit.
-        deferring_wakeups(&mut live(&o, 1), true);
-        assert!(!scheduled(&o));
-        std::thread::sleep(LINGER);
+        let push = || {
+            o.send(&ServerMessage::Ping(2)).unwrap();
+        };
+        deferring_wakeups(&mut || push(), true);
         for _ in 1..CARRY_COMMITS - 1 {
             deferring_wakeups(&mut || {}, true);
             assert!(!scheduled(&o));

@@ -379,12 +379,8 @@ impl StoredChunk {
 /// wake its writers once per commit rather than once per message, so a
 /// connection gets several messages in one write). The flag says whether
 /// more writes are already queued behind this commit (so the next batch
-/// follows at once). The hook may hold work back (wake-ups it defers to a
-/// later commit): it returns how soon it wants to be called again, and
-/// if no commit comes by then the writer calls it with nothing to
-/// complete.
-pub type BatchHook =
-    std::sync::Arc<dyn Fn(&mut dyn FnMut(), bool) -> Option<std::time::Duration> + Send + Sync>;
+/// follows at once).
+pub type BatchHook = std::sync::Arc<dyn Fn(&mut dyn FnMut(), bool) + Send + Sync>;
 
 /// Work to run on the store's writer when a queued write has committed (or
 /// failed). Completions run one at a time, in the order their writes were

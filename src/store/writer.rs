@@ -189,26 +189,19 @@ impl<R: Reads> LogStore<R> {
 fn write_loop(mut batcher: impl Batcher, jobs: &Receiver<Job>, batch_hook: Option<BatchHook>) {
     let mut last_release = Instant::now();
     let mut acked_since_release = false;
-    // When the hook asked to be called again if no commit comes first.
-    let mut hook_due: Option<Instant> = None;
     loop {
-        // Wake up to release delivered files, or for the hook, even when
-        // nothing else comes.
-        let release_due = acked_since_release.then(|| last_release + RELEASE_EVERY);
-        let wake_at = match (release_due, hook_due) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        };
-        let first = match wake_at {
-            Some(at) => match jobs.recv_deadline(at) {
+        let first = if acked_since_release {
+            // Wake up to release delivered files even when nothing else comes.
+            match jobs.recv_timeout(RELEASE_EVERY) {
                 Ok(j) => Some(j),
                 Err(crossbeam_channel::RecvTimeoutError::Timeout) => None,
                 Err(crossbeam_channel::RecvTimeoutError::Disconnected) => return,
-            },
-            None => match jobs.recv() {
+            }
+        } else {
+            match jobs.recv() {
                 Ok(j) => Some(j),
                 Err(_) => return,
-            },
+            }
         };
         if let Some(first) = first {
             let mut batch = vec![first];
@@ -241,16 +234,9 @@ fn write_loop(mut batcher: impl Batcher, jobs: &Receiver<Job>, batch_hook: Optio
                     }
                 }
             };
-            hook_due = match &batch_hook {
-                Some(hook) => hook(&mut complete, more).map(|d| Instant::now() + d),
-                None => {
-                    complete();
-                    None
-                }
-            };
-        } else if let (Some(hook), Some(due)) = (&batch_hook, hook_due) {
-            if Instant::now() >= due {
-                hook_due = hook(&mut || {}, false).map(|d| Instant::now() + d);
+            match &batch_hook {
+                Some(hook) => hook(&mut complete, more),
+                None => complete(),
             }
         }
         if acked_since_release && last_release.elapsed() >= RELEASE_EVERY {
