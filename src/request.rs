@@ -468,15 +468,29 @@ impl SendId {
         ok.then(|| SendId(s.to_string()))
     }
 
-    /// A fresh id: the time in milliseconds (12 hex digits), then 64
-    /// random bits (16 hex digits). The random part alone makes it unique;
-    /// the time in front makes a user's ids arrive in order, so the
-    /// server's index of recent ids grows at one end instead of touching
-    /// a random page of it for every message.
+    /// A fresh id, 16 characters: the time in milliseconds (48 bits),
+    /// then 48 random bits, 6 bits a character from an alphabet in ASCII
+    /// order. Two ids collide only if both come in the same millisecond
+    /// and draw the same 48 bits; the time in front makes a user's ids
+    /// sort in the order they were made, so the server's index of recent
+    /// ids grows at one end instead of touching a random page of it for
+    /// every message.
     pub fn random() -> SendId {
         use rand::Rng as _;
+        const DIGITS: &[u8; 64] =
+            b"-0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZ_abcdefghijklmnopqrstuvwxyz";
         let ms = crate::clock::now_ms() & 0xffff_ffff_ffff;
-        SendId(format!("{ms:012x}{:016x}", rand::rng().next_u64()))
+        let random = rand::rng().next_u64() & 0xffff_ffff_ffff;
+        let id = [ms, random]
+            .into_iter()
+            .flat_map(|v| {
+                (0..8)
+                    .rev()
+                    .map(move |i| DIGITS[((v >> (6 * i)) & 63) as usize])
+            })
+            .map(char::from)
+            .collect();
+        SendId(id)
     }
 
     /// The id as text.
@@ -1218,6 +1232,18 @@ mod tests {
 
     fn parse(head: &str) -> Result<Request, ParseError> {
         Request::parse(Frame::head(head))
+    }
+
+    #[test]
+    fn fresh_send_ids_are_valid_distinct_and_sort_by_time() {
+        let a = SendId::random();
+        std::thread::sleep(std::time::Duration::from_millis(2));
+        let b = SendId::random();
+        assert_eq!(a.as_str().len(), 16);
+        assert_eq!(SendId::parse(a.as_str()), Some(a.clone()));
+        assert!(a < b, "{a} then {b}");
+        let same_ms: std::collections::HashSet<_> = (0..1000).map(|_| SendId::random()).collect();
+        assert_eq!(same_ms.len(), 1000);
     }
 
     #[test]
