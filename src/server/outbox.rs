@@ -191,6 +191,9 @@ impl Inner {
     /// before it checks for room, and callers change what it checks
     /// before calling this, so no wake-up is lost.
     fn wake_room(&self) {
+        // Pairs with the fence in `wait_for_room`: either this sees the
+        // waiter, or the waiter sees the bytes this caller took off.
+        std::sync::atomic::fence(Ordering::SeqCst);
         if self.room_waiters.load(Ordering::SeqCst) > 0 {
             let _held = self.room.0.lock().unwrap_or_else(|e| e.into_inner());
             self.room.1.notify_all();
@@ -296,6 +299,7 @@ impl Outbox {
         let mut guard = lock.lock().unwrap_or_else(|e| e.into_inner());
         self.inner.room_waiters.fetch_add(1, Ordering::SeqCst);
         let _waiting = Waiting(&self.inner.room_waiters);
+        std::sync::atomic::fence(Ordering::SeqCst);
         let mut last = self.queued();
         let mut since = Instant::now();
         while self.queued() >= self.inner.limits.window {
