@@ -477,10 +477,14 @@ impl SendId {
     /// every message.
     pub fn random() -> SendId {
         use rand::Rng as _;
+        SendId::from_parts(crate::clock::now_ms(), rand::rng().next_u64())
+    }
+
+    /// The id [`random`](Self::random) makes at `ms` with `random` bits
+    /// (the low 48 bits of each are used).
+    fn from_parts(ms: u64, random: u64) -> SendId {
         const DIGITS: &[u8; 64] =
             b"-0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZ_abcdefghijklmnopqrstuvwxyz";
-        let ms = crate::clock::now_ms() & 0xffff_ffff_ffff;
-        let random = rand::rng().next_u64() & 0xffff_ffff_ffff;
         let id = [ms, random]
             .into_iter()
             .flat_map(|v| {
@@ -1235,15 +1239,20 @@ mod tests {
     }
 
     #[test]
-    fn fresh_send_ids_are_valid_distinct_and_sort_by_time() {
-        let a = SendId::random();
-        std::thread::sleep(std::time::Duration::from_millis(2));
-        let b = SendId::random();
+    fn send_ids_are_valid_distinct_and_sort_by_time() {
+        let a = SendId::from_parts(1_764_720_000_000, u64::MAX);
+        let b = SendId::from_parts(1_764_720_000_001, 0);
         assert_eq!(a.as_str().len(), 16);
         assert_eq!(SendId::parse(a.as_str()), Some(a.clone()));
         assert!(a < b, "{a} then {b}");
-        let same_ms: std::collections::HashSet<_> = (0..1000).map(|_| SendId::random()).collect();
-        assert_eq!(same_ms.len(), 1000);
+        // Each digit sorts with its value, across the whole alphabet.
+        let ids: Vec<SendId> = (0..64).map(|ms| SendId::from_parts(ms, 0)).collect();
+        assert!(ids.windows(2).all(|w| w[0] < w[1]));
+        let fresh: std::collections::HashSet<_> = (0..1000).map(|_| SendId::random()).collect();
+        assert_eq!(fresh.len(), 1000);
+        assert!(fresh
+            .iter()
+            .all(|id| SendId::parse(id.as_str()).as_ref() == Some(id)));
     }
 
     #[test]

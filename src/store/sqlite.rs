@@ -506,11 +506,7 @@ fn apply(tx: &Connection, op: &Op, isolated: bool) -> StoreResult<Outcome> {
                     .execute(params![g.as_str(), owner.as_str()])?;
                 tx.prepare_cached("INSERT OR IGNORE INTO conversations (key, head) VALUES (?1, 0)")?
                     .execute([&conv])?;
-                tx.prepare_cached(
-                    "INSERT OR REPLACE INTO cursors (username, conv, acked)
-                     SELECT ?1, key, head FROM conversations WHERE key = ?2",
-                )?
-                .execute(params![owner.as_str(), conv])?;
+                cursor_at_head(tx, owner, &conv)?;
             }
             Ok(Outcome::Count(u64::from(created)))
         }),
@@ -524,11 +520,7 @@ fn apply(tx: &Connection, op: &Op, isolated: bool) -> StoreResult<Outcome> {
                     .execute(params![g.as_str(), u.as_str()])?
                     == 1;
                 if added {
-                    tx.prepare_cached(
-                        "INSERT OR REPLACE INTO cursors (username, conv, acked)
-                         SELECT ?1, key, head FROM conversations WHERE key = ?2",
-                    )?
-                    .execute(params![u.as_str(), conv])?;
+                    cursor_at_head(tx, u, &conv)?;
                     tx.prepare_cached("DELETE FROM invites WHERE group_name = ?1 AND username = ?2")?
                         .execute(params![g.as_str(), u.as_str()])?;
                 }
@@ -628,6 +620,17 @@ fn apply(tx: &Connection, op: &Op, isolated: bool) -> StoreResult<Outcome> {
                 .query_row([*file_id as i64], |r| r.get::<_, i64>(0))? as u64,
         )),
     }
+}
+
+/// Starts `user`'s cursor in `conv` at its head: a new member does not
+/// get the group's past as unread.
+fn cursor_at_head(tx: &Connection, user: &Username, conv: &str) -> StoreResult<()> {
+    tx.prepare_cached(
+        "INSERT OR REPLACE INTO cursors (username, conv, acked)
+         SELECT ?1, key, head FROM conversations WHERE key = ?2",
+    )?
+    .execute(params![user.as_str(), conv])?;
+    Ok(())
 }
 
 /// Appends one entry per conversation (see [`Store::append`]).
