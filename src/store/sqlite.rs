@@ -427,9 +427,15 @@ impl Batcher for SqliteBatcher {
                 Ok(tx) => tx,
                 Err(e) => return failed_batch(ops.len(), &e),
             };
-            let results: Vec<StoreResult<Outcome>> =
-                ops.iter().map(|op| apply(&tx, op, isolated)).collect();
-            if !isolated && results.iter().any(Result::is_err) {
+            let mut heads = Heads::default();
+            let results: Vec<StoreResult<Outcome>> = ops
+                .iter()
+                .map(|op| apply(&tx, op, isolated, &mut heads))
+                .collect();
+            // Only the first run leaves heads to write back (an isolated
+            // append writes its own inside its savepoint).
+            let flushed = heads.flush(&tx);
+            if !isolated && (flushed.is_err() || results.iter().any(Result::is_err)) {
                 // Dropping the transaction rolls it back.
                 continue;
             }
@@ -482,9 +488,13 @@ fn atomically<T>(
     }
 }
 
-fn apply(tx: &Connection, op: &Op, isolated: bool) -> StoreResult<Outcome> {
+fn apply(tx: &Connection, op: &Op, isolated: bool, heads: &mut Heads) -> StoreResult<Outcome> {
     let now = crate::clock::now_ms() as i64;
     let count = |n: usize| Ok(Outcome::Count(n as u64));
+    if !matches!(op, Op::Append(_)) {
+        // Anything else may read a conversation's head.
+        heads.flush(tx)?;
+    }
     match op {
         Op::Nothing => count(1),
         Op::CreateUser(u) => count(
@@ -570,7 +580,20 @@ fn apply(tx: &Connection, op: &Op, isolated: bool) -> StoreResult<Outcome> {
             }
             Ok(Outcome::Count(1))
         }),
-        Op::Append(a) => atomically(tx, isolated, || append(tx, a)).map(Outcome::Appended),
+        Op::Append(a) => {
+            let appended = atomically(tx, isolated, || {
+                let appended = append(tx, a, heads)?;
+                if isolated {
+                    heads.flush(tx)?;
+                }
+                Ok(appended)
+            });
+            if appended.is_err() {
+                // Its savepoint (or the batch) is rolled back, heads too.
+                heads.forget();
+            }
+            appended.map(Outcome::Appended)
+        }
         Op::Ack(user, conv, seq) => count(
             tx.prepare_cached(
                 "UPDATE cursors SET acked = ?3 WHERE username = ?1 AND conv = ?2 AND acked < ?3",
@@ -633,53 +656,114 @@ fn cursor_at_head(tx: &Connection, user: &Username, conv: &str) -> StoreResult<(
     Ok(())
 }
 
-/// Appends one entry per conversation (see [`Store::append`]).
-fn append(tx: &Connection, a: &Append) -> StoreResult<Appended> {
-    let previous: Option<String> = tx
-        .prepare_cached("SELECT refs FROM sends WHERE username = ?1 AND send_id = ?2")?
-        .query_row(params![a.from.as_str(), a.send_id.as_str()], |r| r.get(0))
-        .optional()?;
-    if let Some(refs) = previous {
-        return parse_send_refs(&refs).map(Appended::Repeat);
+/// Conversation heads as a batch of appends moves them: each is read once,
+/// advanced in memory and written back once ([`Heads::flush`]), before
+/// anything else could read it and before the commit. A burst of messages
+/// to one conversation then costs one `UPDATE`, not one per message.
+#[derive(Default)]
+struct Heads(HashMap<String, i64>);
+
+impl Heads {
+    /// Hands out `conv`'s next sequence number, creating the conversation
+    /// for the first message between two users (a group's is made with
+    /// the group).
+    fn advance(&mut self, tx: &Connection, conv: &ConvId) -> StoreResult<i64> {
+        let key = conv.key();
+        let head = match self.0.get_mut(&key) {
+            Some(head) => head,
+            None => {
+                let stored: Option<i64> = tx
+                    .prepare_cached("SELECT head FROM conversations WHERE key = ?1")?
+                    .query_row([&key], |r| r.get(0))
+                    .optional()?;
+                let head = match stored {
+                    Some(head) => head,
+                    None => {
+                        tx.prepare_cached("INSERT INTO conversations (key, head) VALUES (?1, 0)")?
+                            .execute([&key])?;
+                        if let Some((x, y)) = conv.direct_users() {
+                            let mut cursor = tx.prepare_cached(
+                                "INSERT OR IGNORE INTO cursors (username, conv, acked) VALUES (?1, ?2, 0)",
+                            )?;
+                            cursor.execute(params![x.as_str(), key])?;
+                            cursor.execute(params![y.as_str(), key])?;
+                        }
+                        0
+                    }
+                };
+                self.0.entry(key).or_insert(head)
+            }
+        };
+        *head += 1;
+        Ok(*head)
     }
+
+    /// Takes back the numbers [`advance`](Self::advance) just handed out
+    /// for `convs`: the send was a repeat and stores nothing.
+    fn retreat(&mut self, convs: &[ConvId]) {
+        for conv in convs {
+            if let Some(head) = self.0.get_mut(&conv.key()) {
+                *head -= 1;
+            }
+        }
+    }
+
+    /// Writes the heads back and starts afresh.
+    fn flush(&mut self, tx: &Connection) -> StoreResult<()> {
+        if self.0.is_empty() {
+            return Ok(());
+        }
+        let mut update = tx.prepare_cached("UPDATE conversations SET head = ?2 WHERE key = ?1")?;
+        for (key, head) in self.0.drain() {
+            update.execute(params![key, head])?;
+        }
+        Ok(())
+    }
+
+    /// Drops the heads without writing them: what advanced them was rolled back.
+    fn forget(&mut self) {
+        self.0.clear();
+    }
+}
+
+/// Appends one entry per conversation (see [`Store::append`]). The send id
+/// is claimed first: a repeat is found by the claim failing, so a new send
+/// (nearly all of them) costs no lookup.
+fn append(tx: &Connection, a: &Append, heads: &mut Heads) -> StoreResult<Appended> {
     let (kind, key, body, file_id) = match &a.content {
         Content::Text { key, body } => ("text", key.to_b64(), body.as_str(), None),
         Content::File(f) => ("file", String::new(), "", Some(f.id as i64)),
     };
     let mut entries = Vec::with_capacity(a.convs.len());
     for conv in &a.convs {
-        let k = conv.key();
-        let next = |tx: &Connection| {
-            tx.prepare_cached(
-                "UPDATE conversations SET head = head + 1 WHERE key = ?1 RETURNING head",
-            )?
-            .query_row([&k], |r| r.get::<_, i64>(0))
-            .optional()
-        };
-        // The conversation exists, except for the first message between
-        // two users (a group's is made with the group).
-        let seq = match next(tx)? {
-            Some(seq) => seq,
-            None => {
-                tx.prepare_cached("INSERT INTO conversations (key, head) VALUES (?1, 0)")?
-                    .execute([&k])?;
-                if let Some((x, y)) = conv.direct_users() {
-                    let mut cursor = tx.prepare_cached(
-                        "INSERT OR IGNORE INTO cursors (username, conv, acked) VALUES (?1, ?2, 0)",
-                    )?;
-                    cursor.execute(params![x.as_str(), k])?;
-                    cursor.execute(params![y.as_str(), k])?;
-                }
-                next(tx)?.ok_or(StoreError::Corrupt("conversations"))?
-            }
-        };
+        entries.push(a.entry(conv, heads.advance(tx, conv)? as u64));
+    }
+    let claimed =
         tx.prepare_cached(
-            "INSERT INTO log (conv, seq, at_ms, sender, kind, key, body, file_id)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+            "INSERT INTO sends (username, send_id, at_ms, refs) VALUES (?1, ?2, ?3, ?4)
+             ON CONFLICT DO NOTHING",
         )?
         .execute(params![
-            k,
-            seq,
+            a.from.as_str(),
+            a.send_id.as_str(),
+            a.at_ms as i64,
+            format_send_refs(&entries)
+        ])? == 1;
+    if !claimed {
+        heads.retreat(&a.convs);
+        let refs: String = tx
+            .prepare_cached("SELECT refs FROM sends WHERE username = ?1 AND send_id = ?2")?
+            .query_row(params![a.from.as_str(), a.send_id.as_str()], |r| r.get(0))?;
+        return parse_send_refs(&refs).map(Appended::Repeat);
+    }
+    let mut insert = tx.prepare_cached(
+        "INSERT INTO log (conv, seq, at_ms, sender, kind, key, body, file_id)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+    )?;
+    for e in &entries {
+        insert.execute(params![
+            e.conv.key(),
+            e.seq as i64,
             a.at_ms as i64,
             a.from.as_str(),
             kind,
@@ -687,21 +771,11 @@ fn append(tx: &Connection, a: &Append) -> StoreResult<Appended> {
             body,
             file_id
         ])?;
-        entries.push(a.entry(conv, seq as u64));
     }
     if let Some(id) = file_id {
         tx.prepare_cached("UPDATE files SET complete = 1 WHERE id = ?1")?
             .execute([id])?;
     }
-    tx.prepare_cached(
-        "INSERT INTO sends (username, send_id, at_ms, refs) VALUES (?1, ?2, ?3, ?4)",
-    )?
-    .execute(params![
-        a.from.as_str(),
-        a.send_id.as_str(),
-        a.at_ms as i64,
-        format_send_refs(&entries)
-    ])?;
     Ok(Appended::New(entries))
 }
 
@@ -1033,5 +1107,93 @@ mod tests {
         assert_eq!(cursors_of(&b)[0].acked, 2, "never backwards");
         assert_eq!(store.read(&dm, 2, 10).unwrap().len(), 1);
         assert_eq!(store.history(&dm, 1).unwrap()[0].seq, 2);
+    }
+
+    /// Every op's outcome in a batch, as the writer thread would get them.
+    fn run(b: &mut SqliteBatcher, ops: Vec<Op>) -> Vec<StoreResult<Outcome>> {
+        b.apply_batch(&ops.iter().collect::<Vec<_>>())
+    }
+
+    fn seq_of(outcome: &StoreResult<Outcome>) -> u64 {
+        match outcome {
+            Ok(Outcome::Appended(Appended::New(e))) => e[0].seq,
+            other => panic!("not a new append: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn heads_moved_in_a_batch_are_what_later_ops_and_a_replay_see() {
+        let dir = tempfile::tempdir().unwrap();
+        let conn = open_connection(&dir.path().join(DB_FILE)).unwrap();
+        migrate(&conn).unwrap();
+        let mut b = SqliteBatcher { conn };
+        let (alice, bob) = (user("alice"), user("bob"));
+        let g = GroupName::parse("g").unwrap();
+        let conv = ConvId::Group(g.clone());
+        let send = |from: &str, id: &str| Op::Append(Box::new(text(from, id, vec![conv.clone()])));
+
+        let out = run(
+            &mut b,
+            vec![
+                Op::CreateGroup(g.clone(), alice.clone(), false),
+                send("alice", "a1"),
+                send("alice", "a2"),
+                send("alice", "a1"),
+                Op::SetMember(g.clone(), bob.clone(), true),
+                send("alice", "a3"),
+                Op::Cursors(bob.clone()),
+            ],
+        );
+        assert_eq!((seq_of(&out[1]), seq_of(&out[2])), (1, 2));
+        assert!(
+            matches!(&out[3], Ok(Outcome::Appended(Appended::Repeat(r))) if *r == vec![(conv.clone(), 1)]),
+            "a repeat in the same batch: {:?}",
+            out[3]
+        );
+        // Bob joined after two messages: he starts after them, and the
+        // cursor read sees the third.
+        assert!(
+            matches!(out[4], Ok(Outcome::Membership(2, true))),
+            "{:?}",
+            out[4]
+        );
+        assert_eq!(seq_of(&out[5]), 3);
+        let Ok(Outcome::Cursors(cursors)) = &out[6] else {
+            panic!("{:?}", out[6])
+        };
+        assert_eq!(
+            cursors,
+            &vec![Cursor {
+                conv: conv.clone(),
+                acked: 2,
+                head: 3
+            }]
+        );
+
+        // An op that fails sends the batch round again, each op on its
+        // own: the others keep consecutive numbers, the failed one takes none.
+        b.conn
+            .execute_batch(
+                "CREATE TEMP TRIGGER refuse_bob BEFORE INSERT ON sends WHEN NEW.username = 'bob'
+                 BEGIN SELECT RAISE(ABORT, 'refused'); END",
+            )
+            .unwrap();
+        let out = run(
+            &mut b,
+            vec![send("alice", "a4"), send("bob", "b1"), send("alice", "a5")],
+        );
+        assert_eq!(seq_of(&out[0]), 4);
+        assert!(out[1].is_err(), "{:?}", out[1]);
+        assert_eq!(seq_of(&out[2]), 5);
+        let (head, seqs): (i64, String) = b
+            .conn
+            .query_row(
+                "SELECT (SELECT head FROM conversations WHERE key = '#g'),
+                        (SELECT group_concat(seq) FROM (SELECT seq FROM log WHERE conv = '#g' ORDER BY seq))",
+                [],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+            .unwrap();
+        assert_eq!((head, seqs.as_str()), (5, "1,2,3,4,5"));
     }
 }
