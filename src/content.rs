@@ -46,21 +46,46 @@ impl fmt::Display for ContentError {
 
 impl std::error::Error for ContentError {}
 
-/// A single-message 3DES key chosen by the sender.
-#[derive(Clone, PartialEq, Eq)]
-pub struct ContentKey([u8; tdes::KEY_LEN]);
+/// A single-message 3DES key chosen by the sender (the server's group
+/// keys are the same kind of key, used for every envelope of a group).
+#[derive(Clone)]
+pub struct ContentKey {
+    bytes: [u8; tdes::KEY_LEN],
+    /// The key schedule, built on first use: a group key seals many
+    /// envelopes, and building a schedule costs half a block's encryption.
+    /// Shared, so a clone of a used key (a group key is cloned for every
+    /// message) reuses it; behind a pointer, because content keys travel in
+    /// every log entry and most are never used by the server.
+    schedule: OnceLock<Arc<TdesKey>>,
+}
+
+impl PartialEq for ContentKey {
+    fn eq(&self, other: &Self) -> bool {
+        self.bytes == other.bytes
+    }
+}
+
+impl Eq for ContentKey {}
 
 impl ContentKey {
     /// A fresh key from the thread-local CSPRNG (ChaCha, seeded from the OS).
     pub fn random() -> Self {
         let mut k = [0u8; tdes::KEY_LEN];
         rand::rng().fill_bytes(&mut k);
-        ContentKey(k)
+        Self::from_bytes(k)
     }
 
     /// A chosen key: for test vectors.
     pub fn from_bytes(k: [u8; tdes::KEY_LEN]) -> Self {
-        ContentKey(k)
+        ContentKey {
+            bytes: k,
+            schedule: OnceLock::new(),
+        }
+    }
+
+    fn schedule(&self) -> &TdesKey {
+        self.schedule
+            .get_or_init(|| Arc::new(TdesKey::new(&self.bytes)))
     }
 
     /// Parses the wire form: exactly 32 base64 characters.
@@ -70,14 +95,14 @@ impl ContentKey {
             return Err(ContentError::BadKey);
         }
         match B64.decode_slice(s, &mut k) {
-            Ok(tdes::KEY_LEN) => Ok(ContentKey(k)),
+            Ok(tdes::KEY_LEN) => Ok(Self::from_bytes(k)),
             _ => Err(ContentError::BadKey),
         }
     }
 
     /// The wire form.
     pub fn to_b64(&self) -> String {
-        B64.encode(self.0)
+        B64.encode(self.bytes)
     }
 
     /// Encrypts `data` under this key with a fresh random IV.
@@ -91,7 +116,7 @@ impl ContentKey {
     pub fn seal_with_iv(&self, iv: &[u8; tdes::BLOCK_LEN], data: &[u8]) -> Body {
         let mut raw = Vec::with_capacity(tdes::BLOCK_LEN + tdes::padded_len(data.len()));
         raw.extend_from_slice(iv);
-        TdesKey::new(&self.0).encrypt_into(iv, data, &mut raw);
+        self.schedule().encrypt_into(iv, data, &mut raw);
         Body::from(B64.encode(raw).as_str())
     }
 
@@ -106,7 +131,7 @@ impl ContentKey {
         let (iv, ct) = raw.split_at(tdes::BLOCK_LEN);
         // split_at gave exactly BLOCK_LEN bytes.
         let iv: &[u8; tdes::BLOCK_LEN] = iv.try_into().expect("8-byte IV");
-        TdesKey::new(&self.0)
+        self.schedule()
             .decrypt(iv, ct)
             .map_err(|_| ContentError::BadCiphertext)
     }

@@ -798,7 +798,7 @@ mod tests {
         let refs = vec![group_ref("a", 1), group_ref("b", 7)];
         let sent = Reply::Ok {
             data: ReplyData::Sent(refs.clone()),
-            text: "sent to #a,#b".into(),
+            text: "sent".into(),
         };
         let ServerMessage::Reply(raw) =
             ServerMessage::parse(ServerMessage::Reply(sent.clone()).to_frame()).unwrap()

@@ -24,7 +24,8 @@
 //! reorder the line.
 
 use crate::clock::format_ms;
-use crate::event::{GroupNotice, NoticeKind, Reply};
+use crate::event::{GroupNotice, NoticeKind, Reply, ReplyData};
+use crate::names::MessageRef;
 pub use crate::text::sanitize;
 
 use super::audio::duration_label;
@@ -34,6 +35,11 @@ use crate::request::Voice;
 /// The line for a reply.
 pub fn reply_line(reply: &Reply) -> String {
     match reply {
+        // The server says only "sent": where to is in the references.
+        Reply::Ok {
+            data: ReplyData::Sent(refs),
+            text,
+        } => format!("OK {} to {}", sanitize(text), MessageRef::format_list(refs)),
         Reply::Ok { text, .. } if text.is_empty() => "OK".to_string(),
         Reply::Ok { text, .. } => format!("OK {}", sanitize(text)),
         Reply::Err { code, text } => format!("ERR {code} {}", sanitize(text)),

@@ -19,7 +19,7 @@
 //! because a link sends `n + 1` only after `n`, and everything it sends
 //! goes through one FIFO outbox.
 
-use std::collections::{BTreeSet, HashMap, HashSet};
+use std::collections::BTreeSet;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock, Weak};
 use std::thread::JoinHandle;
@@ -33,6 +33,7 @@ use crate::store::{Content, ConvId, Cursor, FileInfo, LogEntry, Store, StoreErro
 
 use super::outbox::{DrainHook, Outbox, Outgoing};
 use super::state::SessionId;
+use super::{FastMap, FastSet};
 
 /// Log entries read from the store at a time.
 const PAGE: usize = 64;
@@ -138,10 +139,10 @@ struct Progress {
 
 #[derive(Default)]
 struct LinkState {
-    convs: HashMap<ConvId, Progress>,
+    convs: FastMap<ConvId, Progress>,
     /// Entries this connection sent itself and need not get back (its own
     /// files: it has them).
-    skip: HashSet<(ConvId, u64)>,
+    skip: FastSet<(ConvId, u64)>,
     /// Conversations with entries to fetch from the store.
     behind: BTreeSet<ConvId>,
     /// The conversation served last (catch-up takes turns).

@@ -589,7 +589,7 @@ pub(super) fn commit(s: &Session, append: Append) {
                         .iter()
                         .map(|(conv, seq)| conv.message_ref(&me, *seq))
                         .collect();
-                    sent_reply(refs, "already sent (a repeated send id)")
+                    sent_reply(refs, "already sent")
                 }
                 Err(e) => storage(e).into(),
             };
@@ -599,12 +599,13 @@ pub(super) fn commit(s: &Session, append: Append) {
     );
 }
 
-/// The `OK` for a send: its references first, then words.
+/// The `OK` for a send: its references, then a word for people. Short on
+/// purpose: it is encrypted once per message sent, and the references
+/// already say where the message went.
 pub(super) fn sent_reply(refs: Vec<MessageRef>, what: &str) -> Reply {
-    let text = format!("{what} to {}", MessageRef::format_list(&refs));
     Reply::Ok {
         data: ReplyData::Sent(refs),
-        text,
+        text: what.to_string(),
     }
 }
 

@@ -17,6 +17,7 @@ use crate::store::{ConvId, GroupChange, GroupRecord, Snapshot, UserRecord};
 
 use super::delivery::Link;
 use super::outbox::Outgoing;
+use super::FastMap;
 
 /// A refused request: the code and the text of its `ERR` reply.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -149,9 +150,9 @@ pub struct State {
     accounts: HashMap<Username, String>,
     groups: BTreeMap<GroupName, Group>,
     /// Logged-in connections by user.
-    online: HashMap<Username, Vec<Arc<Link>>>,
+    online: FastMap<Username, Vec<Arc<Link>>>,
     /// The last sequence number of each conversation.
-    heads: HashMap<ConvId, u64>,
+    heads: FastMap<ConvId, u64>,
     /// The last group key id handed out.
     last_key_id: u64,
 }
@@ -160,7 +161,7 @@ impl State {
     /// The state the store holds.
     pub fn from_snapshot(snapshot: Snapshot) -> State {
         let mut state = State {
-            heads: snapshot.heads,
+            heads: snapshot.heads.into_iter().collect(),
             ..State::default()
         };
         for u in snapshot.users {

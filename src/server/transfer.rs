@@ -84,7 +84,7 @@ impl Transfers {
                 .iter()
                 .map(|(c, seq)| c.message_ref(me, *seq))
                 .collect();
-            return Ok(sent_reply(refs, "already sent (a repeated send id)"));
+            return Ok(sent_reply(refs, "already sent"));
         }
         for conv in &convs {
             let waiting = shared.store.undelivered_file_bytes(conv).map_err(storage)?;
