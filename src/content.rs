@@ -75,6 +75,14 @@ impl ContentKey {
         Self::from_bytes(k)
     }
 
+    /// A fresh key that will seal many messages (a group key): its key
+    /// schedule is built now, so every clone of it shares the one schedule.
+    pub fn random_for_many() -> Self {
+        let key = Self::random();
+        key.schedule();
+        key
+    }
+
     /// A chosen key: for test vectors.
     pub fn from_bytes(k: [u8; tdes::KEY_LEN]) -> Self {
         ContentKey {

@@ -142,3 +142,47 @@ fn parallel_joins_and_leaves_agree_with_the_final_state_and_the_cap_holds() {
         assert_eq!(balance, expected, "#{g}: OK joins minus OK leaves; {list}");
     }
 }
+
+/// Who a group message goes to changes with every join, login and logout,
+/// also once the group has carried messages (the server keeps its list of
+/// a group's connections between messages). A new member or session first
+/// reads the group from the store, which may already hold the next
+/// message; the one after can only reach them live.
+#[test]
+fn members_who_join_or_log_in_between_messages_get_what_follows() {
+    let server = start_server_with(|_| {});
+    let alice = login(&server, "alice");
+    let bob = login(&server, "bob");
+    let carol = login(&server, "carol");
+    ok(&alice, "CREATE_GROUP ops");
+    ok(&bob, "JOIN ops");
+    let say = |text: &str| ok(&alice, &format!("SEND_TO_GROUP ops {text}"));
+    say("one");
+    assert_eq!(next_message(&bob).text, "one");
+
+    ok(&carol, "JOIN ops");
+    for text in ["two", "three"] {
+        say(text);
+        assert_eq!(next_message(&carol).text, text);
+        assert_eq!(next_message(&bob).text, text);
+    }
+
+    let bob_again = login_again(&server, "bob");
+    say("four");
+    // Whatever Bob had not acknowledged yet comes first, from the store.
+    let mut texts = Vec::new();
+    while texts.last().map(String::as_str) != Some("four") && texts.len() < 4 {
+        texts.push(next_message(&bob_again).text);
+    }
+    assert_eq!(texts.last().map(String::as_str), Some("four"), "{texts:?}");
+    say("five");
+    assert_eq!(next_message(&bob_again).text, "five");
+
+    // Bob's first session leaves; his other one still gets what follows.
+    ok(&bob, "LOGOUT");
+    say("six");
+    assert_eq!(next_message(&bob_again).text, "six");
+    for text in ["four", "five", "six"] {
+        assert_eq!(next_message(&carol).text, text);
+    }
+}

@@ -663,7 +663,7 @@ pub(super) fn deliver(shared: &Shared, entries: Vec<LogEntry>) {
             })
         });
         let prepared = Prepared::new(entry, group_frame);
-        for link in links {
+        for link in links.iter() {
             link.offer(&prepared);
         }
     }

@@ -60,13 +60,59 @@ impl Notices {
     }
 }
 
+/// A group's members, with their logged-in connections as delivery wants
+/// them: gathered for the first message after a change (a join, a leave,
+/// a member logging in or out) and shared by every message until the next,
+/// instead of looked up member by member for each message.
+#[derive(Default)]
+struct Members {
+    names: BTreeSet<Username>,
+    links: Option<Arc<[Arc<Link>]>>,
+}
+
+impl Members {
+    fn of(names: impl IntoIterator<Item = Username>) -> Members {
+        Members {
+            names: names.into_iter().collect(),
+            links: None,
+        }
+    }
+
+    fn contains(&self, user: &Username) -> bool {
+        self.names.contains(user)
+    }
+
+    fn len(&self) -> usize {
+        self.names.len()
+    }
+
+    fn iter(&self) -> impl Iterator<Item = &Username> {
+        self.names.iter()
+    }
+
+    fn insert(&mut self, user: Username) -> bool {
+        self.links = None;
+        self.names.insert(user)
+    }
+
+    fn remove(&mut self, user: &Username) -> bool {
+        self.links = None;
+        self.names.remove(user)
+    }
+
+    /// One of the members logged in or out.
+    fn forget_links(&mut self) {
+        self.links = None;
+    }
+}
+
 /// A group in memory.
 struct Group {
     /// Who may hand the group over, and promote or demote admins.
     owner: Username,
     /// Only invited users may join.
     private: bool,
-    members: BTreeSet<Username>,
+    members: Members,
     /// Members who may invite and remove (plain) members.
     admins: BTreeSet<Username>,
     /// Users invited and not yet joined.
@@ -84,7 +130,7 @@ impl Group {
         Group {
             owner: g.owner,
             private: g.private,
-            members: g.members.into_iter().collect(),
+            members: Members::of(g.members),
             admins: g.admins.into_iter().collect(),
             invited: g.invited.into_iter().collect(),
             key,
@@ -200,7 +246,7 @@ impl State {
         self.last_key_id += 1;
         GroupKey {
             id: self.last_key_id,
-            key: ContentKey::random(),
+            key: ContentKey::random_for_many(),
             blocks: 0,
         }
     }
@@ -209,8 +255,9 @@ impl State {
     /// notices for it, to be sent before anything else can reach it.
     pub fn add_link(&mut self, link: &Arc<Link>) -> Notices {
         let mut notices = Notices::default();
-        for (name, g) in &self.groups {
+        for (name, g) in &mut self.groups {
             if g.members.contains(&link.user) {
+                g.members.forget_links();
                 notices.add(std::slice::from_ref(link), &key_event(name, &g.key));
             }
         }
@@ -223,6 +270,11 @@ impl State {
 
     /// Forgets a connection; the user goes offline with their last one.
     pub fn remove_link(&mut self, user: &Username, session: SessionId) {
+        for g in self.groups.values_mut() {
+            if g.members.contains(user) {
+                g.members.forget_links();
+            }
+        }
         if let Some(list) = self.online.get_mut(user) {
             list.retain(|l| l.session != session);
             if list.is_empty() {
@@ -292,7 +344,7 @@ impl State {
             Group {
                 owner: creator.clone(),
                 private,
-                members: BTreeSet::from([creator.clone()]),
+                members: Members::of([creator.clone()]),
                 admins: BTreeSet::new(),
                 invited: BTreeSet::new(),
                 key,
@@ -471,15 +523,15 @@ impl State {
             return (Vec::new(), Vec::new(), Notices::default());
         }
         let (old, key) = match self.groups.remove(&name) {
-            Some(g) => (g.members, g.key),
+            Some(g) => (g.members.names, g.key),
             None => {
                 self.heads.entry(ConvId::Group(name.clone())).or_insert(0);
                 (BTreeSet::new(), self.new_group_key())
             }
         };
         let group = Group::from_record(record, key);
-        let joined: Vec<Username> = group.members.difference(&old).cloned().collect();
-        let left: Vec<Username> = old.difference(&group.members).cloned().collect();
+        let joined: Vec<Username> = group.members.names.difference(&old).cloned().collect();
+        let left: Vec<Username> = old.difference(&group.members.names).cloned().collect();
         self.groups.insert(name.clone(), group);
         // A new key reaches every member, joiners included.
         if !left.is_empty() {
@@ -636,16 +688,20 @@ impl State {
     /// Every logged-in connection that follows `conv`: a group's members',
     /// or both users' of a direct conversation (the sender's own included:
     /// everything a user sends reaches all their connections).
-    pub fn followers(&self, conv: &ConvId) -> Vec<Arc<Link>> {
-        let links = |u: &Username| self.online.get(u).into_iter().flatten().cloned();
+    pub fn followers(&mut self, conv: &ConvId) -> Arc<[Arc<Link>]> {
+        let online = &self.online;
+        let links = |u: &Username| online.get(u).into_iter().flatten().cloned();
         match conv {
-            ConvId::Group(g) => self
-                .groups
-                .get(g)
-                .into_iter()
-                .flat_map(|g| g.members.iter())
-                .flat_map(links)
-                .collect(),
+            ConvId::Group(g) => {
+                let Some(members) = self.groups.get_mut(g).map(|g| &mut g.members) else {
+                    return Arc::from([]);
+                };
+                Arc::clone(
+                    members
+                        .links
+                        .get_or_insert_with(|| members.names.iter().flat_map(links).collect()),
+                )
+            }
             ConvId::Direct(a, b) if a == b => links(a).collect(),
             ConvId::Direct(a, b) => links(a).chain(links(b)).collect(),
         }
