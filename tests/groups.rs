@@ -7,7 +7,7 @@ mod common;
 use std::collections::HashSet;
 
 use common::{err, login, login_again, next_event, next_message, ok, run, start_server_with};
-use muchat::client::ClientEvent;
+use muchat::client::{Client, ClientEvent};
 use muchat::event::{ErrorCode, GroupNotice, NoticeKind, Reply};
 
 #[test]
@@ -43,14 +43,20 @@ fn a_private_group_is_joined_by_invitation_only_and_listed_to_its_people() {
     err(&bob, "JOIN secret", ErrorCode::NotAllowed);
 }
 
+/// alice, bob and carol logged in; alice made `#ops` and bob joined it.
+fn ops_of_alice_and_bob(server: &common::TestServer) -> (Client, Client, Client) {
+    let alice = login(server, "alice");
+    let bob = login(server, "bob");
+    let carol = login(server, "carol");
+    ok(&alice, "CREATE_GROUP ops");
+    ok(&bob, "JOIN ops");
+    (alice, bob, carol)
+}
+
 #[test]
 fn a_kicked_member_gets_nothing_more_and_roles_are_enforced() {
     let server = start_server_with(|_| {});
-    let alice = login(&server, "alice");
-    let bob = login(&server, "bob");
-    let carol = login(&server, "carol");
-    ok(&alice, "CREATE_GROUP ops");
-    ok(&bob, "JOIN ops");
+    let (alice, bob, carol) = ops_of_alice_and_bob(&server);
     ok(&carol, "JOIN ops");
     // Members cannot kick; admins can, but not the owner or other admins.
     err(&carol, "KICK ops bob", ErrorCode::NotAllowed);
@@ -151,11 +157,7 @@ fn parallel_joins_and_leaves_agree_with_the_final_state_and_the_cap_holds() {
 #[test]
 fn members_who_join_or_log_in_between_messages_get_what_follows() {
     let server = start_server_with(|_| {});
-    let alice = login(&server, "alice");
-    let bob = login(&server, "bob");
-    let carol = login(&server, "carol");
-    ok(&alice, "CREATE_GROUP ops");
-    ok(&bob, "JOIN ops");
+    let (alice, bob, carol) = ops_of_alice_and_bob(&server);
     let say = |text: &str| ok(&alice, &format!("SEND_TO_GROUP ops {text}"));
     say("one");
     assert_eq!(next_message(&bob).text, "one");
