@@ -23,13 +23,14 @@
 //! drains below [`REFILL_BELOW`], its drain hook (the delivery engine) is
 //! told, so it can fetch more from the store.
 
+use std::collections::VecDeque;
 use std::net::Shutdown;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::{Arc, Condvar, Mutex, Weak};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, Weak};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use crossbeam_channel::{unbounded, Receiver, Sender};
+use crossbeam_channel::{unbounded, Sender};
 
 use crate::connection::{FrameWriter, SharedStream};
 use crate::event::ServerMessage;
@@ -153,7 +154,13 @@ struct Inner {
     backoff: Mutex<Duration>,
     /// Since when the socket has taken nothing while bytes waited.
     stalled_since: Mutex<Option<Instant>>,
-    queue: Receiver<Item>,
+    /// Frames waiting for a writer, oldest first. A plain locked deque:
+    /// a push holds the lock for one `push_back`, and a writer takes a
+    /// whole turn's worth under one lock rather than one receive per frame.
+    queue: Mutex<VecDeque<Item>>,
+    /// Wakes a unit test waiting in [`Outbox::take`].
+    #[cfg(test)]
+    arrived: Condvar,
     /// Bytes queued and not yet written to the socket.
     bytes: AtomicUsize,
     /// Of those, the frames already sealed into the writer's buffer.
@@ -174,6 +181,17 @@ struct Inner {
 }
 
 impl Inner {
+    fn queue(&self) -> MutexGuard<'_, VecDeque<Item>> {
+        self.queue.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Appends to the queue.
+    fn enqueue(&self, item: Item) {
+        self.queue().push_back(item);
+        #[cfg(test)]
+        self.arrived.notify_all();
+    }
+
     fn close(&self, reason: CloseReason) {
         let mut r = self.close_reason.lock().unwrap_or_else(|e| e.into_inner());
         if r.is_none() {
@@ -231,7 +249,6 @@ impl Drop for Waiting<'_> {
 /// A handle for queueing frames to one client. Cheap to clone.
 #[derive(Clone)]
 pub struct Outbox {
-    tx: Sender<Item>,
     inner: Arc<Inner>,
 }
 
@@ -245,12 +262,8 @@ impl Outbox {
         if self.inner.closed.load(Ordering::Acquire) {
             return Err(Closed);
         }
-        let cost = item.cost();
-        self.inner.add_bytes(cost);
-        if self.tx.send(Item::Frame(item)).is_err() {
-            self.inner.sub_bytes(cost);
-            return Err(Closed);
-        }
+        self.inner.add_bytes(item.cost());
+        self.inner.enqueue(Item::Frame(item));
         let deferred = DEFERRED.with(|d| match d.borrow_mut().as_mut() {
             Some(list) => {
                 // A commit often pushes several messages to one outbox in a row.
@@ -332,9 +345,7 @@ impl Outbox {
     /// connection's own reader when it ends, so a final reply or `BYE` still
     /// goes out.
     pub fn finish(&self) {
-        if self.tx.send(Item::Close).is_err() {
-            self.inner.close(CloseReason::Finished);
-        }
+        self.inner.enqueue(Item::Close);
         self.ensure_writer();
     }
 
@@ -363,17 +374,24 @@ impl Outbox {
     /// nothing came, or the outbox was [finished](Self::finish).
     #[cfg(test)]
     pub fn take(&self, timeout: Duration) -> Option<Outgoing> {
-        match self.inner.queue.recv_timeout(timeout) {
-            Ok(Item::Frame(o)) => {
+        let queue = self.inner.queue();
+        let (mut queue, _) = self
+            .inner
+            .arrived
+            .wait_timeout_while(queue, timeout, |q| q.is_empty())
+            .unwrap_or_else(|e| e.into_inner());
+        let item = queue.pop_front();
+        drop(queue);
+        match item? {
+            Item::Frame(o) => {
                 self.inner.sub_bytes(o.cost());
                 self.inner.wake_room();
                 Some(o)
             }
-            Ok(Item::Close) => {
+            Item::Close => {
                 self.inner.close(CloseReason::Finished);
                 None
             }
-            Err(_) => None,
         }
     }
 
@@ -543,14 +561,15 @@ impl WriterPool {
         writer: Option<FrameWriter<SharedStream>>,
         pool: Sender<Job>,
     ) -> Outbox {
-        let (tx, queue) = unbounded();
         let inner = Arc::new(Inner {
             stream,
             writer: Mutex::new(writer),
             scheduled: AtomicBool::new(false),
             backoff: Mutex::new(RETRY_AFTER),
             stalled_since: Mutex::new(None),
-            queue,
+            queue: Mutex::new(VecDeque::new()),
+            #[cfg(test)]
+            arrived: Condvar::new(),
             bytes: AtomicUsize::new(0),
             carried: AtomicUsize::new(0),
             room: (Mutex::new(()), Condvar::new()),
@@ -562,7 +581,7 @@ impl WriterPool {
             closed: AtomicBool::new(false),
             close_reason: Mutex::new(None),
         });
-        Outbox { tx, inner }
+        Outbox { inner }
     }
 
     /// Bytes queued for clients across the server.
@@ -599,7 +618,7 @@ enum Served {
 /// still set, leave the queue.
 fn unschedule(inner: Arc<Inner>) {
     inner.scheduled.store(false, Ordering::SeqCst);
-    if !inner.queue.is_empty() {
+    if !inner.queue().is_empty() {
         ensure_writer(&inner);
     }
 }
@@ -618,18 +637,29 @@ fn serve(inner: &Arc<Inner>) -> Served {
     let mut closing = false;
     // Bytes taken off the queue are still counted until written.
     let mut sealed_cost = 0usize;
-    while w.pending() < FLUSH_AT {
-        match inner.queue.try_recv() {
-            Ok(Item::Frame(o)) => {
-                sealed_cost += o.cost();
-                w.queue_frame(o.frame());
+    // A turn's frames come off the queue under one lock and are sealed
+    // after it, so pushers never wait on the sealing.
+    let mut turn = Vec::new();
+    {
+        let mut queue = inner.queue();
+        let mut room = FLUSH_AT.saturating_sub(w.pending());
+        while room > 0 {
+            match queue.pop_front() {
+                Some(Item::Frame(o)) => {
+                    room = room.saturating_sub(o.cost());
+                    turn.push(o);
+                }
+                Some(Item::Close) => {
+                    closing = true;
+                    break;
+                }
+                None => break,
             }
-            Ok(Item::Close) => {
-                closing = true;
-                break;
-            }
-            Err(_) => break,
         }
+    }
+    for o in turn {
+        sealed_cost += o.cost();
+        w.queue_frame(o.frame());
     }
     if closing {
         // Last words (a reply or BYE) get a bounded chance, then close.
@@ -681,7 +711,7 @@ fn serve(inner: &Arc<Inner>) -> Served {
     }
     if left > 0 {
         Served::SocketFull(*backoff)
-    } else if !inner.queue.is_empty() {
+    } else if !inner.queue().is_empty() {
         Served::MoreQueued
     } else {
         Served::Idle
