@@ -1,7 +1,9 @@
 //! What a run measured, and how it is measured: wall time, CPU seconds of
-//! the server and of the generator (from `/proc`), resident memory, and
+//! the server and of the generator (from `/proc`, per thread to the
+//! nanosecond where it can), resident memory, and
 //! latency percentiles.
 
+use std::collections::HashMap;
 use std::time::Instant;
 
 use serde::Serialize;
@@ -148,8 +150,9 @@ impl Report {
     }
 }
 
-/// CPU seconds (user + system) of a process, or of this one.
-pub fn cpu_seconds(pid: Option<u32>) -> Option<f64> {
+/// CPU seconds (user + system) of a process, or of this one, in the 10 ms
+/// ticks of `/proc/PID/stat`; it counts threads that have exited too.
+fn cpu_seconds(pid: Option<u32>) -> Option<f64> {
     let path = match pid {
         Some(p) => format!("/proc/{p}/stat"),
         None => "/proc/self/stat".to_string(),
@@ -160,6 +163,63 @@ pub fn cpu_seconds(pid: Option<u32>) -> Option<f64> {
     let fields: Vec<&str> = rest.split_whitespace().collect();
     let ticks: f64 = fields.get(11)?.parse::<f64>().ok()? + fields.get(12)?.parse::<f64>().ok()?;
     Some(ticks / 100.0)
+}
+
+/// A process's CPU time at one moment, for measuring a phase precisely.
+///
+/// A 100k-delivery run costs the server about 0.2 s of CPU: 20 ticks of
+/// `/proc/PID/stat`, so one tick either way moves the result by 5%. The
+/// per-thread `/proc/PID/task/*/schedstat` counts nanoseconds (the way the
+/// IRC generator of `../shared/peer-bench` measures ngircd, so both servers
+/// are measured alike) but forgets a thread when it exits; so the ticks are
+/// kept too, and used when a thread alive at the start is gone at the end.
+#[derive(Debug, Clone)]
+pub struct CpuSample {
+    /// Nanoseconds on CPU of each live thread, by thread id.
+    threads: HashMap<u32, u64>,
+    /// Whole-process seconds from the ticks.
+    ticks_s: f64,
+}
+
+impl CpuSample {
+    /// Samples `pid`, or this process.
+    pub fn take(pid: Option<u32>) -> Option<CpuSample> {
+        let ticks_s = cpu_seconds(pid)?;
+        let dir = match pid {
+            Some(p) => format!("/proc/{p}/task"),
+            None => "/proc/self/task".to_string(),
+        };
+        let mut threads = HashMap::new();
+        for entry in std::fs::read_dir(dir).ok()?.flatten() {
+            let Some(tid) = entry.file_name().to_str().and_then(|n| n.parse().ok()) else {
+                continue;
+            };
+            // A thread may exit between the listing and the read.
+            let Ok(stat) = std::fs::read_to_string(entry.path().join("schedstat")) else {
+                continue;
+            };
+            if let Some(ns) = stat.split_whitespace().next().and_then(|f| f.parse().ok()) {
+                threads.insert(tid, ns);
+            }
+        }
+        Some(CpuSample { threads, ticks_s })
+    }
+
+    /// CPU seconds spent from `self` to `later`: to the nanosecond when
+    /// every thread of `self` still lives in `later` (threads born in
+    /// between count from zero), else from the ticks.
+    pub fn seconds_until(&self, later: &CpuSample) -> f64 {
+        let survived = self.threads.keys().all(|t| later.threads.contains_key(t));
+        if !survived || self.threads.is_empty() {
+            return later.ticks_s - self.ticks_s;
+        }
+        let ns: u64 = later
+            .threads
+            .iter()
+            .map(|(t, &now)| now.saturating_sub(self.threads.get(t).copied().unwrap_or(0)))
+            .sum();
+        ns as f64 / 1e9
+    }
 }
 
 /// CPU seconds (user + system) of a process and of its children, live
@@ -225,8 +285,8 @@ fn percentiles(mut us: Vec<u64>) -> [f64; 4] {
 /// Wall time and CPU of the server and of this process over a phase.
 pub struct Meter {
     start: Instant,
-    server0: Option<f64>,
-    me0: f64,
+    server0: Option<CpuSample>,
+    me0: Option<CpuSample>,
     pid: Option<u32>,
 }
 
@@ -235,8 +295,8 @@ impl Meter {
     pub fn start(pid: Option<u32>) -> Meter {
         Meter {
             start: Instant::now(),
-            server0: pid.and_then(|p| cpu_seconds(Some(p))),
-            me0: cpu_seconds(None).unwrap_or(0.0),
+            server0: pid.and_then(|p| CpuSample::take(Some(p))),
+            me0: CpuSample::take(None),
             pid,
         }
     }
@@ -244,11 +304,17 @@ impl Meter {
     /// Stops, recording wall time and CPU into `report`.
     pub fn stop(&self, report: &mut Report) {
         report.wall_s = self.start.elapsed().as_secs_f64();
-        report.server_cpu_s = match (self.server0, self.pid.and_then(|p| cpu_seconds(Some(p)))) {
-            (Some(a), Some(b)) => Some(b - a),
+        report.server_cpu_s = match (
+            &self.server0,
+            self.pid.and_then(|p| CpuSample::take(Some(p))),
+        ) {
+            (Some(a), Some(b)) => Some(a.seconds_until(&b)),
             _ => None,
         };
-        report.generator_cpu_s = cpu_seconds(None).unwrap_or(0.0) - self.me0;
+        report.generator_cpu_s = match (&self.me0, CpuSample::take(None)) {
+            (Some(a), Some(b)) => a.seconds_until(&b),
+            _ => 0.0,
+        };
         report.server_rss_kib = self.pid.and_then(rss_kib);
     }
 }
