@@ -27,9 +27,9 @@
 #               keeps every run's output and node logs
 #   SKIP_BUILD=1  do not run cargo build --release first (the binaries are
 #               copied at the start either way, so every case runs the same)
-# Figures: server CPU is user+system time of every node process over the
-# measured phase (loadgen reads /proc/PID/stat for each --server-pid and
-# sums them); "db" is PostgreSQL's and Redis's CPU over the same phase
+# Figures: server CPU is the time on CPU of every node process over the
+# measured phase (loadgen sums /proc/PID/task/*/schedstat for each
+# --server-pid, to the nanosecond); "db" is PostgreSQL's and Redis's CPU over the same phase
 # (loadgen --engine-pid: the postmaster with its backends, redis-server).
 # Nodes run with the abuse limits off, as bench/run.sh does (bench/lib.sh).
 # Needs PostgreSQL (initdb, postgres, createdb, dropdb, psql in PATH or
@@ -376,7 +376,7 @@ for name in order:
           f"{fmt(db, '6.2f', 6)} {fmt(p50, '7.2f', 7)} {fmt(p99, '7.2f', 7)} {fmt(mx, '7.2f', 7)}  "
           f"{fmt_ratio(vs_pg):>17}  {fmt_ratio(vs_sq):>17}  {split(name) if c['nodes'] > 1 else ''}")
 print()
-print("How to read: medians over the rounds. us/dlv is the CPU (user+system) of all node processes summed, "
+print("How to read: medians over the rounds. us/dlv is the CPU time of all node processes summed, "
       "over the measured phase, per delivered copy (latency cases: per message); db us is PostgreSQL's and "
       "Redis's CPU per delivery over the same phase, not in us/dlv. vs pg x1 / vs sqlite: us/dlv over the "
       "one-node figure of the same kind in the same round, median (range). Fan-out p50/p99 are over a 1-in-50 "

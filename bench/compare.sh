@@ -266,7 +266,7 @@ for label, runs in shapes.items():
 print()
 print(f"How to read: {rounds} round(s), each shape on fresh servers every round; every figure is the "
       f"median over the rounds, range = the lowest and highest per-round ratio. us/dlv is the server's "
-      f"CPU time (user+system, all threads) per delivered copy "
+      f"CPU time (all threads, to the nanosecond, measured alike for both) per delivered copy "
       f"over the send phase, lower is better; ratio = muchat us/dlv / ngircd us/dlv, the times more "
       f"server CPU muchat spends per delivery than a plaintext single-threaded C IRC relay (muchat also "
       f"MACs every frame per recipient, stores every message and handles acknowledgements). Both "
