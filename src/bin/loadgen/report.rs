@@ -318,3 +318,43 @@ impl Meter {
         report.server_rss_kib = self.pid.and_then(rss_kib);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample(threads: &[(u32, u64)], ticks_s: f64) -> CpuSample {
+        CpuSample {
+            threads: threads.iter().copied().collect(),
+            ticks_s,
+        }
+    }
+
+    #[test]
+    fn cpu_is_summed_per_thread_and_a_thread_born_in_between_counts_whole() {
+        let start = sample(&[(10, 1_000_000_000), (11, 500_000_000)], 1.5);
+        let end = sample(
+            &[(10, 1_250_000_000), (11, 500_000_000), (12, 40_000_000)],
+            1.8,
+        );
+        let s = start.seconds_until(&end);
+        assert!((s - 0.29).abs() < 1e-9, "{s}");
+    }
+
+    #[test]
+    fn a_thread_gone_by_the_end_falls_back_to_the_ticks() {
+        let start = sample(&[(10, 1_000_000_000), (11, 500_000_000)], 1.5);
+        // Thread 11 exited with CPU the per-thread sums no longer show.
+        let end = sample(&[(10, 1_250_000_000)], 1.9);
+        let s = start.seconds_until(&end);
+        assert!((s - 0.4).abs() < 1e-9, "{s}");
+    }
+
+    #[test]
+    fn this_process_can_be_sampled() {
+        let a = CpuSample::take(None).expect("/proc/self is readable");
+        assert!(!a.threads.is_empty());
+        let b = CpuSample::take(None).expect("/proc/self is readable");
+        assert!(a.seconds_until(&b) >= 0.0);
+    }
+}
