@@ -6,9 +6,14 @@ mod common;
 
 use std::collections::HashSet;
 
-use common::{err, login, login_again, next_event, next_message, ok, run, start_server_with};
-use muchat::client::{Client, ClientEvent};
+use common::{
+    err, group, login, login_again, next_event, next_message, ok, run, sent, start_server_with,
+    user, WAIT,
+};
+use muchat::client::session::{Incoming, Session};
+use muchat::client::{Client, ClientEvent, Trust};
 use muchat::event::{ErrorCode, GroupNotice, NoticeKind, Reply};
+use muchat::request::Request;
 
 #[test]
 fn a_private_group_is_joined_by_invitation_only_and_listed_to_its_people() {
@@ -187,4 +192,49 @@ fn members_who_join_or_log_in_between_messages_get_what_follows() {
     for text in ["four", "five", "six"] {
         assert_eq!(next_message(&carol).text, text);
     }
+}
+
+/// A reader that defers envelopes (the load generator's receivers) gets a
+/// live group message with its envelope shut, at the place its clear head
+/// gives, ready to acknowledge; opened, it is the message any member reads.
+#[test]
+fn a_deferred_envelope_opens_to_the_message_a_member_reads() {
+    let server = start_server_with(|_| {});
+    let alice = login(&server, "alice");
+    ok(&alice, "CREATE_GROUP ops");
+
+    let trust = Trust::Fingerprint(server.fingerprint());
+    let mut bob = Session::connect(&server.local_addr().to_string(), &trust).unwrap();
+    for r in [
+        Request::CreateUser {
+            username: user("bob"),
+            password: "pw-bob".into(),
+            name: "Bob".into(),
+        },
+        Request::Login {
+            username: user("bob"),
+            password: "pw-bob".into(),
+            token: None,
+        },
+        Request::Join(group("ops")),
+    ] {
+        let (reply, _) = bob.request(&r).unwrap();
+        assert!(matches!(reply, Reply::Ok { .. }), "{r:?}: {reply:?}");
+    }
+    bob.reader.defer_envelopes();
+    bob.reader.set_timeout(Some(WAIT)).unwrap();
+
+    let refs = sent(&alice, "SEND_TO_GROUP ops hello, shut envelope");
+    let sealed = loop {
+        match bob.reader.recv().unwrap() {
+            Incoming::SealedMessage(m) => break m,
+            Incoming::Message(d) => panic!("an opened message from a deferring reader: {d:?}"),
+            _ => {}
+        }
+    };
+    assert_eq!(vec![sealed.at.clone()], refs);
+    let d = sealed.open().unwrap();
+    assert_eq!(d.at, sealed.at);
+    assert_eq!(d.from, user("alice"));
+    assert_eq!(d.key.open(&d.body).unwrap(), b"hello, shut envelope");
 }

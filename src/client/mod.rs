@@ -1122,6 +1122,14 @@ impl Inner {
                     Vec::new()
                 }
                 Incoming::Message(d) => self.message(d),
+                // This reader never defers envelopes; opened here all the same.
+                Incoming::SealedMessage(m) => match m.open() {
+                    Ok(d) => self.message(d),
+                    Err(e) => {
+                        self.flush_acks();
+                        return e.to_string();
+                    }
+                },
                 Incoming::History(d) => vec![open_message(d, true)],
                 Incoming::HistoryFile(f) => vec![ClientEvent::HistoryFile {
                     at: f.at,

@@ -8,7 +8,9 @@
 //! [`SessionReader`] (frames in, typed [`Incoming`] out), so one thread can
 //! block reading while another writes. The reader keeps the group keys the
 //! server hands out and opens every `GMSG` envelope with them, so callers
-//! see every message as a [`Delivery`]; it answers nothing itself (a
+//! see every message as a [`Delivery`] (a load generator, which verifies
+//! every frame but reads only a sample, can have the envelopes left shut:
+//! [`SessionReader::defer_envelopes`]); it answers nothing itself (a
 //! `PING` comes out as an event for the owner to answer).
 //!
 //! Replies come in request order and do not say which request they answer,
@@ -67,6 +69,9 @@ pub enum Incoming {
     Reply(Reply),
     /// A message, live or from the store (a `GMSG` arrives opened).
     Message(Delivery),
+    /// A live group message with its envelope still shut; only from a
+    /// reader told to [`defer_envelopes`](SessionReader::defer_envelopes).
+    SealedMessage(SealedGroupMessage),
     /// A past message answering `HISTORY`.
     History(Delivery),
     /// A past file answering `HISTORY`.
@@ -140,6 +145,7 @@ impl Session {
                 frames: FrameReader::new(reader, keyed.opener),
                 group_keys: GroupKeys::default(),
                 bye: None,
+                defer_envelopes: false,
             },
             writer: SessionWriter {
                 frames: FrameWriter::new(SharedStream(Arc::clone(&stream)), keyed.sealer),
@@ -217,6 +223,26 @@ pub struct SessionReader {
     group_keys: GroupKeys,
     /// The server's last `BYE` reason, reported when it closes.
     bye: Option<String>,
+    /// `GMSG`s come out as [`Incoming::SealedMessage`], unopened.
+    defer_envelopes: bool,
+}
+
+/// A `GMSG` whose frame was verified and whose group key is known, but
+/// whose envelope (sender, time, content key) is not opened yet.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SealedGroupMessage {
+    /// Where it sits, from the clear head: what to acknowledge.
+    pub at: MessageRef,
+    group: GroupName,
+    key: ContentKey,
+    body: crate::content::Body,
+}
+
+impl SealedGroupMessage {
+    /// Opens the envelope, with the checks an opened `GMSG` gets.
+    pub fn open(&self) -> Result<Delivery, BadServerMessage> {
+        Delivery::open_group(&self.group, self.at.seq, &self.key, &self.body)
+    }
 }
 
 impl SessionReader {
@@ -247,7 +273,19 @@ impl SessionReader {
                     let (group, key) = self.group_keys.get(key_id).ok_or_else(|| {
                         BadServerMessage(format!("GMSG under unknown group key {key_id}"))
                     })?;
-                    Incoming::Message(Delivery::open_group(group, seq, key, &body)?)
+                    if self.defer_envelopes {
+                        Incoming::SealedMessage(SealedGroupMessage {
+                            at: MessageRef {
+                                conv: Conversation::Group(group.clone()),
+                                seq,
+                            },
+                            group: group.clone(),
+                            key: key.clone(),
+                            body,
+                        })
+                    } else {
+                        Incoming::Message(Delivery::open_group(group, seq, key, &body)?)
+                    }
                 }
                 ServerMessage::GroupKey { group, key_id, key } => {
                     self.group_keys.insert(group, key_id, key);
@@ -279,6 +317,16 @@ impl SessionReader {
             };
             return Ok(incoming);
         }
+    }
+
+    /// From now on, live group messages come out as
+    /// [`Incoming::SealedMessage`] with their envelopes shut: every frame's
+    /// MAC is still verified and an unknown group key is still an error,
+    /// but the 3DES of opening is left to the caller, for the messages it
+    /// reads. For load generators, which acknowledge everything and read
+    /// a sample; a client showing messages has no use for it.
+    pub fn defer_envelopes(&mut self) {
+        self.defer_envelopes = true;
     }
 
     /// Whether a whole frame may already be buffered (so the next
