@@ -16,10 +16,12 @@
 //! ([`SessionReader::defer_envelopes`]): a `GMSG`'s place is in its clear
 //! head, so acknowledging needs no 3DES, and opening 7 blocks for every
 //! copy had been two thirds of the generator's CPU, taken from the cores
-//! it shares with the server (the IRC generator does no such work). The senders live in the loops
-//! too (sharing the receivers' loops, or with `--sender-loop` on one of
-//! their own; see [`fan_out`]): each reply frees a slot of its sender's
-//! window, and the next messages go out with the next write.
+//! it shares with the server (the IRC generator does no such work).
+//!
+//! The senders live in the loops too (sharing the receivers' loops, or
+//! with `--sender-loop` on one of their own; see [`fan_out`]): each reply
+//! frees a slot of its sender's window, and the next messages go out with
+//! the next write.
 //!
 //! # Reading
 //!
