@@ -115,6 +115,10 @@ cpu_model=$(sed -n 's/^model name[[:space:]]*: //p' /proc/cpuinfo | head -1)
 rev=$(git -C "$root" describe --always --dirty 2>/dev/null || echo unknown)
 fs=$(df --output=fstype "$work" 2>/dev/null | tail -1 || echo "?")
 echo "machine: $(nproc) CPUs (nproc), $cpu_model, $(uname -sr), load average $(cut -d' ' -f1-3 /proc/loadavg)"
+# One core's 3DES speed: a gauge of the machine's state (on a shared VM the
+# same build's CPU per delivery moves with it, more than ngircd's does).
+cipher_speed() { "$work/bin/loadgen" 127.0.0.1:1 --cipher 2>/dev/null | sed -n 's/.*: //p' | tail -1; }
+echo "3DES on one core at the start: $(cipher_speed)"
 echo "servers: $(ngircd --version 2>/dev/null | head -1 | cut -d- -f1) | muchat $rev (release)," \
     "data dir on $fs ($work)"
 echo
@@ -282,6 +286,7 @@ for note in notes:
 sys.exit(1 if bad else 0)
 PY
 echo "load average at the end: $(cut -d' ' -f1-3 /proc/loadavg) (other work on the machine skews every figure)"
+echo "3DES on one core at the end: $(cipher_speed)"
 rm -rf "$work/bin"
 echo "outputs and muchat server logs: $work"
 exit "$status"
