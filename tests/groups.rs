@@ -232,9 +232,9 @@ fn a_deferred_envelope_opens_to_the_message_a_member_reads() {
             _ => {}
         }
     };
-    assert_eq!(vec![sealed.at.clone()], refs);
+    assert_eq!(vec![sealed.at()], refs);
     let d = sealed.open().unwrap();
-    assert_eq!(d.at, sealed.at);
+    assert_eq!(d.at, sealed.at());
     assert_eq!(d.from, user("alice"));
     assert_eq!(d.key.open(&d.body).unwrap(), b"hello, shut envelope");
 }

@@ -231,17 +231,24 @@ pub struct SessionReader {
 /// whose envelope (sender, time, content key) is not opened yet.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SealedGroupMessage {
-    /// Where it sits, from the clear head: what to acknowledge.
-    pub at: MessageRef,
     group: GroupName,
+    seq: u64,
     key: ContentKey,
     body: crate::content::Body,
 }
 
 impl SealedGroupMessage {
+    /// Where it sits, from the clear head: what to acknowledge.
+    pub fn at(&self) -> MessageRef {
+        MessageRef {
+            conv: Conversation::Group(self.group.clone()),
+            seq: self.seq,
+        }
+    }
+
     /// Opens the envelope, with the checks an opened `GMSG` gets.
     pub fn open(&self) -> Result<Delivery, BadServerMessage> {
-        Delivery::open_group(&self.group, self.at.seq, &self.key, &self.body)
+        Delivery::open_group(&self.group, self.seq, &self.key, &self.body)
     }
 }
 
@@ -275,11 +282,8 @@ impl SessionReader {
                     })?;
                     if self.defer_envelopes {
                         Incoming::SealedMessage(SealedGroupMessage {
-                            at: MessageRef {
-                                conv: Conversation::Group(group.clone()),
-                                seq,
-                            },
                             group: group.clone(),
+                            seq,
                             key: key.clone(),
                             body,
                         })

@@ -226,7 +226,7 @@ impl Member {
                 // Only a member that sends nothing defers its envelopes, so
                 // every message it gets is another's.
                 Ok(Incoming::SealedMessage(m)) => {
-                    if self.in_order(job, &m.at) {
+                    if self.in_order(job, &m.at()) {
                         self.count(job, out, || m.open())
                             .map_err(|e| e.to_string())?;
                     }
