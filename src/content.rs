@@ -193,15 +193,18 @@ fn check_ciphertext(text: &str) -> Result<(), ContentError> {
 
 impl Body {
     /// Wraps text received on the wire: base64 of at least two whole blocks
-    /// (an IV and one block of ciphertext), or two such parts joined by `:`
-    /// (an envelope and its content, see [`Body::enveloped`]).
+    /// (an IV and one block of ciphertext); or two such parts joined by `:`
+    /// (an envelope and its content, see [`Body::enveloped`]), or several
+    /// of those joined by `,` (consecutive messages, [`Body::bundle`]).
     pub fn from_wire(text: &str) -> Result<Self, ContentError> {
-        match text.split_once(':') {
-            Some((envelope, content)) => {
+        if text.contains(':') {
+            for message in text.split(',') {
+                let (envelope, content) = message.split_once(':').ok_or(ContentError::BadBase64)?;
                 check_ciphertext(envelope)?;
                 check_ciphertext(content)?;
             }
-            None => check_ciphertext(text)?,
+        } else {
+            check_ciphertext(text)?;
         }
         Ok(Body::from(text))
     }
@@ -225,6 +228,22 @@ impl Body {
     /// followed by the sender's content, unchanged: `envelope ":" content`.
     pub fn enveloped(envelope: &Body, content: &Body) -> Body {
         Body::from(format!("{}:{}", envelope.as_str(), content.as_str()).as_str())
+    }
+
+    /// Enveloped bodies of consecutive messages as one body, joined by
+    /// `,`, so that one frame (one MAC for each recipient) carries them all.
+    pub fn bundle(messages: &[&Body]) -> Body {
+        let texts: Vec<&str> = messages.iter().map(|b| b.as_str()).collect();
+        Body::from(texts.join(",").as_str())
+    }
+
+    /// The enveloped bodies a [`bundle`](Self::bundle) carries, in order
+    /// (one, for a body that is not a bundle).
+    pub fn unbundle(&self) -> Vec<Body> {
+        if !self.as_str().contains(',') {
+            return vec![self.clone()];
+        }
+        self.as_str().split(',').map(Body::from).collect()
     }
 
     /// For an enveloped body, its two parts.

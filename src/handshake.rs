@@ -5,10 +5,13 @@
 //! # Format
 //!
 //! ```text
-//! client -> server:  MUCHAT/3 <A: client ephemeral value, 512 hex digits>\n
-//! server -> client:  MUCHAT/3 <B: server ephemeral value> <S: server static value> <confirm>\n
-//!               or:  MUCHAT/3 ERROR <reason>\n   (and the server closes)
+//! client -> server:  MUCHAT/4 <A: client ephemeral value, 512 hex digits>\n
+//! server -> client:  MUCHAT/4 <B: server ephemeral value> <S: server static value> <confirm>\n
+//!               or:  MUCHAT/4 ERROR <reason>\n   (and the server closes)
 //! ```
+//!
+//! A server also accepts `MUCHAT/3` (which differs only in sending one
+//! message per `GMSG`) and answers such a client in `MUCHAT/3`.
 //!
 //! Both sides compute `Zee = g^(ab)` and `Zes = g^(as)` and derive
 //! [`SessionKeys`]. `confirm` is base64 of `HMAC-SHA256(confirm key, "muchat/2
@@ -34,7 +37,12 @@ type HmacSha256 = hmac::Hmac<sha2::Sha256>;
 const B64: base64::engine::GeneralPurpose = base64::engine::general_purpose::STANDARD;
 
 /// The protocol name and version that open every handshake line.
-pub const PROTOCOL: &str = "MUCHAT/3";
+pub const PROTOCOL: &str = "MUCHAT/4";
+
+/// The version before, which a server still accepts from older clients:
+/// the same protocol, except that each `GMSG` carries one message (a
+/// server never bundles several for such a client).
+pub const PROTOCOL_V3: &str = "MUCHAT/3";
 
 /// The longest handshake line accepted (the server's carries two values).
 pub const MAX_HANDSHAKE_LINE: usize = 2048;
@@ -100,6 +108,17 @@ pub struct Keyed {
     /// The server's static public value, proven by key confirmation (for
     /// the client to check against its pin).
     pub server_key: PublicValue,
+    /// Whether the peer speaks [`PROTOCOL`] (and so takes several messages
+    /// in one `GMSG`), not [`PROTOCOL_V3`].
+    pub bundles: bool,
+}
+
+/// A client's hello, as the server read it.
+pub struct ClientHello {
+    /// The client's ephemeral public value.
+    pub public: PublicValue,
+    /// Whether it speaks [`PROTOCOL`]; otherwise [`PROTOCOL_V3`].
+    pub current: bool,
 }
 
 fn confirmation(keys: &SessionKeys) -> HmacSha256 {
@@ -132,7 +151,7 @@ pub fn client(reader: &mut impl BufRead, writer: &mut impl Write) -> Result<Keye
     client_with_secret(reader, writer, secret)
 }
 
-/// The client's hello: `MUCHAT/3 <A in hex>` and a newline.
+/// The client's hello: `MUCHAT/4 <A in hex>` and a newline.
 pub fn hello_line(ours: &PublicValue) -> String {
     format!("{PROTOCOL} {}\n", ours.to_hex())
 }
@@ -180,6 +199,7 @@ pub fn client_with_secret(
         sealer: Sealer::new(&keys.client_to_server),
         opener: Opener::new(&keys.server_to_client),
         server_key,
+        bundles: true,
     })
 }
 
@@ -210,18 +230,20 @@ pub fn server_with_secret(
 }
 
 /// The first half of the server's side: reads and checks the client's
-/// hello, returning its public value. A bad hello is refused (best effort)
+/// hello, returning its public value and version. A bad hello is refused (best effort)
 /// before the error is returned. No exponentiation happens here, so a
 /// server can decide whether to spend one on this peer.
 pub fn read_client_hello(
     reader: &mut impl BufRead,
     writer: &mut impl Write,
-) -> Result<PublicValue, HandshakeError> {
+) -> Result<ClientHello, HandshakeError> {
     let result = read_hello(reader).and_then(|(proto, rest)| {
-        if proto != PROTOCOL {
+        let current = proto == PROTOCOL;
+        if !current && proto != PROTOCOL_V3 {
             return Err(HandshakeError::Version(proto));
         }
-        PublicValue::from_hex(&rest).map_err(HandshakeError::BadPublicValue)
+        let public = PublicValue::from_hex(&rest).map_err(HandshakeError::BadPublicValue)?;
+        Ok(ClientHello { public, current })
     });
     if let Err(e) = &result {
         if !matches!(e, HandshakeError::Io(_) | HandshakeError::Closed) {
@@ -243,10 +265,11 @@ pub struct ServerHello {
 /// The second half of the server's side: the exponentiations (the
 /// ephemeral secret's own, and the two agreements) and the confirmation.
 pub fn answer(
-    theirs: &PublicValue,
+    hello: &ClientHello,
     identity: &StaticSecret,
     secret: EphemeralSecret,
 ) -> ServerHello {
+    let theirs = &hello.public;
     let ours = secret.public_value().clone();
     let server_key = identity.public_value().clone();
     let transcript = Transcript {
@@ -260,8 +283,10 @@ pub fn answer(
         &transcript,
     );
     let confirm = B64.encode(confirmation(&keys).finalize().into_bytes());
+    // A client is answered in its own version.
+    let version = if hello.current { PROTOCOL } else { PROTOCOL_V3 };
     let line = format!(
-        "{PROTOCOL} {} {} {confirm}\n",
+        "{version} {} {} {confirm}\n",
         ours.to_hex(),
         server_key.to_hex()
     );
@@ -271,6 +296,7 @@ pub fn answer(
             sealer: Sealer::new(&keys.server_to_client),
             opener: Opener::new(&keys.client_to_server),
             server_key,
+            bundles: hello.current,
         },
     }
 }

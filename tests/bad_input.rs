@@ -909,7 +909,7 @@ mod corrupt_lines {
 }
 
 // ---------------------------------------------------------------------------
-// 3. Handshake attacks: "MUCHAT/3 ERROR ..." then close
+// 3. Handshake attacks: "MUCHAT/4 ERROR ..." then close
 // ---------------------------------------------------------------------------
 
 mod handshakes {
@@ -929,7 +929,7 @@ mod handshakes {
         format!("{PROTOCOL} {value}\n").into_bytes()
     }
 
-    /// The server answers `bytes` with `MUCHAT/3 ERROR <reason>` and closes.
+    /// The server answers `bytes` with `MUCHAT/4 ERROR <reason>` and closes.
     fn refused(bytes: &[u8], reason: &str) {
         let server = start_server();
         let by = Bystanders::new(&server);

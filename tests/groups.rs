@@ -238,3 +238,83 @@ fn a_deferred_envelope_opens_to_the_message_a_member_reads() {
     assert_eq!(d.from, user("alice"));
     assert_eq!(d.key.open(&d.body).unwrap(), b"hello, shut envelope");
 }
+
+/// Logs `name` in on a raw session, joined to `ops`.
+fn session_in_ops(server: &common::TestServer, name: &str) -> Session {
+    let trust = Trust::Fingerprint(server.fingerprint());
+    let mut s = Session::connect(&server.local_addr().to_string(), &trust).unwrap();
+    for r in [
+        Request::CreateUser {
+            username: user(name),
+            password: format!("pw-{name}"),
+            name: name.into(),
+        },
+        Request::Login {
+            username: user(name),
+            password: format!("pw-{name}"),
+            token: None,
+        },
+        Request::Join(group("ops")),
+    ] {
+        let (reply, _) = s.request(&r).unwrap();
+        assert!(matches!(reply, Reply::Ok { .. }), "{r:?}: {reply:?}");
+    }
+    s.reader.set_timeout(Some(WAIT)).unwrap();
+    s
+}
+
+#[test]
+fn a_burst_to_a_group_reaches_every_member_once_in_order() {
+    let server = start_server_with(|_| {});
+    let alice = login(&server, "alice");
+    ok(&alice, "CREATE_GROUP ops");
+    let mut bob = session_in_ops(&server, "bob");
+    let mut carol = session_in_ops(&server, "carol");
+    carol.reader.defer_envelopes();
+
+    // Sent without waiting for replies, so that several commit together
+    // (and may reach bob and carol bundled in one GMSG).
+    const N: u64 = 40;
+    let mut dave = session_in_ops(&server, "dave");
+    let texts: Vec<String> = (1..=N).map(|i| format!("burst message {i}")).collect();
+    for t in &texts {
+        let key = muchat::content::ContentKey::random();
+        dave.writer.queue(&Request::SendToGroup {
+            groups: vec![group("ops")],
+            send_id: muchat::request::SendId::random(),
+            body: key.seal(t.as_bytes()),
+            key,
+        });
+    }
+    dave.writer.flush().unwrap();
+
+    // Each member reads every message once, in sequence order, with the
+    // sender's text.
+    for reader in [&mut bob, &mut carol] {
+        let mut seq = 0;
+        while seq < N {
+            let d = match reader.reader.recv().unwrap() {
+                Incoming::Message(d) => d,
+                Incoming::SealedMessage(m) => m.open().unwrap(),
+                _ => continue,
+            };
+            seq += 1;
+            assert_eq!(d.at.seq, seq, "in order, none twice, none missing");
+            assert_eq!(d.from, user("dave"));
+            let t = d.key.open(&d.body).unwrap();
+            assert_eq!(t, texts[(seq - 1) as usize].as_bytes());
+        }
+    }
+    // And dave gets a reply for each, and none of his own messages back.
+    let mut replies = 0;
+    while replies < N {
+        match dave.reader.recv().unwrap() {
+            Incoming::Reply(r) => {
+                assert!(matches!(r, Reply::Ok { .. }), "{r:?}");
+                replies += 1;
+            }
+            Incoming::Message(d) => panic!("dave was sent his own message {d:?}"),
+            _ => {}
+        }
+    }
+}

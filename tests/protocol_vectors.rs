@@ -917,7 +917,7 @@ fn an_independent_implementation_of_the_handshake_agrees() {
     assert_eq!(
         hello,
         format!(
-            "MUCHAT/3 {} {} {confirm}",
+            "MUCHAT/4 {} {} {confirm}",
             get(&doc, "server_public"),
             get(&doc, "server_static_public")
         )
@@ -1564,7 +1564,29 @@ fn the_server_refuses_an_older_client() {
     );
     assert!(matches!(result, Err(HandshakeError::Version(ref v)) if v == "MUCHAT/2"));
     let refusal =
-        "MUCHAT/3 ERROR unsupported protocol version \"MUCHAT/2\"; this side speaks MUCHAT/3";
+        "MUCHAT/4 ERROR unsupported protocol version \"MUCHAT/2\"; this side speaks MUCHAT/4";
     assert_eq!(String::from_utf8(sent).unwrap(), format!("{refusal}\n"));
     assert!(DOC.contains(refusal), "section 2 lists the refusal");
+}
+
+#[test]
+fn the_server_answers_a_version_3_client_in_version_3() {
+    let doc = documented();
+    let hello = client_hello(&doc).replacen(PROTOCOL, handshake::PROTOCOL_V3, 1);
+    let mut sent = Vec::new();
+    let keyed = handshake::server_with_secret(
+        &mut Cursor::new(hello.into_bytes()),
+        &mut sent,
+        &server_static(&doc),
+        EphemeralSecret::from_exponent(exponent(&doc, "server_exponent")),
+    )
+    .expect("a MUCHAT/3 client is accepted");
+    assert!(
+        !keyed.bundles,
+        "a MUCHAT/3 client gets one message per GMSG"
+    );
+    // The same answer, named MUCHAT/3 (section 2's version rule).
+    let documented = get(&doc, "server_hello");
+    let expected = documented.replacen(PROTOCOL, "MUCHAT/3", 1);
+    assert_eq!(String::from_utf8(sent).unwrap(), format!("{expected}\n"));
 }

@@ -146,6 +146,7 @@ impl Session {
                 group_keys: GroupKeys::default(),
                 bye: None,
                 defer_envelopes: false,
+                unbundled: VecDeque::new(),
             },
             writer: SessionWriter {
                 frames: FrameWriter::new(SharedStream(Arc::clone(&stream)), keyed.sealer),
@@ -225,6 +226,9 @@ pub struct SessionReader {
     bye: Option<String>,
     /// `GMSG`s come out as [`Incoming::SealedMessage`], unopened.
     defer_envelopes: bool,
+    /// The rest of a `GMSG` that carried several messages, to come out
+    /// one by one.
+    unbundled: VecDeque<Incoming>,
 }
 
 /// A `GMSG` whose frame was verified and whose group key is known, but
@@ -257,6 +261,9 @@ impl SessionReader {
     /// [`SessionError::Closed`]; a read timeout is [`SessionError::Io`]
     /// with kind `WouldBlock`/`TimedOut` and loses nothing (call again).
     pub fn recv(&mut self) -> Result<Incoming, SessionError> {
+        if let Some(next) = self.unbundled.pop_front() {
+            return Ok(next);
+        }
         loop {
             let frame = match self.frames.read_frame() {
                 Ok(Some(f)) => f,
@@ -280,16 +287,26 @@ impl SessionReader {
                     let (group, key) = self.group_keys.get(key_id).ok_or_else(|| {
                         BadServerMessage(format!("GMSG under unknown group key {key_id}"))
                     })?;
-                    if self.defer_envelopes {
-                        Incoming::SealedMessage(SealedGroupMessage {
-                            group: group.clone(),
-                            seq,
-                            key: key.clone(),
-                            body,
-                        })
-                    } else {
-                        Incoming::Message(Delivery::open_group(group, seq, key, &body)?)
+                    // One message, or several with consecutive numbers.
+                    let mut messages = Vec::new();
+                    for (seq, body) in (seq..).zip(body.unbundle()) {
+                        messages.push(if self.defer_envelopes {
+                            Incoming::SealedMessage(SealedGroupMessage {
+                                group: group.clone(),
+                                seq,
+                                key: key.clone(),
+                                body,
+                            })
+                        } else {
+                            Incoming::Message(Delivery::open_group(group, seq, key, &body)?)
+                        });
                     }
+                    let mut messages = messages.into_iter();
+                    let Some(first) = messages.next() else {
+                        continue;
+                    };
+                    self.unbundled.extend(messages);
+                    first
                 }
                 ServerMessage::GroupKey { group, key_id, key } => {
                     self.group_keys.insert(group, key_id, key);
@@ -336,7 +353,7 @@ impl SessionReader {
     /// Whether a whole frame may already be buffered (so the next
     /// [`recv`](Self::recv) may not need the socket).
     pub fn has_buffered(&self) -> bool {
-        self.frames.has_buffered()
+        !self.unbundled.is_empty() || self.frames.has_buffered()
     }
 
     /// Sets how long [`recv`](Self::recv) may wait (None: for ever).

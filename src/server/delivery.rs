@@ -7,7 +7,8 @@
 //! the session that sent it offers it ([`Link::offer`]) to every link of
 //! every member: a link that is caught up and has room in its outbox gets
 //! the frame at once (for a group, the one `GMSG` shared by all members:
-//! per recipient only a MAC and a share of a write). Otherwise the link
+//! per recipient only a MAC and a share of a write; a group's messages
+//! committed together share one `GMSG`, see [`bundling`]). Otherwise the link
 //! only notes that the conversation is ahead of it: the message is in the
 //! store, and the link's [`CatchUp`] job pages it from there (as `MSG`, or
 //! `FILE` + `CHUNK`s + `FILE_END`) whenever its outbox runs low. A login
@@ -27,6 +28,7 @@ use std::time::Duration;
 
 use crossbeam_channel::{unbounded, Sender};
 
+use crate::content::Body;
 use crate::event::{Delivery, FileStart, ServerMessage};
 use crate::names::Username;
 use crate::store::{Content, ConvId, Cursor, FileInfo, LogEntry, Store, StoreError};
@@ -45,27 +47,44 @@ const CHUNK_PAGE: usize = 4;
 pub struct Prepared {
     /// The entry.
     pub entry: LogEntry,
-    /// For a group message: the `GMSG` every member gets.
-    group_frame: Option<Outgoing>,
+    /// For a group text: its group key's id and its `GMSG` body (the
+    /// envelope, sealed once, and the content).
+    group_body: Option<(u64, Body)>,
+    /// The `GMSG` every member gets, made from `group_body` when the first
+    /// link wants it alone (not in a bundle).
+    group_frame: OnceLock<Outgoing>,
     /// For a direct message: the `MSG` as each of its two users sees it.
     direct_frames: [OnceLock<Outgoing>; 2],
 }
 
 impl Prepared {
-    /// Prepares `entry`; `group_frame` is its `GMSG` if it is a group text.
-    pub fn new(entry: LogEntry, group_frame: Option<Outgoing>) -> Prepared {
+    /// Prepares `entry`; `group_body` is its group key's id and `GMSG`
+    /// body if it is a group text.
+    pub fn new(entry: LogEntry, group_body: Option<(u64, Body)>) -> Prepared {
         Prepared {
             entry,
-            group_frame,
+            group_body,
+            group_frame: OnceLock::new(),
             direct_frames: [OnceLock::new(), OnceLock::new()],
         }
+    }
+
+    /// Its group key's id and `GMSG` body, for a group text.
+    pub fn group_body(&self) -> Option<(u64, &Body)> {
+        self.group_body.as_ref().map(|(k, b)| (*k, b))
     }
 
     /// The frame a live recipient `viewer` gets, if this entry goes live
     /// (files are always paged from the store).
     fn live_frame(&self, viewer: &Username) -> Option<&Outgoing> {
-        if let Some(f) = &self.group_frame {
-            return Some(f);
+        if let Some((key_id, body)) = &self.group_body {
+            return Some(self.group_frame.get_or_init(|| {
+                Outgoing::from(&ServerMessage::GroupMsg {
+                    key_id: *key_id,
+                    seq: self.entry.seq,
+                    body: body.clone(),
+                })
+            }));
         }
         let (a, _) = self.entry.conv.direct_users()?;
         if !matches!(self.entry.content, Content::Text { .. }) {
@@ -73,6 +92,155 @@ impl Prepared {
         }
         let slot = &self.direct_frames[usize::from(viewer != a)];
         Some(slot.get_or_init(|| Outgoing::from(&entry_message(&self.entry, viewer, false))))
+    }
+}
+
+/// Consecutive messages of one group under one key, committed together,
+/// with the one `GMSG` that carries them all ([`Body::bundle`]): a link
+/// that is caught up gets the bundle (one MAC and one frame for the lot),
+/// any other link gets them one by one.
+struct Bundle<'a> {
+    /// The messages, in sequence order, with no gap.
+    messages: &'a [Prepared],
+    /// The `GMSG` of them all.
+    frame: Outgoing,
+}
+
+thread_local! {
+    /// Group messages gathered while [`bundling`] runs on this thread.
+    static GATHERED: std::cell::RefCell<Option<Run>> = const { std::cell::RefCell::new(None) };
+}
+
+/// Runs `f` (a commit's completions) with the live group messages it
+/// delivers gathered ([`offer_live`]), and offers them when it returns:
+/// messages of one group committed together go to each member that keeps
+/// up as one `GMSG` (one MAC and one frame for the lot), as an event-loop
+/// server would flush them to each client in one write.
+pub fn bundling(f: &mut dyn FnMut()) {
+    let outer = GATHERED.with(|g| g.borrow_mut().replace(Run::default()));
+    f();
+    let run = GATHERED.with(|g| std::mem::replace(&mut *g.borrow_mut(), outer));
+    if let Some(mut run) = run {
+        run.offer();
+    }
+}
+
+/// Offers a committed message to the links following its conversation:
+/// at once, or, inside [`bundling`], once the commit's completions have
+/// run (joined to the group messages before it where it can be).
+pub fn offer_live(p: Prepared, links: Arc<[Arc<Link>]>) {
+    // What to offer now, outside the borrow: a finished run, and this
+    // message if it cannot wait (not a group text, or not inside bundling).
+    let (done, now) = GATHERED.with(|g| {
+        let mut g = g.borrow_mut();
+        let Some(run) = g.as_mut() else {
+            return (None, Some((p, links)));
+        };
+        if run.extend(&p, &links) {
+            run.push(p, links);
+            return (None, None);
+        }
+        let done = std::mem::take(run);
+        if run.extend(&p, &links) {
+            run.push(p, links);
+            (Some(done), None)
+        } else {
+            (Some(done), Some((p, links)))
+        }
+    });
+    if let Some(mut done) = done {
+        done.offer();
+    }
+    if let Some((p, links)) = now {
+        for link in links.iter() {
+            link.offer(&p);
+        }
+    }
+}
+
+/// Offers what [`bundling`] has gathered so far, before something that
+/// must reach connections after it (a group key's change, a leave).
+pub fn offer_gathered() {
+    let run = GATHERED.with(|g| g.borrow_mut().as_mut().map(std::mem::take));
+    if let Some(mut run) = run {
+        run.offer();
+    }
+}
+
+/// The most base64 a bundled `GMSG` body carries (a single message may be
+/// larger, and goes alone): well inside a line's limit, and a share of a
+/// connection's window.
+const BUNDLE_MAX: usize = 16 * 1024;
+
+/// Group messages of one commit waiting to go out together: consecutive
+/// sequence numbers of one group, under one key, to the same followers.
+#[derive(Default)]
+struct Run {
+    messages: Vec<Prepared>,
+    links: Option<Arc<[Arc<Link>]>>,
+    bytes: usize,
+}
+
+impl Run {
+    /// Whether `p` (with these followers) may join the run; an empty run
+    /// takes any group text.
+    fn extend(&self, p: &Prepared, links: &Arc<[Arc<Link>]>) -> bool {
+        let Some((key_id, body)) = p.group_body() else {
+            return false;
+        };
+        let (Some(last), Some(ours)) = (self.messages.last(), &self.links) else {
+            return true;
+        };
+        last.entry.conv == p.entry.conv
+            && last.entry.seq + 1 == p.entry.seq
+            && last.group_body().is_some_and(|(k, _)| k == key_id)
+            && Arc::ptr_eq(ours, links)
+            && self.bytes + 1 + body.as_str().len() <= BUNDLE_MAX
+    }
+
+    fn push(&mut self, p: Prepared, links: Arc<[Arc<Link>]>) {
+        self.bytes += p.group_body().map_or(0, |(_, b)| b.as_str().len() + 1);
+        self.messages.push(p);
+        self.links = Some(links);
+    }
+
+    /// Offers the run to its followers and empties it.
+    fn offer(&mut self) {
+        let messages = std::mem::take(&mut self.messages);
+        self.bytes = 0;
+        let Some(links) = self.links.take() else {
+            return;
+        };
+        match messages.as_slice() {
+            [] => {}
+            [one] => {
+                for link in links.iter() {
+                    link.offer(one);
+                }
+            }
+            [first, ..] => {
+                // Only group texts under one key join a run.
+                let Some((key_id, _)) = first.group_body() else {
+                    return;
+                };
+                let bodies: Vec<&Body> = messages
+                    .iter()
+                    .filter_map(|p| p.group_body().map(|(_, b)| b))
+                    .collect();
+                let frame = Outgoing::from(&ServerMessage::GroupMsg {
+                    key_id,
+                    seq: first.entry.seq,
+                    body: Body::bundle(&bodies),
+                });
+                let bundle = Bundle {
+                    messages: &messages,
+                    frame,
+                };
+                for link in links.iter() {
+                    link.offer_bundle(&bundle);
+                }
+            }
+        }
     }
 }
 
@@ -166,6 +334,8 @@ pub struct Link {
     /// Whether any conversation is behind (a lock-free hint for the drain
     /// hook, which runs after every write).
     has_behind: AtomicBool,
+    /// Whether the client takes several messages in one `GMSG`.
+    bundles: bool,
 }
 
 impl Link {
@@ -175,6 +345,7 @@ impl Link {
         user: Username,
         outbox: Outbox,
         catch_up: &CatchUp,
+        bundles: bool,
     ) -> Arc<Link> {
         let link = Arc::new_cyclic(|me| Link {
             session,
@@ -185,6 +356,7 @@ impl Link {
             catch_up: catch_up.jobs.clone(),
             me: me.clone(),
             has_behind: AtomicBool::new(false),
+            bundles,
         });
         let hook: Weak<dyn DrainHook> = link.me.clone();
         outbox.set_drain_hook(Some(hook));
@@ -233,8 +405,10 @@ impl Link {
         );
     }
 
-    /// Stops following a conversation (a group left).
+    /// Stops following a conversation (a group left). Messages committed
+    /// before, and gathered for a bundle, are offered first.
     pub fn unfollow(&self, conv: &ConvId) {
+        offer_gathered();
         let mut st = self.lock();
         st.convs.remove(conv);
         st.behind.remove(conv);
@@ -304,6 +478,33 @@ impl Link {
         }
         st.behind.insert(conv.clone());
         self.schedule();
+    }
+
+    /// Messages committed together, for this link's user: the bundle in
+    /// one frame if the link is caught up right to its first message, has
+    /// room, speaks bundles and sent none of them itself; otherwise each
+    /// message on its own, as [`offer`](Self::offer) does.
+    fn offer_bundle(self: &Arc<Self>, bundle: &Bundle<'_>) {
+        let (Some(first), Some(last)) = (bundle.messages.first(), bundle.messages.last()) else {
+            return;
+        };
+        if self.bundles {
+            let conv = &first.entry.conv;
+            let mut st = self.lock();
+            let clear = st.skip.is_empty() && (st.behind.is_empty() || !st.behind.contains(conv));
+            if let Some(progress) = st.convs.get_mut(conv) {
+                if clear && progress.next == first.entry.seq && self.outbox.has_room() {
+                    progress.head = progress.head.max(last.entry.seq);
+                    if self.outbox.push(bundle.frame.clone()).is_ok() {
+                        progress.next = last.entry.seq + 1;
+                    }
+                    return;
+                }
+            }
+        }
+        for p in bundle.messages {
+            self.offer(p);
+        }
     }
 
     /// Marks an entry this connection sent itself as one it need not get

@@ -30,9 +30,8 @@ use crate::store::{
 };
 
 use super::cluster::Notice;
-use super::delivery::{entry_message, Link, Prepared};
+use super::delivery::{self, entry_message, Link, Prepared};
 use super::limits::TryLater;
-use super::outbox::Outgoing;
 use super::session::{Flow, Login, Places, Session};
 use super::state::{plural, Failure, Membership, Notices};
 use super::{CloseReason, Shared};
@@ -291,7 +290,13 @@ fn login(
         }
     };
     s.device = Some(token.hash());
-    let link = Link::new(s.id, username.clone(), s.outbox.clone(), &shared.catch_up);
+    let link = Link::new(
+        s.id,
+        username.clone(),
+        s.outbox.clone(),
+        &shared.catch_up,
+        s.bundles,
+    );
     s.login = Some(Login {
         user: username.clone(),
         link: Arc::clone(&link),
@@ -638,6 +643,8 @@ pub(super) fn deliver(shared: &Shared, entries: Vec<LogEntry>) {
             }
             if entry.seq > head + 1 && shared.cluster.is_some() {
                 drop(st);
+                // What is gathered goes first: it comes before the gap.
+                delivery::offer_gathered();
                 fill_gap(shared, &entry.conv, head + 1, entry.seq);
                 st = shared.state();
             }
@@ -652,20 +659,17 @@ pub(super) fn deliver(shared: &Shared, entries: Vec<LogEntry>) {
             };
             (st.followers(&entry.conv), key, notices)
         };
+        if !notices.is_empty() {
+            // A new key's GROUP_KEY goes out after what the old key sealed.
+            delivery::offer_gathered();
+        }
         notices.send();
         // The envelope is sealed outside the lock; each recipient's frame
         // adds only a MAC.
-        let group_frame = group_key.zip(group_text).map(|(k, d)| {
-            Outgoing::from(&ServerMessage::GroupMsg {
-                key_id: k.id,
-                seq: entry.seq,
-                body: d.seal_for_group(&k.key),
-            })
-        });
-        let prepared = Prepared::new(entry, group_frame);
-        for link in links.iter() {
-            link.offer(&prepared);
-        }
+        let group_body = group_key
+            .zip(group_text)
+            .map(|(k, d)| (k.id, d.seal_for_group(&k.key)));
+        delivery::offer_live(Prepared::new(entry, group_body), links);
     }
 }
 
@@ -853,6 +857,10 @@ mod tests {
     use crate::frame::Frame;
     use crate::names::{Conversation, GroupName, MessageRef, Username};
     use crate::request::{DeviceToken, Manage, Request, SendId, Verb};
+    use crate::store::{Content, ConvId, LogEntry};
+
+    use super::super::delivery;
+    use super::deliver;
 
     /// How long a reply from a store completion may take on a loaded
     /// machine; every wait returns as soon as the frame is there.
@@ -1083,6 +1091,121 @@ mod tests {
         assert_eq!(error(&alice), ErrorCode::UnknownCommand);
         alice.receive(Frame::head("JOIN"));
         assert_eq!(error(&alice), ErrorCode::Usage);
+        nothing_more(&alice);
+    }
+
+    /// `name` (password `pw-<name>`) logged in on a session that speaks
+    /// `MUCHAT/3`: it never takes several messages in one `GMSG`.
+    fn signed_in_v3(server: &TestServer, name: &str) -> Session {
+        let mut s = server.connect();
+        s.bundles = false;
+        request(
+            &mut s,
+            Request::CreateUser {
+                username: user(name),
+                password: format!("pw-{name}"),
+                name: name.into(),
+            },
+        );
+        assert!(reply(&s, Verb::CreateUser).is_ok());
+        request(&mut s, login(name, &format!("pw-{name}")));
+        assert!(reply(&s, Verb::Login).is_ok());
+        s
+    }
+
+    /// Joins `s` to `g` and returns the group key it is sent.
+    fn joined(s: &mut Session, g: &GroupName) -> (u64, ContentKey) {
+        request(s, Request::Join(g.clone()));
+        let ServerMessage::GroupKey { key_id, key, .. } = next(s) else {
+            panic!("the joiner was not sent the group's key first");
+        };
+        assert!(reply(s, Verb::Join).is_ok());
+        (key_id, key)
+    }
+
+    #[test]
+    fn group_messages_committed_together_go_to_a_caught_up_member_in_one_gmsg() {
+        let server = TestServer::new();
+        let mut alice = server.signed_in("alice");
+        let mut bob = server.signed_in("bob");
+        let mut carol = signed_in_v3(&server, "carol");
+        let ops = group("ops");
+        request(
+            &mut alice,
+            Request::CreateGroup {
+                group: ops.clone(),
+                private: false,
+            },
+        );
+        assert!(matches!(next(&alice), ServerMessage::GroupKey { .. }));
+        assert!(reply(&alice, Verb::CreateGroup).is_ok());
+        let (key_id, key) = joined(&mut bob, &ops);
+        joined(&mut carol, &ops);
+
+        // Three texts of alice's as one commit's completions deliver them;
+        // her own connection sent the second (its reply named it).
+        let conv = ConvId::Group(ops.clone());
+        let texts = ["one", "two", "three"];
+        let entries: Vec<LogEntry> = (1..)
+            .zip(texts)
+            .map(|(seq, t)| {
+                let (key, body) = text(t);
+                LogEntry {
+                    conv: conv.clone(),
+                    seq,
+                    at_ms: 1_764_106_800_000 + seq,
+                    from: user("alice"),
+                    content: Content::Text { key, body },
+                }
+            })
+            .collect();
+        let own = &alice.login.as_ref().expect("alice is logged in").link;
+        own.skip(conv.clone(), 2);
+        let mut entries = Some(entries);
+        delivery::bundling(&mut || deliver(&server.shared, entries.take().unwrap_or_default()));
+
+        // Bob, caught up and speaking MUCHAT/4: one frame, opening to the
+        // three messages in order.
+        let ServerMessage::GroupMsg {
+            key_id: used,
+            seq,
+            body,
+        } = next(&bob)
+        else {
+            panic!("bob was not sent a GMSG");
+        };
+        assert_eq!((used, seq), (key_id, 1));
+        let parts = body.unbundle();
+        assert_eq!(parts.len(), 3, "one GMSG for the three messages");
+        for ((seq, t), part) in (1..).zip(texts).zip(&parts) {
+            let d = Delivery::open_group(&ops, seq, &key, part).expect("each envelope opens");
+            assert_eq!(d.at.seq, seq);
+            assert_eq!(d.from, user("alice"));
+            assert_eq!(d.key.open(&d.body).unwrap(), t.as_bytes());
+        }
+        nothing_more(&bob);
+
+        // Carol speaks MUCHAT/3: the same messages, one GMSG each.
+        for seq in 1..=3 {
+            let ServerMessage::GroupMsg { seq: got, body, .. } = next(&carol) else {
+                panic!("carol was not sent a GMSG");
+            };
+            assert_eq!(got, seq);
+            assert_eq!(
+                body.unbundle().len(),
+                1,
+                "one message per GMSG for MUCHAT/3"
+            );
+        }
+        nothing_more(&carol);
+
+        // Alice's connection gets the two it did not send, one by one.
+        for seq in [1, 3] {
+            let ServerMessage::GroupMsg { seq: got, body, .. } = next(&alice) else {
+                panic!("alice was not sent a GMSG");
+            };
+            assert_eq!((got, body.unbundle().len()), (seq, 1));
+        }
         nothing_more(&alice);
     }
 

@@ -406,7 +406,11 @@ impl Shared {
     /// needs except a listener, so unit tests build one the same way
     /// [`Server::start`] does.
     fn open(config: Config) -> io::Result<Shared> {
-        let hook: crate::store::BatchHook = Arc::new(outbox::deferring_wakeups);
+        // A commit's completions gather its group messages into bundles,
+        // and its writes wake the writers once.
+        let hook: crate::store::BatchHook = Arc::new(|complete, more| {
+            outbox::deferring_wakeups(&mut || delivery::bundling(complete), more)
+        });
         let (store, snapshot) = open_store(&config, hook)?;
         let cluster = match &config.redis_url {
             Some(url) => Some(Arc::new(Cluster::new(url).map_err(io::Error::other)?)),

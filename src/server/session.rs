@@ -142,6 +142,7 @@ fn start(
         Timed {
             stream: SharedStream(Arc::clone(stream)),
             deadline: Some(deadline),
+            armed: None,
         },
     );
     let mut writer: &TcpStream = stream;
@@ -184,7 +185,8 @@ fn start(
         outbox.finish();
         return Err(CloseReason::ShuttingDown);
     }
-    let session = Session::new(id, peer, shared, outbox);
+    let mut session = Session::new(id, peer, shared, outbox);
+    session.bundles = keyed.bundles;
     Ok((FrameReader::new(reader, keyed.opener), session))
 }
 
@@ -198,11 +200,17 @@ pub(super) const PRE_LOGIN_FRAMES: u32 = 64;
 const READ_BUFFER: usize = 2048;
 
 /// The socket's read side with an optional overall deadline: each read may
-/// wait only for what is left of it, so a peer trickling one byte at a time
-/// cannot stretch the handshake, or a frame, past its deadline.
+/// wait only for what is left of it (give or take a sixteenth), so a peer
+/// trickling one byte at a time cannot stretch the handshake, or a frame,
+/// past its deadline.
 pub(super) struct Timed {
     stream: SharedStream,
     deadline: Option<Instant>,
+    /// The receive timeout last given to the socket. Setting it is a
+    /// system call, so it is set again only when what is left of the
+    /// deadline has moved away from it by more than a sixteenth: a busy
+    /// connection's reads then cost one call each, not two.
+    armed: Option<Duration>,
 }
 
 impl Timed {
@@ -219,7 +227,11 @@ impl Read for Timed {
             if left.is_zero() {
                 return Err(std::io::Error::new(ErrorKind::TimedOut, "took too long"));
             }
-            self.stream.0.set_read_timeout(Some(left))?;
+            let off = self.armed.map(|a| a.max(left) - a.min(left));
+            if off.is_none_or(|off| off > left / 16) {
+                self.stream.0.set_read_timeout(Some(left))?;
+                self.armed = Some(left);
+            }
             return self.stream.read(buf).map_err(|e| match e.kind() {
                 ErrorKind::WouldBlock | ErrorKind::TimedOut => {
                     std::io::Error::new(ErrorKind::TimedOut, "took too long")
@@ -272,6 +284,9 @@ pub(super) struct Session {
     /// Requests whose reply waits for a commit. While any are in flight,
     /// later replies queue behind them (see [`Session::reply`]).
     in_flight: Arc<AtomicUsize>,
+    /// Whether the client speaks the current protocol, which takes several
+    /// messages in one `GMSG` (an older client gets them one by one).
+    pub(super) bundles: bool,
 }
 
 impl Session {
@@ -294,6 +309,7 @@ impl Session {
             login: None,
             transfers: Transfers::default(),
             in_flight: Arc::default(),
+            bundles: true,
         }
     }
 

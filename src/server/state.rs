@@ -52,6 +52,11 @@ impl Notices {
         }
     }
 
+    /// Whether there is nothing to send.
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
     /// Queues every notice on its connection.
     pub fn send(self) {
         for (link, frame) in self.0 {
