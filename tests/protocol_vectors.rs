@@ -47,7 +47,7 @@ type HmacSha256 = hmac::Hmac<Sha256>;
 
 /// The fixed inputs; every other vector is derived from these (and from
 /// the fixed words below, which the document's prose spells out).
-const INPUTS: [&str; 30] = [
+const INPUTS: [&str; 35] = [
     "client_exponent",
     "server_exponent",
     "server_static_exponent",
@@ -78,6 +78,11 @@ const INPUTS: [&str; 30] = [
     "chunk_key",
     "chunk_iv",
     "frame8_iv",
+    "group_content2_key",
+    "group_content2_iv",
+    "group_content2_plaintext",
+    "gmsg2_unix_ms",
+    "envelope2_iv",
 ];
 
 /// The sender of every message in the vectors.
@@ -397,6 +402,14 @@ struct Content {
     envelope: Body,
     /// Frame 6.
     gmsg: ServerMessage,
+    /// Frame 9's second message, opened.
+    group_delivery2: Delivery,
+    /// Its envelope text, as the crate seals it.
+    envelope2_text: String,
+    /// That envelope sealed with the documented IV.
+    envelope2: Body,
+    /// Frame 9: frame 6's message and the next in one `GMSG`.
+    bundle: ServerMessage,
     /// Frame 7.
     file: ServerMessage,
     /// Frame 8.
@@ -460,6 +473,35 @@ fn content(doc: &BTreeMap<String, String>) -> Content {
         body: Body::enveloped(&envelope, &group_delivery.body),
     };
 
+    // The next message in the group, committed together with frame 6's.
+    let key2 = content_key(doc, "group_content2_key");
+    let group_delivery2 = Delivery {
+        at: MessageRef {
+            conv: Conversation::Group(GroupName::parse(GROUP).unwrap()),
+            seq: group_delivery.at.seq + 1,
+        },
+        at_ms: num(doc, "gmsg2_unix_ms"),
+        from: user(SENDER),
+        key: key2.clone(),
+        body: key2.seal_with_iv(
+            &fixed(get(doc, "group_content2_iv")),
+            get(doc, "group_content2_plaintext").as_bytes(),
+        ),
+    };
+    let random2 = group_delivery2.seal_for_group(&group_key);
+    let (random_envelope2, _) = random2.split_envelope().expect("an enveloped body");
+    let envelope2_text = String::from_utf8(group_key.open(&random_envelope2).unwrap()).unwrap();
+    let envelope2 =
+        group_key.seal_with_iv(&fixed(get(doc, "envelope2_iv")), envelope2_text.as_bytes());
+    let bundle = ServerMessage::GroupMsg {
+        key_id: num(doc, "group_key_id"),
+        seq: group_delivery.at.seq,
+        body: Body::bundle(&[
+            &Body::enveloped(&envelope, &group_delivery.body),
+            &Body::enveloped(&envelope2, &group_delivery2.body),
+        ]),
+    };
+
     let data = get(doc, "file_plaintext").as_bytes();
     let chunk_key = content_key(doc, "chunk_key");
     let chunk = ServerMessage::Chunk {
@@ -484,6 +526,10 @@ fn content(doc: &BTreeMap<String, String>) -> Content {
         envelope_text,
         envelope,
         gmsg,
+        group_delivery2,
+        envelope2_text,
+        envelope2,
+        bundle,
         file,
         chunk,
     }
@@ -608,6 +654,8 @@ fn derive_through_the_crate(doc: &BTreeMap<String, String>) -> Vec<(&'static str
     let frame7_line = seal_doc(&mut server_keyed.sealer, doc, "frame7_iv", &frame7);
     let frame8 = c.chunk.to_frame();
     let frame8_line = seal_doc(&mut server_keyed.sealer, doc, "frame8_iv", &frame8);
+    let frame9 = c.bundle.to_frame();
+    let frame9_line = seal_clear(&mut server_keyed.sealer, &frame9);
 
     let ServerMessage::File(file) = &c.file else {
         unreachable!()
@@ -670,6 +718,19 @@ fn derive_through_the_crate(doc: &BTreeMap<String, String>) -> Vec<(&'static str
         ("chunk_body", chunk_body.as_str().to_string()),
         ("frame8_head", frame8.head),
         ("frame8_line", frame8_line),
+        ("group_content2_key_b64", c.group_delivery2.key.to_b64()),
+        (
+            "group_content2_body",
+            c.group_delivery2.body.as_str().to_string(),
+        ),
+        ("envelope2_text", c.envelope2_text),
+        ("envelope2", c.envelope2.as_str().to_string()),
+        (
+            "gmsg_bundle_body",
+            frame9.body.as_ref().unwrap().as_str().to_string(),
+        ),
+        ("frame9_head", frame9.head),
+        ("frame9_line", frame9_line),
     ]
 }
 
@@ -1160,6 +1221,65 @@ fn an_independent_implementation_of_the_frames_agrees() {
         &frame8_head,
         get(&doc, "chunk_body"),
     );
+
+    // Frame 9: frame 6's message and the next one in one GMSG, their
+    // envelope:content pairs joined by ",", under frame 6's head.
+    let envelope2_text = format!(
+        "{} alice {}",
+        get(&doc, "gmsg2_unix_ms"),
+        get(&doc, "group_content2_key_b64")
+    );
+    assert_eq!(get(&doc, "envelope2_text"), envelope2_text);
+    assert_eq!(
+        get(&doc, "envelope2"),
+        encrypt_by_hand(
+            &group_key,
+            &unhex(get(&doc, "envelope2_iv")),
+            envelope2_text.as_bytes()
+        )
+    );
+    assert_eq!(
+        get(&doc, "group_content2_body"),
+        encrypt_by_hand(
+            &unhex(get(&doc, "group_content2_key")),
+            &unhex(get(&doc, "group_content2_iv")),
+            get(&doc, "group_content2_plaintext").as_bytes()
+        )
+    );
+    let bundle_body = format!(
+        "{gmsg_body},{}:{}",
+        get(&doc, "envelope2"),
+        get(&doc, "group_content2_body")
+    );
+    assert_eq!(get(&doc, "gmsg_bundle_body"), bundle_body);
+    assert_eq!(get(&doc, "frame9_head"), frame6_head);
+    check_line(
+        &doc,
+        "frame9_line",
+        &Head::Clear,
+        "s2c_mac_key",
+        5,
+        &frame6_head,
+        &bundle_body,
+    );
+    // Bob reads two messages from it: #devs:<gmsg_seq> and the next.
+    let (_, body) = open_by_hand(
+        get(&doc, "frame9_line"),
+        &Head::Clear,
+        &unhex(get(&doc, "s2c_mac_key")),
+        5,
+    );
+    let messages: Vec<&str> = body.split(',').collect();
+    assert_eq!(messages.len(), 2);
+    assert_eq!(messages[0], gmsg_body, "the first is frame 6's message");
+    let (envelope, content) = messages[1].split_once(':').expect("envelope:content");
+    let opened = decrypt_by_hand(&group_key, get(&doc, "envelope2_iv"), envelope);
+    assert_eq!(opened, envelope2_text.as_bytes());
+    let key = B64.decode(get(&doc, "group_content2_key_b64")).unwrap();
+    assert_eq!(
+        decrypt_by_hand(&key, get(&doc, "group_content2_iv"), content),
+        get(&doc, "group_content2_plaintext").as_bytes()
+    );
 }
 
 fn documented_keys(doc: &BTreeMap<String, String>) -> SessionKeys {
@@ -1351,6 +1471,25 @@ fn the_client_opens_the_documented_server_lines() {
     assert_eq!(data.len() as u64, file.size);
     assert_eq!(<[u8; 32]>::from(Sha256::digest(&data)), file.sha256);
     assert_eq!(file.name, FILE_NAME);
+
+    // Frame 9: two messages in one GMSG, each opening as if it came alone.
+    let f9 = open(&mut opener, &doc, "frame9_line");
+    assert!(f9.clear);
+    let bundle = ServerMessage::parse(f9).unwrap();
+    assert_eq!(bundle, c.bundle);
+    let ServerMessage::GroupMsg { seq, body, .. } = bundle else {
+        unreachable!()
+    };
+    let parts = body.unbundle();
+    assert_eq!(parts.len(), 2);
+    let first = Delivery::open_group(&group, seq, &group_key, &parts[0]).unwrap();
+    let second = Delivery::open_group(&group, seq + 1, &group_key, &parts[1]).unwrap();
+    assert_eq!(first, c.group_delivery);
+    assert_eq!(second, c.group_delivery2);
+    assert_eq!(
+        second.key.open(&second.body).unwrap(),
+        get(&doc, "group_content2_plaintext").as_bytes()
+    );
 }
 
 /// A clear head is MACed like any other: changing it, or sending the same
@@ -1428,6 +1567,7 @@ fn the_client_accepts_the_documented_server_hello() {
         "frame6_line",
         "frame7_line",
         "frame8_line",
+        "frame9_line",
     ] {
         open(&mut keyed.opener, &doc, line);
     }
