@@ -305,6 +305,26 @@ mod tests {
     }
 
     #[test]
+    fn a_bundle_splits_into_its_messages_and_a_broken_one_is_refused() {
+        let k = ContentKey::random();
+        let one = Body::enveloped(&k.seal(b"envelope 1"), &k.seal(b"content 1"));
+        let two = Body::enveloped(&k.seal(b"envelope 2"), &k.seal(b"content 2"));
+        let bundle = Body::bundle(&[&one, &two]);
+        let received = Body::from_wire(bundle.as_str()).unwrap();
+        assert_eq!(received.unbundle(), vec![one.clone(), two.clone()]);
+        assert_eq!(one.unbundle(), vec![one.clone()], "one message is a bundle of one");
+        for broken in [
+            format!("{},", bundle.as_str()),
+            format!(",{}", bundle.as_str()),
+            format!("{},,{}", one.as_str(), two.as_str()),
+            format!("{},{}", one.as_str(), k.seal(b"no envelope").as_str()),
+            format!("{},{}:AAAA", one.as_str(), k.seal(b"e").as_str()),
+        ] {
+            assert!(Body::from_wire(&broken).is_err(), "{broken:?}");
+        }
+    }
+
+    #[test]
     fn bad_bodies_are_refused() {
         assert_eq!(
             Body::from_wire("not base64!").unwrap_err(),
