@@ -312,7 +312,11 @@ mod tests {
         let bundle = Body::bundle(&[&one, &two]);
         let received = Body::from_wire(bundle.as_str()).unwrap();
         assert_eq!(received.unbundle(), vec![one.clone(), two.clone()]);
-        assert_eq!(one.unbundle(), vec![one.clone()], "one message is a bundle of one");
+        assert_eq!(
+            one.unbundle(),
+            vec![one.clone()],
+            "one message is a bundle of one"
+        );
         for broken in [
             format!("{},", bundle.as_str()),
             format!(",{}", bundle.as_str()),

@@ -616,7 +616,9 @@ pub(super) fn sent_reply(refs: Vec<MessageRef>, what: &str) -> Reply {
 
 /// Offers committed entries to every connection that follows their
 /// conversation (runs on the store's writer, in commit order; for
-/// another server's entries, on the cluster's notice thread).
+/// another server's entries, on the cluster's notice thread). On the
+/// store's writer the offers of group texts wait for the end of the
+/// commit's completions, to go out bundled ([`delivery::bundling`]).
 ///
 /// An entry at or below the conversation's head here was offered already.
 /// In a cluster, entries another server committed just before ours may not
