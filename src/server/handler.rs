@@ -1115,6 +1115,28 @@ mod tests {
         s
     }
 
+    /// `s` creates the public group `g` (its key comes before the reply).
+    fn created(s: &mut Session, g: &GroupName) {
+        request(
+            s,
+            Request::CreateGroup {
+                group: g.clone(),
+                private: false,
+            },
+        );
+        assert!(matches!(next(s), ServerMessage::GroupKey { group, .. } if &group == g));
+        assert!(reply(s, Verb::CreateGroup).is_ok());
+    }
+
+    /// The next message queued for `s`, which must be a `GMSG`: its key
+    /// id, first sequence number and body.
+    fn next_gmsg(s: &Session) -> (u64, u64, crate::content::Body) {
+        match next(s) {
+            ServerMessage::GroupMsg { key_id, seq, body } => (key_id, seq, body),
+            other => panic!("expected a GMSG for session {}, got {other:?}", s.id),
+        }
+    }
+
     /// Joins `s` to `g` and returns the group key it is sent.
     fn joined(s: &mut Session, g: &GroupName) -> (u64, ContentKey) {
         request(s, Request::Join(g.clone()));
@@ -1132,15 +1154,7 @@ mod tests {
         let mut bob = server.signed_in("bob");
         let mut carol = signed_in_v3(&server, "carol");
         let ops = group("ops");
-        request(
-            &mut alice,
-            Request::CreateGroup {
-                group: ops.clone(),
-                private: false,
-            },
-        );
-        assert!(matches!(next(&alice), ServerMessage::GroupKey { .. }));
-        assert!(reply(&alice, Verb::CreateGroup).is_ok());
+        created(&mut alice, &ops);
         let (key_id, key) = joined(&mut bob, &ops);
         joined(&mut carol, &ops);
 
@@ -1168,14 +1182,7 @@ mod tests {
 
         // Bob, caught up and speaking MUCHAT/4: one frame, opening to the
         // three messages in order.
-        let ServerMessage::GroupMsg {
-            key_id: used,
-            seq,
-            body,
-        } = next(&bob)
-        else {
-            panic!("bob was not sent a GMSG");
-        };
+        let (used, seq, body) = next_gmsg(&bob);
         assert_eq!((used, seq), (key_id, 1));
         let parts = body.unbundle();
         assert_eq!(parts.len(), 3, "one GMSG for the three messages");
@@ -1189,9 +1196,7 @@ mod tests {
 
         // Carol speaks MUCHAT/3: the same messages, one GMSG each.
         for seq in 1..=3 {
-            let ServerMessage::GroupMsg { seq: got, body, .. } = next(&carol) else {
-                panic!("carol was not sent a GMSG");
-            };
+            let (_, got, body) = next_gmsg(&carol);
             assert_eq!(got, seq);
             assert_eq!(
                 body.unbundle().len(),
@@ -1203,9 +1208,7 @@ mod tests {
 
         // Alice's connection gets the two it did not send, one by one.
         for seq in [1, 3] {
-            let ServerMessage::GroupMsg { seq: got, body, .. } = next(&alice) else {
-                panic!("alice was not sent a GMSG");
-            };
+            let (_, got, body) = next_gmsg(&alice);
             assert_eq!((got, body.unbundle().len()), (seq, 1));
         }
         nothing_more(&alice);
@@ -1217,17 +1220,7 @@ mod tests {
         let mut alice = server.signed_in("alice");
         let mut bob = server.signed_in("bob");
         let ops = group("ops");
-
-        request(
-            &mut alice,
-            Request::CreateGroup {
-                group: ops.clone(),
-                private: false,
-            },
-        );
-        // The creator gets the group's key before the reply.
-        assert!(matches!(next(&alice), ServerMessage::GroupKey { group, .. } if group == ops));
-        assert!(reply(&alice, Verb::CreateGroup).is_ok());
+        created(&mut alice, &ops);
 
         request(&mut bob, Request::Join(ops.clone()));
         let ServerMessage::GroupKey {
@@ -1261,14 +1254,7 @@ mod tests {
         };
         assert_eq!(sent.sent(), std::slice::from_ref(&at), "{sent:?}");
 
-        let ServerMessage::GroupMsg {
-            key_id: used,
-            seq,
-            body,
-        } = next(&bob)
-        else {
-            panic!("bob was not delivered the group message");
-        };
+        let (used, seq, body) = next_gmsg(&bob);
         assert_eq!((used, seq), (key_id, 1));
         let d = Delivery::open_group(&ops, seq, &key, &body).expect("the envelope opens");
         assert_eq!(d.at, at);
