@@ -1372,3 +1372,77 @@ fn the_group_cap_holds_and_names_ignore_case() {
     let c = connect(&server);
     ok(&c, "LOGIN aLiCe pw");
 }
+
+/// A server that completes the handshake with `key`, then sends `frames`
+/// and waits for the client to close.
+fn spawn_hostile_server(key: StaticSecret, frames: Vec<ServerMessage>) -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+    let addr = listener.local_addr().unwrap();
+    std::thread::spawn(move || {
+        let (client, _) = listener.accept().expect("accept");
+        client.set_read_timeout(Some(WAIT)).unwrap();
+        let mut reader = BufReader::new(client.try_clone().unwrap());
+        let mut writer = client.try_clone().unwrap();
+        let keyed = handshake::server(&mut reader, &mut writer, &key).expect("handshake");
+        let mut w = FrameWriter::new(writer, keyed.sealer);
+        for m in frames {
+            w.write_frame(&m.to_frame()).expect("write");
+        }
+        // Until the client hangs up.
+        let _ = reader.read(&mut [0; 64]);
+    });
+    addr
+}
+
+/// Several messages in one `GMSG` whose numbers would run past the largest
+/// sequence number: the client refuses the frame as a protocol error (it
+/// does not wrap round, and does not crash); one message at the largest
+/// number is still read.
+#[test]
+fn a_bundled_gmsg_numbered_past_the_end_is_refused() {
+    use muchat::client::session::{Incoming, Session};
+    use muchat::content::{Body, ContentKey};
+    use muchat::names::GroupName;
+
+    let group_key = ContentKey::from_bytes([9; 24]);
+    let envelope = |who: &str| {
+        let content = ContentKey::from_bytes([3; 24]);
+        let text = format!("1764106800000 {who} {}", content.to_b64());
+        Body::enveloped(&group_key.seal(text.as_bytes()), &content.seal(b"hi"))
+    };
+    let key_msg = ServerMessage::GroupKey {
+        group: GroupName::parse("ops").unwrap(),
+        key_id: 1,
+        key: group_key.clone(),
+    };
+    let gmsg = |seq: u64, body: Body| ServerMessage::GroupMsg {
+        key_id: 1,
+        seq,
+        body,
+    };
+    let key = StaticSecret::from_bytes(&[5u8; 32]).unwrap();
+    let trust = Trust::Fingerprint(Fingerprint::of(key.public_value()));
+    let addr = spawn_hostile_server(
+        key,
+        vec![
+            key_msg,
+            gmsg(u64::MAX, envelope("alice")),
+            gmsg(
+                u64::MAX,
+                Body::bundle(&[&envelope("alice"), &envelope("bob")]),
+            ),
+        ],
+    );
+    let mut s = Session::connect(&addr.to_string(), &trust).expect("connect");
+    s.reader.set_timeout(Some(WAIT)).unwrap();
+    match s.reader.recv() {
+        Ok(Incoming::Message(d)) => assert_eq!(d.at.seq, u64::MAX),
+        other => panic!("the last number, alone, is a message: {other:?}"),
+    }
+    match s.reader.recv() {
+        Err(SessionError::BadMessage(e)) => {
+            assert!(e.to_string().contains("out of range"), "{e}")
+        }
+        other => panic!("a bundle past the end must be refused: {other:?}"),
+    }
+}

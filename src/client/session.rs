@@ -289,7 +289,13 @@ impl SessionReader {
                     })?;
                     // One message, or several with consecutive numbers.
                     let mut messages = Vec::new();
-                    for (seq, body) in (seq..).zip(body.unbundle()) {
+                    for (i, body) in body.unbundle().into_iter().enumerate() {
+                        let seq = u64::try_from(i)
+                            .ok()
+                            .and_then(|i| seq.checked_add(i))
+                            .ok_or_else(|| {
+                                BadServerMessage("GMSG: sequence number out of range".into())
+                            })?;
                         messages.push(if self.defer_envelopes {
                             Incoming::SealedMessage(SealedGroupMessage {
                                 group: group.clone(),

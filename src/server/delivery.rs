@@ -192,7 +192,7 @@ impl Run {
             return true;
         };
         last.entry.conv == p.entry.conv
-            && last.entry.seq + 1 == p.entry.seq
+            && last.entry.seq.checked_add(1) == Some(p.entry.seq)
             && last.group_body().is_some_and(|(k, _)| k == key_id)
             && Arc::ptr_eq(ours, links)
             && self.bytes + 1 + body.as_str().len() <= BUNDLE_MAX
