@@ -211,22 +211,18 @@ impl Run {
         let Some(links) = self.links.take() else {
             return;
         };
-        match messages.as_slice() {
-            [] => {}
-            [one] => {
-                for link in links.iter() {
-                    link.offer(one);
-                }
-            }
-            [first, ..] => {
-                // Only group texts under one key join a run.
-                let Some((key_id, _)) = first.group_body() else {
-                    return;
-                };
-                let bodies: Vec<&Body> = messages
-                    .iter()
-                    .filter_map(|p| p.group_body().map(|(_, b)| b))
-                    .collect();
+        // Every message of a run is a group text under the first one's key
+        // (`extend`); should one not be, they go one by one.
+        let bodies: Option<Vec<&Body>> = messages
+            .iter()
+            .map(|p| p.group_body().map(|(_, b)| b))
+            .collect();
+        let key_id = messages
+            .first()
+            .and_then(Prepared::group_body)
+            .map(|(k, _)| k);
+        match (messages.as_slice(), bodies, key_id) {
+            ([first, _, ..], Some(bodies), Some(key_id)) => {
                 let frame = Outgoing::from(&ServerMessage::GroupMsg {
                     key_id,
                     seq: first.entry.seq,
@@ -238,6 +234,13 @@ impl Run {
                 };
                 for link in links.iter() {
                     link.offer_bundle(&bundle);
+                }
+            }
+            _ => {
+                for p in &messages {
+                    for link in links.iter() {
+                        link.offer(p);
+                    }
                 }
             }
         }
