@@ -203,26 +203,8 @@ fn a_deferred_envelope_opens_to_the_message_a_member_reads() {
     let alice = login(&server, "alice");
     ok(&alice, "CREATE_GROUP ops");
 
-    let trust = Trust::Fingerprint(server.fingerprint());
-    let mut bob = Session::connect(&server.local_addr().to_string(), &trust).unwrap();
-    for r in [
-        Request::CreateUser {
-            username: user("bob"),
-            password: "pw-bob".into(),
-            name: "Bob".into(),
-        },
-        Request::Login {
-            username: user("bob"),
-            password: "pw-bob".into(),
-            token: None,
-        },
-        Request::Join(group("ops")),
-    ] {
-        let (reply, _) = bob.request(&r).unwrap();
-        assert!(matches!(reply, Reply::Ok { .. }), "{r:?}: {reply:?}");
-    }
+    let mut bob = session_in_ops(&server, "bob");
     bob.reader.defer_envelopes();
-    bob.reader.set_timeout(Some(WAIT)).unwrap();
 
     let refs = sent(&alice, "SEND_TO_GROUP ops hello, shut envelope");
     let sealed = loop {

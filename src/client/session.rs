@@ -284,30 +284,7 @@ impl SessionReader {
                 ServerMessage::Reply(r) => Incoming::Reply(r),
                 ServerMessage::Msg(d) => Incoming::Message(d),
                 ServerMessage::GroupMsg { key_id, seq, body } => {
-                    let (group, key) = self.group_keys.get(key_id).ok_or_else(|| {
-                        BadServerMessage(format!("GMSG under unknown group key {key_id}"))
-                    })?;
-                    // One message, or several with consecutive numbers.
-                    let mut messages = Vec::new();
-                    for (i, body) in body.unbundle().into_iter().enumerate() {
-                        let seq = u64::try_from(i)
-                            .ok()
-                            .and_then(|i| seq.checked_add(i))
-                            .ok_or_else(|| {
-                                BadServerMessage("GMSG: sequence number out of range".into())
-                            })?;
-                        messages.push(if self.defer_envelopes {
-                            Incoming::SealedMessage(SealedGroupMessage {
-                                group: group.clone(),
-                                seq,
-                                key: key.clone(),
-                                body,
-                            })
-                        } else {
-                            Incoming::Message(Delivery::open_group(group, seq, key, &body)?)
-                        });
-                    }
-                    let mut messages = messages.into_iter();
+                    let mut messages = self.group_messages(key_id, seq, &body)?.into_iter();
                     let Some(first) = messages.next() else {
                         continue;
                     };
@@ -344,6 +321,38 @@ impl SessionReader {
             };
             return Ok(incoming);
         }
+    }
+
+    /// The messages of a `GMSG`: one, or several with consecutive numbers
+    /// from `seq`, opened unless envelopes are deferred.
+    fn group_messages(
+        &self,
+        key_id: u64,
+        seq: u64,
+        body: &crate::content::Body,
+    ) -> Result<Vec<Incoming>, BadServerMessage> {
+        let (group, key) = self
+            .group_keys
+            .get(key_id)
+            .ok_or_else(|| BadServerMessage(format!("GMSG under unknown group key {key_id}")))?;
+        let mut messages = Vec::new();
+        for (i, body) in body.unbundle().into_iter().enumerate() {
+            let seq = u64::try_from(i)
+                .ok()
+                .and_then(|i| seq.checked_add(i))
+                .ok_or_else(|| BadServerMessage("GMSG: sequence number out of range".into()))?;
+            messages.push(if self.defer_envelopes {
+                Incoming::SealedMessage(SealedGroupMessage {
+                    group: group.clone(),
+                    seq,
+                    key: key.clone(),
+                    body,
+                })
+            } else {
+                Incoming::Message(Delivery::open_group(group, seq, key, &body)?)
+            });
+        }
+        Ok(messages)
     }
 
     /// From now on, live group messages come out as

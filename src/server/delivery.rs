@@ -320,6 +320,14 @@ struct LinkState {
     last_served: Option<ConvId>,
 }
 
+impl LinkState {
+    /// Whether `conv` has entries to fetch from the store (the emptiness
+    /// check first: it is the common case, and needs no lookup).
+    fn is_behind(&self, conv: &ConvId) -> bool {
+        !self.behind.is_empty() && self.behind.contains(conv)
+    }
+}
+
 /// A logged-in connection, as delivery sees it.
 pub struct Link {
     /// The connection.
@@ -453,7 +461,7 @@ impl Link {
                 },
             );
         }
-        let behind = !st.behind.is_empty() && st.behind.contains(conv);
+        let behind = st.is_behind(conv);
         let st = &mut *st;
         let Some(progress) = st.convs.get_mut(conv) else {
             return;
@@ -494,7 +502,7 @@ impl Link {
         if self.bundles {
             let conv = &first.entry.conv;
             let mut st = self.lock();
-            let clear = st.skip.is_empty() && (st.behind.is_empty() || !st.behind.contains(conv));
+            let clear = st.skip.is_empty() && !st.is_behind(conv);
             if let Some(progress) = st.convs.get_mut(conv) {
                 if clear && progress.next == first.entry.seq && self.outbox.has_room() {
                     progress.head = progress.head.max(last.entry.seq);

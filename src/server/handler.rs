@@ -891,7 +891,15 @@ mod tests {
         /// A new account `name` (password `pw-<name>`), logged in on a new
         /// session whose queue has been read up to the login's reply.
         fn signed_in(&self, name: &str) -> Session {
+            self.signed_in_speaking(name, true)
+        }
+
+        /// [`signed_in`](Self::signed_in) on a session that speaks
+        /// `MUCHAT/4` (`bundles`) or `MUCHAT/3`, which never takes several
+        /// messages in one `GMSG`.
+        fn signed_in_speaking(&self, name: &str, bundles: bool) -> Session {
             let mut s = self.connect();
+            s.bundles = bundles;
             let create =
                 Request::parse(Frame::head(format!("CREATE_USER {name} pw-{name} {name}")))
                     .expect("a valid CREATE_USER");
@@ -1096,25 +1104,6 @@ mod tests {
         nothing_more(&alice);
     }
 
-    /// `name` (password `pw-<name>`) logged in on a session that speaks
-    /// `MUCHAT/3`: it never takes several messages in one `GMSG`.
-    fn signed_in_v3(server: &TestServer, name: &str) -> Session {
-        let mut s = server.connect();
-        s.bundles = false;
-        request(
-            &mut s,
-            Request::CreateUser {
-                username: user(name),
-                password: format!("pw-{name}"),
-                name: name.into(),
-            },
-        );
-        assert!(reply(&s, Verb::CreateUser).is_ok());
-        request(&mut s, login(name, &format!("pw-{name}")));
-        assert!(reply(&s, Verb::Login).is_ok());
-        s
-    }
-
     /// `s` creates the public group `g` (its key comes before the reply).
     fn created(s: &mut Session, g: &GroupName) {
         request(
@@ -1152,7 +1141,7 @@ mod tests {
         let server = TestServer::new();
         let mut alice = server.signed_in("alice");
         let mut bob = server.signed_in("bob");
-        let mut carol = signed_in_v3(&server, "carol");
+        let mut carol = server.signed_in_speaking("carol", false);
         let ops = group("ops");
         created(&mut alice, &ops);
         let (key_id, key) = joined(&mut bob, &ops);

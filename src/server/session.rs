@@ -185,8 +185,7 @@ fn start(
         outbox.finish();
         return Err(CloseReason::ShuttingDown);
     }
-    let mut session = Session::new(id, peer, shared, outbox);
-    session.bundles = keyed.bundles;
+    let session = Session::new(id, peer, shared, outbox, keyed.bundles);
     Ok((FrameReader::new(reader, keyed.opener), session))
 }
 
@@ -227,8 +226,7 @@ impl Read for Timed {
             if left.is_zero() {
                 return Err(std::io::Error::new(ErrorKind::TimedOut, "took too long"));
             }
-            let off = self.armed.map(|a| a.max(left) - a.min(left));
-            if off.is_none_or(|off| off > left / 16) {
+            if self.armed.is_none_or(|a| a.abs_diff(left) > left / 16) {
                 self.stream.0.set_read_timeout(Some(left))?;
                 self.armed = Some(left);
             }
@@ -291,8 +289,14 @@ pub(super) struct Session {
 
 impl Session {
     /// A connection just past its handshake: not logged in, its login
-    /// deadline running from now.
-    fn new(id: SessionId, peer: SocketAddr, shared: &Arc<Shared>, outbox: Outbox) -> Session {
+    /// deadline running from now; `bundles` if it speaks `MUCHAT/4`.
+    fn new(
+        id: SessionId,
+        peer: SocketAddr,
+        shared: &Arc<Shared>,
+        outbox: Outbox,
+        bundles: bool,
+    ) -> Session {
         Session {
             id,
             peer,
@@ -309,7 +313,7 @@ impl Session {
             login: None,
             transfers: Transfers::default(),
             in_flight: Arc::default(),
-            bundles: true,
+            bundles,
         }
     }
 
@@ -438,6 +442,7 @@ impl Session {
             peer,
             shared,
             shared.writers.detached_outbox(),
+            true,
         )
     }
 
